@@ -1,0 +1,165 @@
+//! The admin listener: liveness, readiness, per-token status, manual refresh.
+//!
+//! It reports state; it never shows a token, a refresh token, a client secret or a
+//! full upstream URL. It does not change anything except through
+//! `POST /tokens/NAME/refresh`, which takes the same single-flight path as a 401.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use crate::config::Route;
+use crate::proxy::ProxyBody;
+use crate::token::{TokenSource, TokenState, Trigger, ms_to_time};
+
+pub struct Admin {
+    sources: Vec<Arc<TokenSource>>,
+    /// Per route: name, prefix, upstream host, token index; for `/status`.
+    routes: Vec<(String, Option<String>, String, usize)>,
+    store_kind: &'static str,
+}
+
+impl Admin {
+    pub fn new(
+        sources: Vec<Arc<TokenSource>>,
+        routes: &[Route],
+        store_kind: &'static str,
+    ) -> Admin {
+        let routes = routes
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    r.prefix.clone(),
+                    r.upstream.authority.host().to_owned(),
+                    r.token,
+                )
+            })
+            .collect();
+        Admin {
+            sources,
+            routes,
+            store_kind,
+        }
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let path = req.uri().path();
+        let resp = match (req.method(), path) {
+            (&Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
+            (&Method::GET, "/readyz") => self.readyz(),
+            (&Method::GET, "/status") => json_response(StatusCode::OK, self.status()),
+            (&Method::POST, p) if p.starts_with("/tokens/") && p.ends_with("/refresh") => {
+                let name = &p["/tokens/".len()..p.len() - "/refresh".len()];
+                self.refresh(name).await
+            }
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                json!({"error": "not_found", "message": "admin endpoints: GET /healthz /readyz /status, POST /tokens/NAME/refresh"}),
+            ),
+        };
+        Ok(resp)
+    }
+
+    /// Tokens that some route uses: those must be valid for the proxy to be ready.
+    fn routed(&self) -> impl Iterator<Item = &Arc<TokenSource>> {
+        self.sources
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.routes.iter().any(|r| r.3 == *i))
+            .map(|(_, s)| s)
+    }
+
+    fn readyz(&self) -> Response<ProxyBody> {
+        let not_ready: Vec<Value> = self
+            .routed()
+            .filter(|s| !s.current().valid_for(Duration::ZERO))
+            .map(|s| json!({"token": s.name(), "state": state_name(&s.current())}))
+            .collect();
+        if not_ready.is_empty() {
+            json_response(StatusCode::OK, json!({"status": "ready"}))
+        } else {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "not_ready", "tokens": not_ready}),
+            )
+        }
+    }
+
+    fn status(&self) -> Value {
+        let tokens: serde_json::Map<String, Value> = self
+            .sources
+            .iter()
+            .map(|s| (s.name().to_owned(), token_status(s, self.store_kind)))
+            .collect();
+        let routes: Vec<Value> = self
+            .routes
+            .iter()
+            .map(|(name, prefix, host, token)| {
+                json!({"name": name, "prefix": prefix, "upstream_host": host, "token": self.sources[*token].name()})
+            })
+            .collect();
+        json!({"tokens": tokens, "routes": routes})
+    }
+
+    async fn refresh(&self, name: &str) -> Response<ProxyBody> {
+        let Some(source) = self.sources.iter().find(|s| s.name() == name) else {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                json!({"error": "unknown_token", "message": format!("no token named `{name}` is configured")}),
+            );
+        };
+        let generation = source.current().generation();
+        match source.refresh(generation, Trigger::Manual).await {
+            Ok(_) => json_response(StatusCode::OK, token_status(source, self.store_kind)),
+            Err(_) => json_response(
+                StatusCode::BAD_GATEWAY,
+                token_status(source, self.store_kind),
+            ),
+        }
+    }
+}
+
+/// `valid`, `expired`, `failed` (retrying), `needs_login` (terminal) or `pending`.
+fn state_name(s: &TokenState) -> &'static str {
+    match (&s.failure, s.valid_for(Duration::ZERO)) {
+        (Some(f), _) if f.terminal => "needs_login",
+        (_, true) => "valid",
+        (Some(_), false) => "failed",
+        (None, false) if s.record.is_some() => "expired",
+        (None, false) => "pending",
+    }
+}
+
+fn token_status(source: &TokenSource, store_kind: &str) -> Value {
+    let s = source.current();
+    let rfc3339 = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let record = s.record.as_ref();
+    json!({
+        "state": state_name(&s),
+        "grant": source.config.grant.as_str(),
+        "generation": s.generation(),
+        "expires_at": record.map(|r| rfc3339(ms_to_time(r.expires_at_ms))),
+        "issued_at": record.map(|r| rfc3339(ms_to_time(r.issued_at_ms))),
+        "last_refresh": s.last_refresh.map(|(at, trigger)| json!({"at": rfc3339(at), "trigger": trigger.as_str()})),
+        "last_error": s.failure.as_ref().map(|f| f.message.clone()),
+        "unsaved": s.unsaved,
+        "store": store_kind,
+    })
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

@@ -1,0 +1,227 @@
+//! tokenproxy: a sidecar forward proxy that injects OAuth 2.0 bearer tokens.
+//!
+//! The map of the house:
+//! - `config`: the TOML schema and its validation into types that cannot be wrong;
+//! - `secret`: secret values that never print, and references to where they live;
+//! - `tls`: the trust store shared by the upstream client and the token client;
+//! - `store`: durable token records (`TokenStore`, the embedded file store);
+//! - `token`: token sources, the lock-free current token, single-flight refresh,
+//!   the refresh scheduler, token endpoint requests and response parsing;
+//! - `proxy`: routing, header rules, forwarding, retry after a refresh;
+//! - `error`: the errors tokenproxy answers with, mapped in one place;
+//! - `admin`: health, readiness, status and manual refresh;
+//! - `server`: listeners, accept loop, graceful drain;
+//! - `demo`: a local token server and API for `tokenproxy demo` and the tests.
+//!
+//! This file wires them: configuration → store → token sources → proxy and admin
+//! servers, and shuts them down in the reverse order.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod proxy;
+pub mod secret;
+pub mod server;
+pub mod store;
+pub mod tls;
+pub mod token;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use config::{Config, StoreConfig};
+use store::{FileStore, StoreError, TokenStore};
+use token::TokenSource;
+
+/// Why tokenproxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("token store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr} ({what}): {source}; is another process using it?")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("token client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// A started instance: its bound addresses and the handle to stop it.
+pub struct Running {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    servers: Vec<JoinHandle<()>>,
+    schedulers: Vec<JoinHandle<()>>,
+    sources: Vec<Arc<TokenSource>>,
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests, and waits for any refresh in
+    /// progress to finish writing its token.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for task in self.servers.into_iter().chain(self.schedulers) {
+            let _ = task.await;
+        }
+        for source in &self.sources {
+            source.quiesce().await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Binds the listeners and starts every task. Token refreshes begin in the
+/// background; requests that arrive first wait for them.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let tls = tls::client_config(config.tls.ca_file.as_deref())?;
+    let store: Arc<dyn TokenStore> = match &config.store {
+        StoreConfig::File { path } => Arc::new(FileStore::open(path)?),
+    };
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls.clone())
+        .no_proxy()
+        .connect_timeout(config.proxy.connect_timeout)
+        .build()?;
+    let sources: Vec<Arc<TokenSource>> = config
+        .tokens
+        .into_iter()
+        .map(|t| TokenSource::new(t, Arc::clone(&store), http.clone()))
+        .collect();
+
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, what, source })
+    };
+    let proxy_listener = bind(config.listen.proxy, "listen.proxy").await?;
+    let admin_listener = bind(config.listen.admin, "listen.admin").await?;
+    let proxy_addr = proxy_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.listen.proxy,
+            what: "listen.proxy",
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.listen.admin,
+            what: "listen.admin",
+            source,
+        })?;
+
+    let shutdown = CancellationToken::new();
+    let schedulers = sources
+        .iter()
+        .map(|s| tokio::spawn(token::run_scheduler(Arc::clone(s), shutdown.child_token())))
+        .collect();
+
+    let admin = Arc::new(admin::Admin::new(
+        sources.clone(),
+        &config.routes,
+        store.kind(),
+    ));
+    let settings = config.proxy;
+    let proxy = Arc::new(proxy::Proxy::new(
+        proxy::Router::new(config.routes),
+        sources.clone(),
+        proxy::client(tls, &settings),
+        settings,
+    ));
+    let servers = vec![
+        tokio::spawn(server::serve(
+            proxy_listener,
+            move |req| Arc::clone(&proxy).handle(req),
+            shutdown.clone(),
+            settings.drain_timeout,
+        )),
+        tokio::spawn(server::serve(
+            admin_listener,
+            move |req| Arc::clone(&admin).handle(req),
+            shutdown.clone(),
+            settings.drain_timeout,
+        )),
+    ];
+    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "tokenproxy listening");
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        shutdown,
+        servers,
+        schedulers,
+        sources,
+    })
+}
+
+/// What `tokenproxy check` prints: the resolved configuration, secrets as their sources.
+pub fn describe(config: &Config) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: OK", config.file.display());
+    let _ = writeln!(
+        out,
+        "listen: proxy {} admin {}",
+        config.listen.proxy, config.listen.admin
+    );
+    match &config.store {
+        StoreConfig::File { path } => {
+            let _ = writeln!(out, "store: file {}", path.display());
+        }
+    }
+    let _ = writeln!(out, "tokens:");
+    for t in &config.tokens {
+        let _ = writeln!(
+            out,
+            "  {}: grant {} at {} (client_id {}, client_secret {}, client_auth {:?}, refresh_token {}), refresh_before {}, min_interval {}, default_lifetime {}",
+            t.name,
+            t.grant.as_str(),
+            t.token_url,
+            t.client_id,
+            t.client_secret
+                .as_ref()
+                .map_or("none".into(), |s| s.to_string()),
+            t.client_auth,
+            t.refresh_token
+                .as_ref()
+                .map_or("from the store".into(), |s| s.to_string()),
+            humantime::format_duration(t.refresh_before),
+            humantime::format_duration(t.min_interval),
+            humantime::format_duration(t.default_lifetime),
+        );
+    }
+    let _ = writeln!(out, "routes:");
+    for r in &config.routes {
+        let token = &config.tokens[r.token];
+        let retry: Vec<u16> = r.retry_on.iter().map(|s| s.as_u16()).collect();
+        let _ = writeln!(
+            out,
+            "  {}: prefix {} host {} -> {} with token {} as \"{}\", retry_on {:?}",
+            r.name,
+            r.prefix.as_deref().unwrap_or("(none)"),
+            r.host,
+            r.upstream.base_url,
+            token.name,
+            token.injects[r.inject],
+            retry,
+        );
+    }
+    for w in &config.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    out
+}

@@ -1,0 +1,125 @@
+//! The one body type the proxy sends and returns, without boxing.
+//!
+//! Upstream responses and most requests stream through as hyper's `Incoming`.
+//! Requests that may be resent after a refresh are held as `Full` bytes (up to the
+//! replay limit); a request that turned out larger than the limit continues as
+//! `Prefixed`: the chunks already read, then the rest of the stream.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+pub enum ProxyBody {
+    Full(Option<Bytes>),
+    Incoming(Incoming),
+    Prefixed {
+        head: VecDeque<Bytes>,
+        rest: Incoming,
+    },
+}
+
+impl ProxyBody {
+    pub fn empty() -> Self {
+        ProxyBody::Full(None)
+    }
+
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        ProxyBody::Full((!bytes.is_empty()).then_some(bytes))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Incoming(body) => Pin::new(body).poll_frame(cx),
+            ProxyBody::Prefixed { head, rest } => match head.pop_front() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(bytes) => bytes.is_none(),
+            ProxyBody::Incoming(body) => body.is_end_stream(),
+            ProxyBody::Prefixed { head, rest } => head.is_empty() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ProxyBody::Incoming(body) => body.size_hint(),
+            ProxyBody::Prefixed { head, rest } => {
+                let buffered: u64 = head.iter().map(|b| b.len() as u64).sum();
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(buffered + rest.lower());
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(buffered + upper);
+                }
+                hint
+            }
+        }
+    }
+}
+
+/// A request body made ready for sending.
+pub enum Prepared {
+    /// Small enough to keep: can be sent again.
+    Replayable(Bytes),
+    /// Streams once.
+    Streaming(ProxyBody),
+}
+
+/// Reads `body` into memory if it fits in `limit`; otherwise hands it on as a stream
+/// without losing what was read.
+pub async fn prepare(mut body: Incoming, limit: usize) -> Result<Prepared, hyper::Error> {
+    if body.is_end_stream() {
+        return Ok(Prepared::Replayable(Bytes::new()));
+    }
+    if body.size_hint().lower() > limit as u64 {
+        return Ok(Prepared::Streaming(ProxyBody::Incoming(body)));
+    }
+    let mut head = VecDeque::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        // Request trailers are dropped: they cannot be replayed and almost no API uses them.
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        total += data.len();
+        head.push_back(data);
+        if total > limit {
+            return Ok(Prepared::Streaming(ProxyBody::Prefixed {
+                head,
+                rest: body,
+            }));
+        }
+    }
+    Ok(Prepared::Replayable(match head.len() {
+        0 => Bytes::new(),
+        1 => head.pop_front().unwrap_or_default(),
+        _ => {
+            let mut all = Vec::with_capacity(total);
+            head.iter().for_each(|b| all.extend_from_slice(b));
+            Bytes::from(all)
+        }
+    }))
+}

@@ -1,0 +1,147 @@
+//! Header rules, in both directions.
+//!
+//! Towards the upstream: hop-by-hop headers (RFC 9110 §7.6.1, plus those named in
+//! `Connection`) go, so do the client's `Authorization` and `Proxy-Authorization`,
+//! its `Host` (the client sets the upstream's), and anything that describes the
+//! client (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`): the third party learns
+//! nothing about the caller. Towards the client: hop-by-hop headers go, and a
+//! `Location` that points into the upstream is rewritten to the proxy route.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+const CLIENT_IDENTITY: [&str; 6] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-real-ip",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Prepares the client's headers for the upstream, in place.
+pub fn to_upstream(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(header::HOST);
+    for name in CLIENT_IDENTITY {
+        headers.remove(name);
+    }
+}
+
+/// Prepares the upstream's headers for the client, in place. `proxy_base` is built
+/// only when a `Location` needs it.
+pub fn to_client(
+    headers: &mut HeaderMap,
+    upstream_base: &str,
+    proxy_base: impl FnOnce() -> Option<String>,
+) {
+    strip_hop_by_hop(headers);
+    let Some(location) = headers.get(header::LOCATION) else {
+        return;
+    };
+    let Some(rest) = location
+        .to_str()
+        .ok()
+        .and_then(|l| strip_prefix_ignore_case(l, upstream_base))
+    else {
+        return;
+    };
+    if let Some(base) = proxy_base()
+        && let Ok(value) = HeaderValue::try_from(format!("{base}{rest}"))
+    {
+        headers.insert(header::LOCATION, value);
+    }
+}
+
+/// Scheme and host compare without case; the path part as written.
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn upstream_gets_no_client_secrets_hops_or_identity() {
+        let mut h = map(&[
+            ("authorization", "Bearer client-token"),
+            ("proxy-authorization", "Basic x"),
+            ("connection", "keep-alive, x-custom-hop"),
+            ("x-custom-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+            ("host", "localhost:8080"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("forwarded", "for=10.0.0.1"),
+            ("accept", "application/json"),
+            ("content-type", "text/plain"),
+        ]);
+        to_upstream(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["accept", "content-type"]);
+    }
+
+    #[test]
+    fn location_into_the_upstream_is_rewritten() {
+        let base = "https://api.example.com/v1/";
+        let mut h = map(&[
+            ("location", "https://API.example.com/v1/items?page=2"),
+            ("connection", "close"),
+        ]);
+        to_client(&mut h, base, || Some("http://localhost:8080/ex/".into()));
+        assert_eq!(h["location"], "http://localhost:8080/ex/items?page=2");
+        assert!(!h.contains_key("connection"));
+
+        let mut h = map(&[("location", "https://elsewhere.example.com/v1/x")]);
+        to_client(&mut h, base, || panic!("not needed"));
+        assert_eq!(h["location"], "https://elsewhere.example.com/v1/x");
+    }
+}

@@ -1,0 +1,229 @@
+//! Secret values that never print, and references to where a secret lives.
+//!
+//! A [`Secret`] is an owned string whose `Debug` and `Display` print `[redacted]`;
+//! the raw value is reachable only through [`Secret::expose`], so every place that
+//! handles a token or a client secret in clear text says so in the code.
+//!
+//! A [`SecretRef`] is what the configuration holds: a literal, an environment
+//! variable or a file. It is resolved each time the secret is used, so a rotated
+//! Kubernetes Secret (a file that changes under a running process) takes effect
+//! without a restart. This module does not cache resolved values.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A string that must never reach logs, metrics, status output or error bodies.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Box<str>);
+
+impl Secret {
+    pub fn new(value: impl Into<Box<str>>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The clear-text value. Call sites are the only places a secret is handled raw.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Stored token records hold secrets in clear text: the store is their home.
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}
+
+/// Where a configured secret comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Literal(Secret),
+    Env(String),
+    File(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {0} is not set; export it or point the key at a file")]
+    EnvMissing(String),
+    #[error("cannot read secret file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} is empty")]
+    Empty(String),
+}
+
+impl SecretRef {
+    /// Reads the secret now. File contents lose trailing whitespace (a newline
+    /// written by `echo` is not part of the secret).
+    pub fn resolve(&self) -> Result<Secret, SecretError> {
+        let value = match self {
+            SecretRef::Literal(s) => return Ok(s.clone()),
+            SecretRef::Env(var) => {
+                std::env::var(var).map_err(|_| SecretError::EnvMissing(var.clone()))?
+            }
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map_err(|source| SecretError::File {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim_end()
+                .to_owned(),
+        };
+        if value.is_empty() {
+            return Err(SecretError::Empty(self.to_string()));
+        }
+        Ok(Secret::new(value))
+    }
+
+    pub fn is_literal(&self) -> bool {
+        matches!(self, SecretRef::Literal(_))
+    }
+}
+
+/// Names the source, never the value: `literal [redacted]`, `env VAR`, `file PATH`.
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Literal(_) => f.write_str("literal [redacted]"),
+            SecretRef::Env(var) => write!(f, "env {var}"),
+            SecretRef::File(path) => write!(f, "file {}", path.display()),
+        }
+    }
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Accepts `"literal"`, `{ env = "VAR" }` or `{ file = "PATH" }`, with an error
+/// that shows all three forms when the value is anything else.
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RefVisitor;
+        const FORMS: &str = "a string, { env = \"VAR\" } or { file = \"PATH\" }";
+
+        impl<'de> Visitor<'de> for RefVisitor {
+            type Value = SecretRef;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(FORMS)
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SecretRef, E> {
+                Ok(SecretRef::Literal(Secret::new(v)))
+            }
+
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<SecretRef, M::Error> {
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(de::Error::custom(format!("empty table; expected {FORMS}")));
+                };
+                let value: String = map.next_value()?;
+                let result = match key.as_str() {
+                    "env" => SecretRef::Env(value),
+                    "file" => SecretRef::File(PathBuf::from(value)),
+                    other => {
+                        return Err(de::Error::custom(format!(
+                            "unknown secret source `{other}`; expected {FORMS}"
+                        )));
+                    }
+                };
+                if map.next_key::<String>()?.is_some() {
+                    return Err(de::Error::custom(format!(
+                        "a secret has exactly one source; expected {FORMS}"
+                    )));
+                }
+                Ok(result)
+            }
+        }
+
+        d.deserialize_any(RefVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Holder {
+        s: SecretRef,
+    }
+
+    fn parse(text: &str) -> Result<SecretRef, toml::de::Error> {
+        toml::from_str::<Holder>(text).map(|h| h.s)
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s} {s:?}"), "[redacted] [redacted]");
+        let r = parse(r#"s = "hunter2""#).unwrap();
+        assert!(!format!("{r} {r:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn parses_the_three_forms() {
+        assert!(parse(r#"s = "x""#).unwrap().is_literal());
+        assert_eq!(
+            parse(r#"s = { env = "A" }"#).unwrap(),
+            SecretRef::Env("A".into())
+        );
+        assert_eq!(
+            parse(r#"s = { file = "/p" }"#).unwrap(),
+            SecretRef::File("/p".into())
+        );
+        let err = parse(r#"s = { vault = "x" }"#).unwrap_err().to_string();
+        assert!(err.contains("unknown secret source `vault`"), "{err}");
+        let err = parse(r#"s = { env = "A", file = "B" }"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exactly one source"), "{err}");
+        assert!(parse("s = 3").is_err());
+    }
+
+    #[test]
+    fn file_secret_is_reread_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "one\n").unwrap();
+        let r = SecretRef::File(path.clone());
+        assert_eq!(r.resolve().unwrap().expose(), "one");
+        std::fs::write(&path, "two").unwrap();
+        assert_eq!(r.resolve().unwrap().expose(), "two");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(matches!(r.resolve(), Err(SecretError::Empty(_))));
+    }
+
+    #[test]
+    fn missing_env_names_the_variable() {
+        let r = SecretRef::Env("TOKENPROXY_TEST_SURELY_UNSET".into());
+        let err = r.resolve().unwrap_err().to_string();
+        assert!(err.contains("TOKENPROXY_TEST_SURELY_UNSET"), "{err}");
+    }
+}

@@ -1,0 +1,215 @@
+//! When to refresh: one task per token that sleeps until the next thing to do.
+//!
+//! The plan is a pure function of the token's configuration and state: refresh at
+//! `expiry - margin - jitter`, where the margin is `refresh_before` but at most half
+//! the token's lifetime (so short-lived tokens are not refreshed in a loop), and
+//! never sooner than `min_interval` after the token was issued (Exact Online refuses
+//! earlier refreshes). After a failure it waits for the backoff; after a terminal
+//! failure it waits for a person. The task itself never cancels a refresh: shutdown
+//! is only observed while sleeping.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{TokenSource, TokenState, Trigger, ms_to_time};
+use crate::config::TokenConfig;
+
+/// Pause before writing again a record the store refused.
+const PERSIST_RETRY: Duration = Duration::from_secs(2);
+/// Proactive refreshes are at least this far apart, whatever a provider says.
+const MIN_SPACING: Duration = Duration::from_secs(1);
+
+#[derive(Debug, PartialEq)]
+enum Action {
+    Refresh(Trigger),
+    Persist,
+    Wait,
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(source: Arc<TokenSource>, shutdown: CancellationToken) {
+    let _ = source.refresh(0, Trigger::Startup).await;
+    loop {
+        let state = source.current().clone();
+        let (delay, action) = plan(&source.config, &state, SystemTime::now());
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = source.changed.notified() => continue,
+            _ = sleep(delay) => {}
+        }
+        match action {
+            Action::Refresh(trigger) => {
+                let _ = source.refresh(state.generation(), trigger).await;
+            }
+            Action::Persist => source.persist_again().await,
+            Action::Wait => {}
+        }
+    }
+}
+
+async fn sleep(delay: Option<Duration>) {
+    match delay {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long to wait, and what to do then (`None`: until something changes).
+fn plan(cfg: &TokenConfig, state: &TokenState, now: SystemTime) -> (Option<Duration>, Action) {
+    if state.unsaved {
+        return (Some(PERSIST_RETRY), Action::Persist);
+    }
+    let trigger = if state.record.is_some() {
+        Trigger::Proactive
+    } else {
+        Trigger::Startup
+    };
+    if let Some(f) = &state.failure {
+        if f.terminal {
+            return (None, Action::Wait);
+        }
+        let wait = f
+            .retry_at
+            .saturating_duration_since(std::time::Instant::now());
+        return (Some(wait), Action::Refresh(trigger));
+    }
+    let Some(rec) = state
+        .record
+        .as_ref()
+        .filter(|_| state.valid_for(Duration::ZERO))
+    else {
+        return (Some(Duration::ZERO), Action::Refresh(trigger));
+    };
+    let issued = ms_to_time(rec.issued_at_ms);
+    let expires = ms_to_time(rec.expires_at_ms);
+    let lifetime = expires.duration_since(issued).unwrap_or_default();
+    let margin = cfg.refresh_before.min(lifetime / 2);
+    let jitter = (margin / 5).mul_f64(fastrand::f64());
+    let due = (expires - margin - jitter).max(issued + cfg.min_interval.max(MIN_SPACING));
+    let wait = due.duration_since(now).unwrap_or_default();
+    (Some(wait), Action::Refresh(Trigger::Proactive))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::{RECORD_VERSION, StoredToken};
+    use crate::token::time_to_ms;
+
+    /// Now, at the millisecond precision that records keep.
+    fn now() -> SystemTime {
+        ms_to_time(time_to_ms(SystemTime::now()))
+    }
+
+    fn config(extra: &str) -> TokenConfig {
+        let text = format!(
+            r#"
+            [tokens.t]
+            grant = "client_credentials"
+            token_url = "https://id.example.com/token"
+            client_id = "id"
+            client_secret = "s"
+            {extra}
+            [[routes]]
+            prefix = "/t/"
+            upstream = "https://api.example.com/"
+            token = "t"
+            "#
+        );
+        Config::parse(&text, "test.toml".as_ref())
+            .unwrap()
+            .tokens
+            .remove(0)
+    }
+
+    fn state(issued: SystemTime, lifetime: Duration) -> TokenState {
+        TokenState {
+            record: Some(StoredToken {
+                version: RECORD_VERSION,
+                generation: 1,
+                access_token: Some(crate::secret::Secret::new("a")),
+                refresh_token: None,
+                issued_at_ms: time_to_ms(issued),
+                expires_at_ms: time_to_ms(issued + lifetime),
+                extra: Default::default(),
+            }),
+            headers: vec![http::HeaderValue::from_static("Bearer a")],
+            valid_until: Some(super::super::system_to_instant(issued + lifetime)),
+            ..TokenState::default()
+        }
+    }
+
+    #[test]
+    fn refreshes_before_expiry_within_the_margin() {
+        let cfg = config(r#"refresh_before = "30s""#);
+        let now = now();
+        for _ in 0..100 {
+            let (wait, action) = plan(&cfg, &state(now, Duration::from_secs(600)), now);
+            let wait = wait.unwrap();
+            assert_eq!(action, Action::Refresh(Trigger::Proactive));
+            assert!(
+                wait <= Duration::from_secs(570) && wait >= Duration::from_secs(564),
+                "{wait:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn short_lifetimes_use_half_the_lifetime_as_margin() {
+        let cfg = config(r#"refresh_before = "60s""#);
+        let now = now();
+        let (wait, _) = plan(&cfg, &state(now, Duration::from_secs(4)), now);
+        let wait = wait.unwrap();
+        assert!(
+            wait >= Duration::from_millis(1600) && wait <= Duration::from_secs(2),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn never_earlier_than_min_interval_after_issue() {
+        // Exact Online: 600 s tokens, refresh refused before 570 s.
+        let cfg = config(
+            r#"refresh_before = "120s"
+            min_interval = "570s""#,
+        );
+        let now = now();
+        for _ in 0..100 {
+            let (wait, _) = plan(&cfg, &state(now, Duration::from_secs(600)), now);
+            assert_eq!(wait.unwrap().as_secs(), 570);
+        }
+    }
+
+    #[test]
+    fn zero_lifetime_does_not_spin() {
+        let cfg = config("");
+        let now = now();
+        let mut s = state(now, Duration::from_secs(0));
+        s.valid_until = Some(std::time::Instant::now() + Duration::from_secs(5));
+        let (wait, _) = plan(&cfg, &s, now);
+        assert!(wait.unwrap() >= Duration::from_millis(999));
+    }
+
+    #[test]
+    fn terminal_failure_waits_for_a_person() {
+        let cfg = config("");
+        let s = TokenState {
+            failure: Some(super::super::Failure {
+                terminal: true,
+                message: "invalid_grant".into(),
+                attempts: 1,
+                retry_at: std::time::Instant::now(),
+            }),
+            ..TokenState::default()
+        };
+        assert_eq!(plan(&cfg, &s, SystemTime::now()), (None, Action::Wait));
+        let fresh = TokenState::default();
+        assert_eq!(
+            plan(&cfg, &fresh, SystemTime::now()),
+            (Some(Duration::ZERO), Action::Refresh(Trigger::Startup))
+        );
+    }
+}
