@@ -385,7 +385,7 @@ impl Validator<'_> {
             proxy: self.addr("listen.proxy", &raw.listen.proxy)?,
             admin: self.addr("listen.admin", &raw.listen.admin)?,
         };
-        if listen.proxy == listen.admin {
+        if listen.proxy == listen.admin && listen.proxy.port() != 0 {
             return Err(self.err(
                 "listen.admin",
                 "is the same address as listen.proxy",

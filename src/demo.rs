@@ -7,8 +7,8 @@
 //!   send `expires_in` as a string (Exact Online), and can be switched into failure
 //!   modes (5xx, HTML, hanging, `invalid_grant`, no `access_token`);
 //! - an API that accepts only the current, unexpired access token and echoes what
-//!   it received, with `/download?bytes=N` for large bodies and `/redirect` for
-//!   `Location` handling.
+//!   it received, with `/download?bytes=N` for large bodies, `/slow?ms=N` for
+//!   requests in flight, and `/redirect` for `Location` handling.
 //!
 //! Counters (token requests, reuse detections, API connections) let tests assert
 //! what happened on the wire. Nothing here is used by `tokenproxy run`.
@@ -89,6 +89,8 @@ struct State {
     access_current: Option<(String, Instant)>,
     token_requests: u64,
     reuse_detected: u64,
+    /// Every access and refresh token ever issued, for leak checks.
+    all_tokens: Vec<String>,
 }
 
 /// The running token endpoint and API. Dropping it does not stop the servers;
@@ -117,6 +119,7 @@ impl Provider {
             api_url: format!("{}/", host(&api_listener)?),
             state: Arc::new(Mutex::new(State {
                 refresh_current: Some(opts.initial_refresh_token.clone()),
+                all_tokens: vec![opts.initial_refresh_token.clone()],
                 opts,
                 mode: Mode::Normal,
                 issued: 0,
@@ -186,6 +189,11 @@ impl Provider {
 
     pub fn current_access_token(&self) -> Option<String> {
         self.lock().access_current.as_ref().map(|(t, _)| t.clone())
+    }
+
+    /// Every access and refresh token issued so far, the initial refresh token included.
+    pub fn all_tokens(&self) -> Vec<String> {
+        self.lock().all_tokens.clone()
     }
 
     pub fn current_refresh_token(&self) -> Option<String> {
@@ -307,6 +315,7 @@ impl Provider {
                     s.refresh_spent.insert(presented.to_owned());
                     let next = format!("demo-rt-{}-{:016x}", s.issued + 1, fastrand::u64(..));
                     s.refresh_current = Some(next.clone());
+                    s.all_tokens.push(next.clone());
                     response.insert("refresh_token".into(), next.into());
                 }
             }
@@ -320,6 +329,7 @@ impl Provider {
         let access = format!("demo-at-{}-{:016x}", s.issued, fastrand::u64(..));
         let lifetime = s.opts.lifetime;
         s.access_current = Some((access.clone(), Instant::now() + lifetime));
+        s.all_tokens.push(access.clone());
         response.insert("access_token".into(), access.into());
         response.insert("token_type".into(), "bearer".into());
         let secs = lifetime.as_secs_f64();
@@ -355,18 +365,18 @@ impl Provider {
         let (parts, body) = req.into_parts();
         match parts.uri.path() {
             "/download" => {
-                let bytes = parts
-                    .uri
-                    .query()
-                    .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "bytes"))
-                    .and_then(|(_, v)| v.parse().ok())
-                    .unwrap_or(0);
+                let bytes = query_number(&parts.uri, "bytes");
                 let mut r = Response::new(FakeBody::Zeros(bytes));
                 r.headers_mut().insert(
                     CONTENT_TYPE,
                     http::HeaderValue::from_static("application/octet-stream"),
                 );
                 r
+            }
+            "/slow" => {
+                let ms = query_number(&parts.uri, "ms");
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                json_resp(StatusCode::OK, json!({"slept_ms": ms}))
             }
             "/redirect" => {
                 let mut r = Response::new(FakeBody::full(""));
@@ -403,6 +413,14 @@ impl Provider {
             }
         }
     }
+}
+
+/// A numeric query parameter, 0 when absent.
+fn query_number(uri: &http::Uri, key: &str) -> u64 {
+    uri.query()
+        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == key))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response<FakeBody> {

@@ -153,24 +153,23 @@ impl Proxy {
             )
             .await?;
 
-        if let Some((bytes, headers)) = replay.filter(|_| route.retry_on.contains(&resp.status()))
-            && let Ok(state) = source.refresh(generation, Trigger::Reactive).await
-            && let Some(value) = state
-                .header(route.inject)
-                .filter(|_| state.generation() != generation)
-        {
-            trace.retried = true;
-            drop(resp);
-            resp = self
-                .send(
-                    method,
-                    target.uri.clone(),
-                    headers,
-                    inject,
-                    value.clone(),
-                    ProxyBody::full(bytes),
-                )
-                .await?;
+        if route.retry_on.contains(&resp.status()) {
+            // The token was refused: refresh it either way, so that the next request
+            // works; resend only a request whose body was kept.
+            let refreshed = source.refresh(generation, Trigger::Reactive).await;
+            if let (Some((bytes, headers)), Ok(state)) = (replay, refreshed)
+                && let Some(value) = state
+                    .header(route.inject)
+                    .filter(|_| state.generation() != generation)
+            {
+                trace.retried = true;
+                drop(resp);
+                let body = ProxyBody::full(bytes);
+                let value = value.clone();
+                resp = self
+                    .send(method, target.uri.clone(), headers, inject, value, body)
+                    .await?;
+            }
         }
 
         let (mut parts, body) = resp.into_parts();

@@ -1,0 +1,265 @@
+//! Shared helpers for the black-box tests: a local provider (token endpoint + API,
+//! from `tokenproxy::demo`), a real `tokenproxy` binary started on ephemeral ports
+//! against it, and a plain HTTP client.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+#[allow(unused_imports)]
+pub use tokenproxy::demo::{Mode, Provider, ProviderOptions};
+
+/// A provider plus a private directory for configs and state.
+pub struct World {
+    pub provider: Provider,
+    pub dir: tempfile::TempDir,
+}
+
+impl World {
+    pub async fn new(opts: ProviderOptions) -> World {
+        World {
+            provider: Provider::start(opts).await.expect("start provider"),
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub async fn default() -> World {
+        World::new(ProviderOptions::default()).await
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A config for one refresh-token source `demo` and one route `/demo/` to the API.
+    /// `token_extra` goes into `[tokens.demo]`, `top` before everything.
+    pub fn config(&self, top: &str, token_extra: &str) -> String {
+        format!(
+            r#"
+{top}
+[listen]
+proxy = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+
+[store]
+path = "{state}"
+
+[tokens.demo]
+grant = "refresh_token"
+token_url = "{token_url}"
+client_id = "demo-client"
+client_secret = {{ env = "DEMO_CLIENT_SECRET" }}
+refresh_token = {{ env = "DEMO_REFRESH_TOKEN" }}
+{token_extra}
+
+[[routes]]
+prefix = "/demo/"
+upstream = "{api_url}"
+token = "demo"
+"#,
+            state = self.state_dir().display(),
+            token_url = self.provider.token_url,
+            api_url = self.provider.api_url,
+        )
+    }
+
+    /// Starts `tokenproxy run` with `config` (written to a file in the world's directory).
+    pub fn spawn(&self, config: &str) -> Proxy {
+        self.spawn_with(config, &[])
+    }
+
+    pub fn spawn_with(&self, config: &str, env: &[(&str, &str)]) -> Proxy {
+        let path = self
+            .dir
+            .path()
+            .join(format!("tokenproxy-{}.toml", fastrand::u32(..)));
+        std::fs::write(&path, config).expect("write config");
+        Proxy::start(&path, env)
+    }
+}
+
+/// A running `tokenproxy run` process. Killed when dropped.
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_tokenproxy")
+}
+
+impl Proxy {
+    pub fn start(config: &Path, env: &[(&str, &str)]) -> Proxy {
+        let mut cmd = Command::new(binary());
+        cmd.arg("run")
+            .arg("-c")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("DEMO_CLIENT_SECRET", "demo-secret")
+            .env("DEMO_REFRESH_TOKEN", "demo-refresh-0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn tokenproxy");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("tokenproxy listening") {
+                    let _ = tx.send(line.clone());
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("tokenproxy did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        let field = |name: &str| -> SocketAddr {
+            let start = line.find(&format!("{name}=")).expect("address field") + name.len() + 1;
+            let rest = line[start..].trim_start_matches('"');
+            let end = rest
+                .find(|c: char| c == ' ' || c == '"')
+                .unwrap_or(rest.len());
+            rest[..end].parse().expect("socket address")
+        };
+        Proxy {
+            addr: field("proxy"),
+            admin: field("admin"),
+            child,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait()
+    }
+
+    pub fn wait(&mut self) -> ExitStatus {
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("tokenproxy did not exit:\n{}", self.log());
+    }
+
+    /// Peak resident memory of the process, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+
+    /// Polls `/readyz` until it answers `want` (a state change the test caused).
+    pub async fn wait_ready(&self, want: u16, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let status = client()
+                .get(self.admin_url("/readyz"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16());
+            if status.as_ref().ok() == Some(&want) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "readyz never became {want} (last {status:?}):\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client that does not follow redirects and ignores proxy variables.
+pub fn client() -> reqwest::Client {
+    // reqwest is built without a bundled crypto provider; tokenproxy hands it its own
+    // TLS configuration, the tests' client needs the process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+pub async fn get(url: &str) -> (u16, String) {
+    let r = client().get(url).send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.text().await.expect("body"))
+}
+
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Sends `request` as written (clients normalise paths; attackers do not) and
+/// returns the raw response head and body.
+pub async fn raw(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = vec![0; 16 * 1024];
+    let n = s.read(&mut buf).await.expect("read");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
