@@ -136,7 +136,7 @@ impl Proxy {
             let start = line.find(&format!("{name}=")).expect("address field") + name.len() + 1;
             let rest = line[start..].trim_start_matches('"');
             let end = rest
-                .find(|c: char| c == ' ' || c == '"')
+                .find([' ', '"'])
                 .unwrap_or(rest.len());
             rest[..end].parse().expect("socket address")
         };
