@@ -174,6 +174,15 @@ pub enum Grant {
     ClientCredentials,
 }
 
+impl ClientAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Post => "post",
+            ClientAuth::Basic => "basic",
+        }
+    }
+}
+
 impl Grant {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -264,6 +273,8 @@ pub struct Inject {
     pub header: HeaderName,
     before: String,
     after: String,
+    /// The template as written, for `check` output.
+    text: String,
 }
 
 impl Inject {
@@ -281,6 +292,7 @@ impl Inject {
             return Err(format!("`{template}` contains {{token}} twice"));
         }
         let inject = Inject {
+            text: format!("{}: {value}", name.trim()),
             header,
             before: before.into(),
             after: after.into(),
@@ -306,7 +318,7 @@ impl Inject {
 
 impl fmt::Display for Inject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}{{token}}{}", self.header, self.before, self.after)
+        f.write_str(&self.text)
     }
 }
 
@@ -479,7 +491,17 @@ impl Validator<'_> {
         })
     }
 
+    /// Checks that `secret` resolves now; warns about literals unless `public`.
     fn secret(&mut self, key: &str, secret: &SecretRef) -> Result<(), ConfigError> {
+        self.secret_ref(key, secret, false)
+    }
+
+    fn secret_ref(
+        &mut self,
+        key: &str,
+        secret: &SecretRef,
+        public: bool,
+    ) -> Result<(), ConfigError> {
         secret.resolve().map_err(|e| {
             self.err(
                 key,
@@ -487,7 +509,7 @@ impl Validator<'_> {
                 "set the variable or create the file, or point the key elsewhere",
             )
         })?;
-        if secret.is_literal() {
+        if secret.is_literal() && !public {
             self.warnings.push(format!(
                 "{}: `{key}` is a literal secret; prefer {{ env = \"VAR\" }} or {{ file = \"PATH\" }}",
                 self.file.display()
@@ -520,7 +542,8 @@ impl Validator<'_> {
         if token_url.scheme() != "https" && !(token_url.scheme() == "http" && loopback) {
             return Err(self.err(key("token_url"), "is not an https URL", "use the provider's https:// token endpoint (http:// is accepted only for 127.0.0.1/localhost)"));
         }
-        self.secret(&key("client_id"), &raw.client_id)?;
+        // A client id identifies, it does not authenticate: a literal is fine.
+        self.secret_ref(&key("client_id"), &raw.client_id, true)?;
         if let Some(s) = &raw.client_secret {
             self.secret(&key("client_secret"), s)?;
         }

@@ -172,6 +172,7 @@ impl Provider {
     pub fn reset_refresh_token(&self, token: &str) {
         let mut s = self.lock();
         s.refresh_current = Some(token.into());
+        s.all_tokens.push(token.into());
         s.chain_revoked = false;
     }
 

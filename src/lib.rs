@@ -187,7 +187,7 @@ pub fn describe(config: &Config) -> String {
     for t in &config.tokens {
         let _ = writeln!(
             out,
-            "  {}: grant {} at {} (client_id {}, client_secret {}, client_auth {:?}, refresh_token {}), refresh_before {}, min_interval {}, default_lifetime {}",
+            "  {}: grant {} at {} (client_id {}, client_secret {}, client_auth {}, refresh_token {}), refresh_before {}, min_interval {}, default_lifetime {}",
             t.name,
             t.grant.as_str(),
             t.token_url,
@@ -195,7 +195,7 @@ pub fn describe(config: &Config) -> String {
             t.client_secret
                 .as_ref()
                 .map_or("none".into(), |s| s.to_string()),
-            t.client_auth,
+            t.client_auth.as_str(),
             t.refresh_token
                 .as_ref()
                 .map_or("from the store".into(), |s| s.to_string()),

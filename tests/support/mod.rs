@@ -97,8 +97,14 @@ pub fn binary() -> &'static str {
 
 impl Proxy {
     pub fn start(config: &Path, env: &[(&str, &str)]) -> Proxy {
+        Proxy::start_args(config, &[], env)
+    }
+
+    /// Starts with extra global arguments (such as `--log-format json`).
+    pub fn start_args(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Proxy {
         let mut cmd = Command::new(binary());
-        cmd.arg("run")
+        cmd.args(args)
+            .arg("run")
             .arg("-c")
             .arg(config)
             .env("RUST_LOG", "info")
@@ -132,12 +138,14 @@ impl Proxy {
                 panic!("tokenproxy did not start:\n{}", log.lock().unwrap());
             }
         };
+        // Text logs say `proxy=ADDR`, JSON logs `"proxy":"ADDR"`.
         let field = |name: &str| -> SocketAddr {
-            let start = line.find(&format!("{name}=")).expect("address field") + name.len() + 1;
-            let rest = line[start..].trim_start_matches('"');
-            let end = rest
-                .find([' ', '"'])
-                .unwrap_or(rest.len());
+            let (start, len) = [format!("{name}="), format!("\"{name}\":\"")]
+                .iter()
+                .find_map(|k| line.find(k.as_str()).map(|i| (i, k.len())))
+                .expect("address field");
+            let rest = &line[start + len..];
+            let end = rest.find([' ', '"']).unwrap_or(rest.len());
             rest[..end].parse().expect("socket address")
         };
         Proxy {

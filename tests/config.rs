@@ -1,0 +1,177 @@
+//! `tokenproxy check`: the shipped examples pass, and bad configurations fail with
+//! exit code 2 and a message that names the file, the key and the fix.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn check(path: &Path, env: &[(String, String)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tokenproxy"))
+        .args(["check", "-c"])
+        .arg(path)
+        .env_remove("TOKENPROXY_CONFIG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("run tokenproxy check")
+}
+
+/// The `{ env = "NAME" }` references of a config file.
+fn env_refs(text: &str) -> Vec<String> {
+    text.split("env = \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_example_config_passes_check() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let env: Vec<_> = env_refs(&text)
+            .into_iter()
+            .map(|k| (k, "example-value".to_owned()))
+            .collect();
+        let out = check(&path, &env);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}: {}{}",
+            path.display(),
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("routes:"), "{stdout}");
+        assert!(
+            !stdout.contains("example-value"),
+            "check printed a secret: {stdout}"
+        );
+        seen += 1;
+    }
+    assert!(seen >= 3, "only {seen} example configs");
+}
+
+const GOOD: &str = r#"
+[tokens.api]
+grant = "refresh_token"
+token_url = "https://id.example.com/oauth/token"
+client_id = "my-client"
+client_secret = "literal-client-secret"
+refresh_token = "literal-refresh-token"
+
+[[routes]]
+prefix = "/api/"
+upstream = "https://api.example.com/v1/"
+token = "api"
+"#;
+
+fn check_text(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = check(&path, &[]);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), all)
+}
+
+#[test]
+fn check_prints_routes_with_secrets_redacted_and_warns_about_literals() {
+    let (code, out) = check_text(GOOD);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("/api/") && out.contains("https://api.example.com/v1/"),
+        "{out}"
+    );
+    assert!(out.contains("Authorization: Bearer {token}"), "{out}");
+    assert!(
+        !out.contains("literal-client-secret") && !out.contains("literal-refresh-token"),
+        "{out}"
+    );
+    assert!(out.contains("literal [redacted]"), "{out}");
+    assert!(
+        out.contains("warning:") && out.contains("tokens.api.client_secret"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_configs_exit_2_naming_file_key_and_fix() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "grant = \"refresh_token\"",
+            "grant = \"refresh_token\"\nrefrsh_before = \"30s\"",
+            &["unknown field", "refrsh_before"],
+        ),
+        (
+            "client_secret = \"literal-client-secret\"",
+            "client_secret = { env = \"TOKENPROXY_TEST_UNSET_VAR\" }",
+            &[
+                "tokens.api.client_secret",
+                "TOKENPROXY_TEST_UNSET_VAR",
+                "fix:",
+            ],
+        ),
+        (
+            "https://id.example.com/oauth/token",
+            "http://id.example.com/oauth/token",
+            &["tokens.api.token_url", "https", "fix:"],
+        ),
+        (
+            "token = \"api\"",
+            "token = \"nope\"",
+            &["routes[0].token", "nope", "[\"api\"]"],
+        ),
+        (
+            "prefix = \"/api/\"",
+            "prefix = \"/api/\"\ninject = \"Authorization: Bearer\"",
+            &["routes[0].inject", "{token}"],
+        ),
+        (
+            "prefix = \"/api/\"",
+            "prefix = \"api/\"",
+            &["routes[0].prefix", "/api/"],
+        ),
+        (
+            "grant = \"refresh_token\"",
+            "grant = \"implicit\"",
+            &["unknown variant", "implicit"],
+        ),
+        (
+            "[tokens.api]",
+            "[listen]\nproxy = \"localhost\"\n[tokens.api]",
+            &["listen.proxy", "127.0.0.1:8080"],
+        ),
+        (
+            "[tokens.api]",
+            "[proxy]\nconnect_timeout = \"10 parsecs\"\n[tokens.api]",
+            &["connect_timeout"],
+        ),
+    ];
+    for (from, to, expect) in cases {
+        assert!(GOOD.contains(from), "{from}");
+        let (code, out) = check_text(&GOOD.replacen(from, to, 1));
+        assert_eq!(code, 2, "{to}: {out}");
+        assert!(out.contains("bad.toml"), "the file is named: {out}");
+        for e in *expect {
+            assert!(out.contains(e), "{to}: expected `{e}` in: {out}");
+        }
+    }
+    let (code, out) = check_text("");
+    assert_eq!(code, 2);
+    assert!(out.contains("[[routes]]"), "{out}");
+}
+
+#[test]
+fn missing_config_file_is_a_usage_error() {
+    let out = check(Path::new("/nonexistent/tokenproxy.toml"), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tokenproxy.toml"));
+}
