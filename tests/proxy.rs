@@ -16,7 +16,7 @@ async fn routes_by_prefix_and_by_absolute_form_host() {
     assert_eq!(echo["query"], "$top=5&x=%20y");
 
     // A client using HTTP_PROXY sends absolute-form requests for the API's own host.
-    let via_proxy = reqwest::Client::builder()
+    let via_proxy = client_builder()
         .proxy(reqwest::Proxy::http(p.url("")).unwrap())
         .build()
         .unwrap();
@@ -40,7 +40,7 @@ async fn unknown_routes_and_connect_never_reach_any_upstream() {
     let body = json(&r.text().await.unwrap());
     assert_eq!(body["error"], "no_route");
 
-    let via_proxy = reqwest::Client::builder()
+    let via_proxy = client_builder()
         .proxy(reqwest::Proxy::http(p.url("")).unwrap())
         .build()
         .unwrap();
@@ -310,4 +310,32 @@ fn tls_server_config() -> (std::sync::Arc<rustls::ServerConfig>, String) {
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     (std::sync::Arc::new(config), ca_cert.pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_headers_are_a_504() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config("[proxy]\nresponse_timeout = \"300ms\"\n", ""));
+    let r = client()
+        .get(p.url("/demo/slow?ms=3000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(r.headers()["x-tokenproxy-error"], "upstream_timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_may_speak_http2_without_tls() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config("", ""));
+    let h2 = client_builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(p.url("/demo/h2")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(&r.text().await.unwrap())["path"], "/h2");
 }

@@ -239,16 +239,18 @@ impl Drop for Proxy {
     }
 }
 
-/// An HTTP client that does not follow redirects and ignores proxy variables.
-pub fn client() -> reqwest::Client {
-    // reqwest is built without a bundled crypto provider; tokenproxy hands it its own
-    // TLS configuration, the tests' client needs the process default.
+/// A client builder that ignores proxy variables and does not follow redirects.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    // reqwest is built without a bundled crypto provider (tokenproxy hands it its own
+    // TLS configuration); the tests' clients use the process default.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
+}
+
+pub fn client() -> reqwest::Client {
+    client_builder().build().expect("client")
 }
 
 pub async fn get(url: &str) -> (u16, String) {
