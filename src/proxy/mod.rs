@@ -102,7 +102,7 @@ impl Proxy {
             method = %method,
             route = route_name(&trace).unwrap_or("-"),
             status = resp.status().as_u16(),
-            duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = start.elapsed().as_micros() as f64 / 1000.0,
             retried = trace.retried,
             "request"
         );

@@ -228,7 +228,10 @@ impl TokenSource {
                     generation = state.generation(),
                     "using the token stored by an earlier run or another instance"
                 );
-                state
+                TokenState {
+                    last_refresh: cur.last_refresh,
+                    ..state
+                }
             }
             Ok(Outcome::Refreshed(state)) => {
                 let expires_in = state
@@ -243,7 +246,10 @@ impl TokenSource {
                     duration_ms = elapsed.as_millis() as u64,
                     "token refreshed"
                 );
-                state
+                TokenState {
+                    last_refresh: Some((SystemTime::now(), trigger)),
+                    ..state
+                }
             }
             Err(e) => {
                 let failure = self.failure(&cur, &e);
@@ -279,10 +285,6 @@ impl TokenSource {
                 });
                 return Err(Unavailable { retry_after });
             }
-        };
-        let state = TokenState {
-            last_refresh: Some((SystemTime::now(), trigger)),
-            ..state
         };
         Ok(self.publish(state))
     }
