@@ -1,4 +1,5 @@
-//! The admin listener: liveness, readiness, per-token status, manual refresh.
+//! The admin listener: liveness, readiness, per-token status, Prometheus metrics,
+//! manual refresh.
 //!
 //! It reports state; it never shows a token, a refresh token, a client secret or a
 //! full upstream URL. It does not change anything except through
@@ -14,11 +15,13 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use crate::config::Route;
+use crate::metrics::Metrics;
 use crate::proxy::ProxyBody;
 use crate::token::{TokenSource, TokenState, Trigger, ms_to_time};
 
 pub struct Admin {
     sources: Vec<Arc<TokenSource>>,
+    metrics: Arc<Metrics>,
     /// Per route: name, prefix, upstream host, token index; for `/status`.
     routes: Vec<(String, Option<String>, String, usize)>,
     store_kind: &'static str,
@@ -29,6 +32,7 @@ impl Admin {
         sources: Vec<Arc<TokenSource>>,
         routes: &[Route],
         store_kind: &'static str,
+        metrics: Arc<Metrics>,
     ) -> Admin {
         let routes = routes
             .iter()
@@ -43,6 +47,7 @@ impl Admin {
             .collect();
         Admin {
             sources,
+            metrics,
             routes,
             store_kind,
         }
@@ -57,13 +62,21 @@ impl Admin {
             (&Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
             (&Method::GET, "/readyz") => self.readyz(),
             (&Method::GET, "/status") => json_response(StatusCode::OK, self.status()),
+            (&Method::GET, "/metrics") => {
+                let mut resp = Response::new(ProxyBody::full(self.metrics.render(&self.sources)));
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                resp
+            }
             (&Method::POST, p) if p.starts_with("/tokens/") && p.ends_with("/refresh") => {
                 let name = &p["/tokens/".len()..p.len() - "/refresh".len()];
                 self.refresh(name).await
             }
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                json!({"error": "not_found", "message": "admin endpoints: GET /healthz /readyz /status, POST /tokens/NAME/refresh"}),
+                json!({"error": "not_found", "message": "admin endpoints: GET /healthz /readyz /status /metrics, POST /tokens/NAME/refresh"}),
             ),
         };
         Ok(resp)

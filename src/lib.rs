@@ -9,8 +9,10 @@
 //!   the refresh scheduler, token endpoint requests and response parsing;
 //! - `proxy`: routing, header rules, forwarding, retry after a refresh;
 //! - `error`: the errors tokenproxy answers with, mapped in one place;
-//! - `admin`: health, readiness, status and manual refresh;
+//! - `metrics`: every Prometheus metric, in a registry handed to the others;
+//! - `admin`: health, readiness, status, metrics and manual refresh;
 //! - `server`: listeners, accept loop, graceful drain;
+//! - `control`: `tokenproxy token status|refresh`, a client of the admin listener;
 //! - `demo`: a local token server and API for `tokenproxy demo` and the tests.
 //!
 //! This file wires them: configuration → store → token sources → proxy and admin
@@ -20,8 +22,10 @@
 
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod error;
+pub mod metrics;
 pub mod proxy;
 pub mod secret;
 pub mod server;
@@ -90,18 +94,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tracing::warn!("{warning}");
     }
     let tls = tls::client_config(config.tls.ca_file.as_deref())?;
-    let store: Arc<dyn TokenStore> = match &config.store {
-        StoreConfig::File { path } => Arc::new(FileStore::open(path)?),
-    };
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(tls.clone())
-        .no_proxy()
-        .connect_timeout(config.proxy.connect_timeout)
-        .build()?;
+    let store = open_store(&config)?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let http = token_client(&tls, &config)?;
     let sources: Vec<Arc<TokenSource>> = config
         .tokens
         .into_iter()
-        .map(|t| TokenSource::new(t, Arc::clone(&store), http.clone()))
+        .map(|t| {
+            metrics.declare_token(&t.name);
+            TokenSource::new(t, Arc::clone(&store), http.clone(), Arc::clone(&metrics))
+        })
         .collect();
 
     let bind = |addr: SocketAddr, what: &'static str| async move {
@@ -136,6 +138,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         sources.clone(),
         &config.routes,
         store.kind(),
+        Arc::clone(&metrics),
     ));
     let settings = config.proxy;
     let proxy = Arc::new(proxy::Proxy::new(
@@ -143,6 +146,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         sources.clone(),
         proxy::client(tls, &settings),
         settings,
+        &metrics,
     ));
     let servers = vec![
         tokio::spawn(server::serve(
@@ -167,6 +171,77 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         schedulers,
         sources,
     })
+}
+
+fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreError> {
+    Ok(match &config.store {
+        StoreConfig::File { path } => Arc::new(FileStore::open(path)?),
+    })
+}
+
+/// The client for token endpoints. It ignores `HTTP(S)_PROXY`: those are set for
+/// the ETL tools and often point at tokenproxy itself.
+fn token_client(
+    tls: &rustls::ClientConfig,
+    config: &Config,
+) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls.clone())
+        .no_proxy()
+        .connect_timeout(config.proxy.connect_timeout)
+        .build()
+}
+
+/// Why `tokenproxy seed` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedCommandError {
+    #[error("no token named `{0}` is configured")]
+    UnknownToken(String),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Seed(#[from] token::SeedError),
+}
+
+/// `tokenproxy seed NAME`: stores `input` as token `name`'s refresh token in the
+/// configured store and says what was stored (never the token).
+pub async fn seed(
+    mut config: Config,
+    name: &str,
+    input: &str,
+    verify: bool,
+) -> Result<String, SeedCommandError> {
+    let tls = tls::client_config(config.tls.ca_file.as_deref()).map_err(StartError::from)?;
+    let store = open_store(&config).map_err(StartError::from)?;
+    let http = token_client(&tls, &config).map_err(StartError::from)?;
+    let index = config
+        .tokens
+        .iter()
+        .position(|t| t.name == name)
+        .ok_or_else(|| SeedCommandError::UnknownToken(name.into()))?;
+    let token = config.tokens.swap_remove(index);
+    let source = TokenSource::new(token, store, http, Arc::new(metrics::Metrics::new()));
+    let record = source.seed(input, verify).await?;
+    let expires = token::ms_to_time(record.expires_at_ms);
+    Ok(format!(
+        "stored token `{name}` (generation {}) in the {} store{}; a running instance picks it up within seconds",
+        record.generation,
+        source_store_kind(&config),
+        if record.access_token.is_some() {
+            format!(
+                ", verified: access token valid until {}",
+                humantime::format_rfc3339_seconds(expires)
+            )
+        } else {
+            ", not verified".into()
+        },
+    ))
+}
+
+fn source_store_kind(config: &Config) -> &'static str {
+    match config.store {
+        StoreConfig::File { .. } => "file",
+    }
 }
 
 /// What `tokenproxy check` prints: the resolved configuration, secrets as their sources.

@@ -21,6 +21,12 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum TokenAction {
+    Status,
+    Refresh,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -39,6 +45,27 @@ enum Command {
         #[arg(short, long, env = "TOKENPROXY_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Store a refresh token read from standard input (for tokens obtained elsewhere).
+    Seed {
+        /// The token's name, as in [tokens.NAME].
+        name: String,
+        #[arg(short, long, env = "TOKENPROXY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Store it as given, without proving it with one refresh.
+        #[arg(long)]
+        no_verify: bool,
+    },
+    /// Ask a running instance (its admin endpoint) about a token, or make it refresh one.
+    Token {
+        #[arg(value_enum)]
+        action: TokenAction,
+        name: String,
+        #[arg(short, long, env = "TOKENPROXY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Print the token's status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a local token server, a local API and the proxy, and print what to try.
     Demo {
         /// Where the demo proxy listens.
@@ -49,6 +76,13 @@ enum Command {
 
 fn config_path(arg: Option<PathBuf>) -> PathBuf {
     arg.unwrap_or_else(|| PathBuf::from("tokenproxy.toml"))
+}
+
+/// The configuration, or `None` after printing why it is unusable.
+fn load(arg: Option<PathBuf>) -> Option<Config> {
+    Config::load(&config_path(arg))
+        .map_err(|e| eprintln!("error: {e}"))
+        .ok()
 }
 
 fn init_logging(format: LogFormat) {
@@ -79,12 +113,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            let config = match Config::load(&config_path(config)) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
+            let Some(config) = load(config) else {
+                return ExitCode::from(2);
             };
             runtime(async move {
                 let running = tokenproxy::start(config).await?;
@@ -92,6 +122,52 @@ fn main() -> ExitCode {
                 running.shutdown().await;
                 Ok::<(), tokenproxy::StartError>(())
             })
+        }
+        Command::Seed {
+            name,
+            config,
+            no_verify,
+        } => {
+            let Some(config) = load(config) else {
+                return ExitCode::from(2);
+            };
+            let mut input = String::new();
+            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut input) {
+                eprintln!("error: cannot read standard input: {e}");
+                return ExitCode::from(2);
+            }
+            runtime(async move {
+                let summary = tokenproxy::seed(config, &name, &input, !no_verify).await?;
+                println!("{summary}");
+                Ok::<(), tokenproxy::SeedCommandError>(())
+            })
+        }
+        Command::Token {
+            action,
+            name,
+            config,
+            json,
+        } => {
+            let Some(config) = load(config) else {
+                return ExitCode::from(2);
+            };
+            if !config.tokens.iter().any(|t| t.name == name) {
+                eprintln!(
+                    "error: no token named `{name}` in {}",
+                    config.file.display()
+                );
+                return ExitCode::from(2);
+            }
+            let refresh = matches!(action, TokenAction::Refresh);
+            let mut ok = true;
+            let code = runtime(async {
+                let report =
+                    tokenproxy::control::token(config.listen.admin, &name, refresh, json).await?;
+                println!("{}", report.text);
+                ok = report.ok;
+                Ok::<(), tokenproxy::control::ControlError>(())
+            });
+            if ok { code } else { ExitCode::from(1) }
         }
         Command::Demo { listen } => runtime(tokenproxy::demo::run(listen)),
     }

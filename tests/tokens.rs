@@ -261,6 +261,7 @@ async fn no_token_appears_in_logs_status_or_error_bodies() {
             .await
             .unwrap();
         bodies += &get(&p.admin_url("/status")).await.1;
+        bodies += &get(&p.admin_url("/metrics")).await.1;
         w.provider.set_mode(Mode::Normal);
         let _ = std::fs::remove_dir_all(w.state_dir());
         let log = p.log();

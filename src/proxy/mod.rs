@@ -31,6 +31,7 @@ pub use route::Router;
 
 use crate::config::ProxySettings;
 use crate::error::ProxyError;
+use crate::metrics::{Metrics, RetryOutcome, RouteMetrics};
 use crate::token::{TokenSource, Trigger};
 use body::Prepared;
 use route::{Miss, Target};
@@ -62,13 +63,17 @@ pub struct Proxy {
     sources: Vec<Arc<TokenSource>>,
     client: HttpsClient,
     settings: ProxySettings,
+    /// Indexed like the routes.
+    route_metrics: Vec<RouteMetrics>,
+    /// Requests that matched no route.
+    unrouted: RouteMetrics,
 }
 
 /// What the log line of a request reports besides the response.
 #[derive(Default)]
 struct Trace {
     route: Option<usize>,
-    retried: bool,
+    retry: Option<RetryOutcome>,
 }
 
 impl Proxy {
@@ -77,8 +82,15 @@ impl Proxy {
         sources: Vec<Arc<TokenSource>>,
         client: HttpsClient,
         settings: ProxySettings,
+        metrics: &Metrics,
     ) -> Proxy {
         Proxy {
+            route_metrics: router
+                .routes()
+                .iter()
+                .map(|r| metrics.route(&r.name))
+                .collect(),
+            unrouted: metrics.route("none"),
             router,
             sources,
             client,
@@ -98,12 +110,20 @@ impl Proxy {
             Ok(resp) => resp,
             Err(e) => e.response(route_name(&trace)),
         };
+        let elapsed = start.elapsed();
+        let metrics = trace
+            .route
+            .map_or(&self.unrouted, |i| &self.route_metrics[i]);
+        metrics.observe(resp.status(), elapsed);
+        if let Some(outcome) = trace.retry {
+            metrics.retry(outcome);
+        }
         tracing::info!(
             method = %method,
             route = route_name(&trace).unwrap_or("-"),
             status = resp.status().as_u16(),
-            duration_ms = start.elapsed().as_micros() as f64 / 1000.0,
-            retried = trace.retried,
+            duration_ms = elapsed.as_micros() as f64 / 1000.0,
+            retried = trace.retry == Some(RetryOutcome::Success) || trace.retry == Some(RetryOutcome::Rejected),
             "request"
         );
         Ok(resp)
@@ -157,19 +177,26 @@ impl Proxy {
             // The token was refused: refresh it either way, so that the next request
             // works; resend only a request whose body was kept.
             let refreshed = source.refresh(generation, Trigger::Reactive).await;
-            if let (Some((bytes, headers)), Ok(state)) = (replay, refreshed)
-                && let Some(value) = state
-                    .header(route.inject)
-                    .filter(|_| state.generation() != generation)
-            {
-                trace.retried = true;
-                drop(resp);
-                let body = ProxyBody::full(bytes);
-                let value = value.clone();
-                resp = self
-                    .send(method, target.uri.clone(), headers, inject, value, body)
-                    .await?;
-            }
+            let value = refreshed.ok().and_then(|state| {
+                let value = state.header(route.inject)?.clone();
+                (state.generation() != generation).then_some(value)
+            });
+            trace.retry = Some(match (replay, value) {
+                (_, None) => RetryOutcome::RefreshFailed,
+                (None, Some(_)) => RetryOutcome::NotReplayable,
+                (Some((bytes, headers)), Some(value)) => {
+                    drop(resp);
+                    let body = ProxyBody::full(bytes);
+                    resp = self
+                        .send(method, target.uri.clone(), headers, inject, value, body)
+                        .await?;
+                    if route.retry_on.contains(&resp.status()) {
+                        RetryOutcome::Rejected
+                    } else {
+                        RetryOutcome::Success
+                    }
+                }
+            });
         }
 
         let (mut parts, body) = resp.into_parts();

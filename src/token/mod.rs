@@ -19,6 +19,7 @@
 mod grant;
 mod response;
 mod schedule;
+mod seed;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -28,11 +29,13 @@ use http::HeaderValue;
 use tokio::sync::{Mutex, Notify};
 
 use crate::config::{Grant, TokenConfig};
+use crate::metrics::Metrics;
 use crate::store::{RECORD_VERSION, StoreError, StoredToken, TokenStore};
 
 pub use grant::basic_auth;
 pub use response::GrantError;
 pub use schedule::run as run_scheduler;
+pub use seed::SeedError;
 
 /// Why a refresh happened, as logged and counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,6 +139,7 @@ pub struct TokenSource {
     flight: Mutex<()>,
     store: Arc<dyn TokenStore>,
     http: reqwest::Client,
+    metrics: Arc<Metrics>,
     /// Wakes the scheduler when the state changes under it.
     changed: Notify,
 }
@@ -148,6 +152,7 @@ impl TokenSource {
         config: TokenConfig,
         store: Arc<dyn TokenStore>,
         http: reqwest::Client,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(TokenSource {
             config,
@@ -155,6 +160,7 @@ impl TokenSource {
             flight: Mutex::new(()),
             store,
             http,
+            metrics,
             changed: Notify::new(),
         })
     }
@@ -234,15 +240,14 @@ impl TokenSource {
                 }
             }
             Ok(Outcome::Refreshed(state)) => {
-                let expires_in = state
-                    .record
-                    .as_ref()
-                    .map_or(0, |r| r.expires_at_ms.saturating_sub(r.issued_at_ms) / 1000);
+                self.metrics
+                    .refresh(self.name(), trigger, "success", elapsed);
+                let expires_at = state.record.as_ref().map_or(0, |r| r.expires_at_ms);
                 tracing::info!(
                     token = self.name(),
                     trigger = trigger.as_str(),
                     generation = state.generation(),
-                    expires_in_s = expires_in,
+                    expires_at = %humantime::format_rfc3339_seconds(ms_to_time(expires_at)),
                     duration_ms = elapsed.as_millis() as u64,
                     "token refreshed"
                 );
@@ -252,13 +257,18 @@ impl TokenSource {
                 }
             }
             Err(e) => {
+                let result = match &e {
+                    RefreshError::Grant(g) if g.is_terminal() => "invalid_grant",
+                    _ => "error",
+                };
+                self.metrics.refresh(self.name(), trigger, result, elapsed);
                 let failure = self.failure(&cur, &e);
                 if failure.terminal {
                     tracing::error!(
                         token = self.name(),
                         trigger = trigger.as_str(),
                         error = %e,
-                        "token refresh failed for good; no further attempts. Recover with `tokenproxy seed {name}` (or `tokenproxy login {name}`), then restart tokenproxy",
+                        "token refresh failed for good; no further attempts. Recover with `tokenproxy seed {name}` (or `tokenproxy login {name}`); this instance resumes by itself once a new token is stored",
                         name = self.name(),
                     );
                 } else {
@@ -338,11 +348,33 @@ impl TokenSource {
         let unsaved = match self.store.save(name, &record).await {
             Ok(()) => false,
             Err(e) => {
+                self.metrics.store_write_error(name);
                 tracing::error!(token = name, error = %e, "could not store the new token; it is kept in memory and the write is retried");
                 true
             }
         };
         Ok(Outcome::Refreshed(self.state_from(record, unsaved)))
+    }
+
+    /// After a terminal failure: adopts a record that a person stored meanwhile
+    /// (`tokenproxy seed`, `login`, or another instance), so no restart is needed.
+    async fn reload(&self) {
+        let _flight = self.flight.lock().await;
+        let cur = self.cell.load_full();
+        let Ok(Some(stored)) = self.store.load(self.name()).await else {
+            return;
+        };
+        let known = cur.record.as_ref().is_some_and(|c| {
+            c.generation == stored.generation && c.refresh_token == stored.refresh_token
+        });
+        if !known {
+            tracing::info!(
+                token = self.name(),
+                generation = stored.generation,
+                "a new token was stored; resuming"
+            );
+            self.publish(self.state_from(stored, false));
+        }
     }
 
     /// Writes a record that could not be stored earlier, unless the store moved on.
@@ -377,6 +409,7 @@ impl TokenSource {
             }
             Err(e) => {
                 let e: StoreError = e;
+                self.metrics.store_write_error(name);
                 tracing::error!(token = name, error = %e, "still cannot store the token; retrying");
             }
         }

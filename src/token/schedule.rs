@@ -5,8 +5,8 @@
 //! the token's lifetime (so short-lived tokens are not refreshed in a loop), and
 //! never sooner than `min_interval` after the token was issued (Exact Online refuses
 //! earlier refreshes). After a failure it waits for the backoff; after a terminal
-//! failure it waits for a person. The task itself never cancels a refresh: shutdown
-//! is only observed while sleeping.
+//! failure it looks in the store, every few seconds, for a token a person provided.
+//! The task itself never cancels a refresh: shutdown is only observed while sleeping.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -18,6 +18,8 @@ use crate::config::TokenConfig;
 
 /// Pause before writing again a record the store refused.
 const PERSIST_RETRY: Duration = Duration::from_secs(2);
+/// How often a token that needs a person looks for a newly stored one.
+const RELOAD_POLL: Duration = Duration::from_secs(2);
 /// Proactive refreshes are at least this far apart, whatever a provider says.
 const MIN_SPACING: Duration = Duration::from_secs(1);
 
@@ -25,7 +27,8 @@ const MIN_SPACING: Duration = Duration::from_secs(1);
 enum Action {
     Refresh(Trigger),
     Persist,
-    Wait,
+    /// Look in the store for a token a person provided.
+    Reload,
 }
 
 /// Runs until `shutdown` is cancelled.
@@ -37,29 +40,22 @@ pub async fn run(source: Arc<TokenSource>, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = source.changed.notified() => continue,
-            _ = sleep(delay) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
         match action {
             Action::Refresh(trigger) => {
                 let _ = source.refresh(state.generation(), trigger).await;
             }
             Action::Persist => source.persist_again().await,
-            Action::Wait => {}
+            Action::Reload => source.reload().await,
         }
     }
 }
 
-async fn sleep(delay: Option<Duration>) {
-    match delay {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// How long to wait, and what to do then (`None`: until something changes).
-fn plan(cfg: &TokenConfig, state: &TokenState, now: SystemTime) -> (Option<Duration>, Action) {
+/// How long to wait, and what to do then.
+fn plan(cfg: &TokenConfig, state: &TokenState, now: SystemTime) -> (Duration, Action) {
     if state.unsaved {
-        return (Some(PERSIST_RETRY), Action::Persist);
+        return (PERSIST_RETRY, Action::Persist);
     }
     let trigger = if state.record.is_some() {
         Trigger::Proactive
@@ -68,19 +64,19 @@ fn plan(cfg: &TokenConfig, state: &TokenState, now: SystemTime) -> (Option<Durat
     };
     if let Some(f) = &state.failure {
         if f.terminal {
-            return (None, Action::Wait);
+            return (RELOAD_POLL, Action::Reload);
         }
         let wait = f
             .retry_at
             .saturating_duration_since(std::time::Instant::now());
-        return (Some(wait), Action::Refresh(trigger));
+        return (wait, Action::Refresh(trigger));
     }
     let Some(rec) = state
         .record
         .as_ref()
         .filter(|_| state.valid_for(Duration::ZERO))
     else {
-        return (Some(Duration::ZERO), Action::Refresh(trigger));
+        return (Duration::ZERO, Action::Refresh(trigger));
     };
     let issued = ms_to_time(rec.issued_at_ms);
     let expires = ms_to_time(rec.expires_at_ms);
@@ -89,7 +85,7 @@ fn plan(cfg: &TokenConfig, state: &TokenState, now: SystemTime) -> (Option<Durat
     let jitter = (margin / 5).mul_f64(fastrand::f64());
     let due = (expires - margin - jitter).max(issued + cfg.min_interval.max(MIN_SPACING));
     let wait = due.duration_since(now).unwrap_or_default();
-    (Some(wait), Action::Refresh(Trigger::Proactive))
+    (wait, Action::Refresh(Trigger::Proactive))
 }
 
 #[cfg(test)]
@@ -148,7 +144,6 @@ mod tests {
         let now = now();
         for _ in 0..100 {
             let (wait, action) = plan(&cfg, &state(now, Duration::from_secs(600)), now);
-            let wait = wait.unwrap();
             assert_eq!(action, Action::Refresh(Trigger::Proactive));
             assert!(
                 wait <= Duration::from_secs(570) && wait >= Duration::from_secs(564),
@@ -162,7 +157,6 @@ mod tests {
         let cfg = config(r#"refresh_before = "60s""#);
         let now = now();
         let (wait, _) = plan(&cfg, &state(now, Duration::from_secs(4)), now);
-        let wait = wait.unwrap();
         assert!(
             wait >= Duration::from_millis(1600) && wait <= Duration::from_secs(2),
             "{wait:?}"
@@ -179,7 +173,7 @@ mod tests {
         let now = now();
         for _ in 0..100 {
             let (wait, _) = plan(&cfg, &state(now, Duration::from_secs(600)), now);
-            assert_eq!(wait.unwrap().as_secs(), 570);
+            assert_eq!(wait.as_secs(), 570);
         }
     }
 
@@ -190,7 +184,7 @@ mod tests {
         let mut s = state(now, Duration::from_secs(0));
         s.valid_until = Some(std::time::Instant::now() + Duration::from_secs(5));
         let (wait, _) = plan(&cfg, &s, now);
-        assert!(wait.unwrap() >= Duration::from_millis(999));
+        assert!(wait >= Duration::from_millis(999));
     }
 
     #[test]
@@ -205,11 +199,14 @@ mod tests {
             }),
             ..TokenState::default()
         };
-        assert_eq!(plan(&cfg, &s, SystemTime::now()), (None, Action::Wait));
+        assert_eq!(
+            plan(&cfg, &s, SystemTime::now()),
+            (RELOAD_POLL, Action::Reload)
+        );
         let fresh = TokenState::default();
         assert_eq!(
             plan(&cfg, &fresh, SystemTime::now()),
-            (Some(Duration::ZERO), Action::Refresh(Trigger::Startup))
+            (Duration::ZERO, Action::Refresh(Trigger::Startup))
         );
     }
 }

@@ -1,0 +1,139 @@
+//! Talking to a running instance: `tokenproxy token status|refresh NAME`.
+//!
+//! A plain HTTP/1.1 request to the admin listener named in the configuration, and
+//! a one-line human summary of the answer (or the JSON itself). It changes nothing
+//! by itself; a refresh goes through the instance's own single-flight path.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "cannot reach the admin endpoint at {addr}: {detail}; is tokenproxy running with this configuration?"
+    )]
+    Unreachable { addr: SocketAddr, detail: String },
+    #[error("no token named `{0}` is configured")]
+    UnknownToken(String),
+    #[error("the admin endpoint answered {0} with an unexpected body")]
+    BadAnswer(StatusCode),
+}
+
+/// What a `token` command printed, and whether it reports success.
+pub struct Report {
+    pub text: String,
+    pub ok: bool,
+}
+
+/// `status` or `refresh` token `name` at the admin listener `admin`.
+pub async fn token(
+    admin: SocketAddr,
+    name: &str,
+    refresh: bool,
+    json: bool,
+) -> Result<Report, ControlError> {
+    let addr = reachable(admin);
+    let (method, path) = if refresh {
+        (Method::POST, format!("/tokens/{name}/refresh"))
+    } else {
+        (Method::GET, "/status".to_owned())
+    };
+    let (status, body) = request(addr, method, &path).await?;
+    let value: Value =
+        serde_json::from_slice(&body).map_err(|_| ControlError::BadAnswer(status))?;
+    let token = if refresh {
+        if status == StatusCode::NOT_FOUND {
+            return Err(ControlError::UnknownToken(name.into()));
+        }
+        value
+    } else {
+        value["tokens"]
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ControlError::UnknownToken(name.into()))?
+    };
+    let ok = status.is_success() && token["state"] == "valid";
+    let text = if json {
+        serde_json::to_string_pretty(&token).unwrap_or_default()
+    } else {
+        summary(name, &token)
+    };
+    Ok(Report { text, ok })
+}
+
+/// `exact: valid until 2026-11-25T10:00:00Z, generation 14, last refresh … (proactive)`.
+fn summary(name: &str, t: &Value) -> String {
+    let s = |k: &str| t[k].as_str().unwrap_or("-").to_owned();
+    let mut line = format!("{name}: {}", s("state"));
+    if let Some(at) = t["expires_at"].as_str() {
+        line += &format!(", expires {at}");
+    }
+    line += &format!(", generation {}", t["generation"]);
+    if let Some(at) = t["last_refresh"]["at"].as_str() {
+        line += &format!(
+            ", last refresh {at} ({})",
+            t["last_refresh"]["trigger"].as_str().unwrap_or("-")
+        );
+    }
+    if t["unsaved"] == true {
+        line += ", NOT YET STORED";
+    }
+    if let Some(err) = t["last_error"].as_str() {
+        line += &format!("\n  last error: {err}");
+    }
+    line
+}
+
+/// An admin listener bound to every address is reached over loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+async fn request(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+) -> Result<(StatusCode, Bytes), ControlError> {
+    let unreachable = |e: &dyn std::fmt::Display| ControlError::Unreachable {
+        addr,
+        detail: e.to_string(),
+    };
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| unreachable(&e))?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| unreachable(&e))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| unreachable(&e))?
+        .to_bytes();
+    Ok((status, body))
+}

@@ -1,0 +1,233 @@
+//! Every metric tokenproxy exports, defined in one place.
+//!
+//! A [`Metrics`] owns its own `prometheus::Registry` (no global registry), built in
+//! `lib.rs` and handed to the token sources, the proxy and the admin listener. Label
+//! values are bounded: token and route names from the configuration, fixed trigger,
+//! result, status-class and outcome words. Never a path, a URL or a token.
+//!
+//! The request path does not look labels up: [`RouteMetrics`] holds the resolved
+//! counters and histogram of one route, so counting a request is a few atomic adds.
+
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::token::{TokenSource, Trigger, ms_to_time};
+
+/// Proxy latencies, from a cached loopback answer to a slow bulk export.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+/// Token endpoint round trips.
+const REFRESH_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+pub struct Metrics {
+    registry: Registry,
+    refresh_total: IntCounterVec,
+    refresh_duration: HistogramVec,
+    expiry: prometheus::GaugeVec,
+    valid: IntGaugeVec,
+    requests_total: IntCounterVec,
+    request_duration: HistogramVec,
+    retries_total: IntCounterVec,
+    store_write_errors: IntCounterVec,
+}
+
+/// How a `retry_on` answer was handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// Refreshed and resent; the upstream accepted the new token.
+    Success,
+    /// Refreshed and resent; the upstream refused again.
+    Rejected,
+    /// The body was too large to keep: refreshed, not resent.
+    NotReplayable,
+    /// No new token could be had: the refusal went back to the client.
+    RefreshFailed,
+}
+
+impl RetryOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            RetryOutcome::Success => "success",
+            RetryOutcome::Rejected => "rejected",
+            RetryOutcome::NotReplayable => "not_replayable",
+            RetryOutcome::RefreshFailed => "refresh_failed",
+        }
+    }
+}
+
+/// The pre-resolved metrics of one route (or of requests that matched none).
+pub struct RouteMetrics {
+    /// 1xx to 5xx.
+    requests: [IntCounter; 5],
+    duration: Histogram,
+    retries: [IntCounter; 4],
+}
+
+impl RouteMetrics {
+    pub fn observe(&self, status: StatusCode, elapsed: Duration) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn retry(&self, outcome: RetryOutcome) {
+        self.retries[outcome as usize].inc();
+    }
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    // Names are fixed and distinct, so registration cannot collide.
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+            register(
+                &registry,
+                HistogramVec::new(opts, labels).expect("valid metric"),
+            )
+        };
+        let metrics = Metrics {
+            refresh_total: counter(
+                "tokenproxy_token_refresh_total",
+                "Token refreshes by token, trigger (startup, proactive, reactive, manual) and result (success, error, invalid_grant).",
+                &["token", "trigger", "result"],
+            ),
+            refresh_duration: histogram(
+                "tokenproxy_token_refresh_duration_seconds",
+                "Time to obtain and store a new token, by token.",
+                &["token"],
+                REFRESH_BUCKETS,
+            ),
+            expiry: register(
+                &registry,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "tokenproxy_token_expiry_timestamp_seconds",
+                        "Unix time at which the current access token expires.",
+                    ),
+                    &["token"],
+                )
+                .expect("valid metric"),
+            ),
+            valid: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tokenproxy_token_valid",
+                        "1 while the token holds a valid access token.",
+                    ),
+                    &["token"],
+                )
+                .expect("valid metric"),
+            ),
+            requests_total: counter(
+                "tokenproxy_requests_total",
+                "Proxied requests by route (\"none\" when no route matched) and status class.",
+                &["route", "status_class"],
+            ),
+            request_duration: histogram(
+                "tokenproxy_request_duration_seconds",
+                "Time from request to response headers, by route.",
+                &["route"],
+                REQUEST_BUCKETS,
+            ),
+            retries_total: counter(
+                "tokenproxy_upstream_retries_total",
+                "Answers with a retry_on status, by route and outcome (success, rejected, not_replayable, refresh_failed).",
+                &["route", "outcome"],
+            ),
+            store_write_errors: counter(
+                "tokenproxy_store_write_errors_total",
+                "Failed writes of a token record to the store, by token.",
+                &["token"],
+            ),
+            registry,
+        };
+        let _ = metrics.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::new(
+                std::process::id() as i32,
+                "tokenproxy",
+            ),
+        ));
+        metrics
+    }
+
+    /// The metrics of route `name`, resolved once.
+    pub fn route(&self, name: &str) -> RouteMetrics {
+        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        let outcomes = [
+            RetryOutcome::Success,
+            RetryOutcome::Rejected,
+            RetryOutcome::NotReplayable,
+            RetryOutcome::RefreshFailed,
+        ];
+        RouteMetrics {
+            requests: classes.map(|c| self.requests_total.with_label_values(&[name, c])),
+            duration: self.request_duration.with_label_values(&[name]),
+            retries: outcomes.map(|o| self.retries_total.with_label_values(&[name, o.as_str()])),
+        }
+    }
+
+    pub fn refresh(&self, token: &str, trigger: Trigger, result: &str, elapsed: Duration) {
+        self.refresh_total
+            .with_label_values(&[token, trigger.as_str(), result])
+            .inc();
+        self.refresh_duration
+            .with_label_values(&[token])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn store_write_error(&self, token: &str) {
+        self.store_write_errors.with_label_values(&[token]).inc();
+    }
+
+    /// Makes every token's series exist from the start, at zero.
+    pub fn declare_token(&self, token: &str) {
+        self.store_write_errors.with_label_values(&[token]);
+        self.valid.with_label_values(&[token]);
+    }
+
+    /// The Prometheus text format, with token gauges read from the sources now
+    /// (validity changes with the clock, not only with events).
+    pub fn render(&self, sources: &[std::sync::Arc<TokenSource>]) -> String {
+        for s in sources {
+            let state = s.current();
+            self.valid
+                .with_label_values(&[s.name()])
+                .set(i64::from(state.valid_for(Duration::ZERO)));
+            if let Some(r) = &state.record {
+                let at = ms_to_time(r.expires_at_ms)
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                self.expiry.with_label_values(&[s.name()]).set(at);
+            }
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

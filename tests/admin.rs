@@ -1,0 +1,467 @@
+//! The admin listener, metrics, request logs and the `token` and `seed` commands.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_answer_with_their_shapes() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config("", ""));
+    assert_eq!(get(&p.url("/demo/warm")).await.0, 200);
+
+    let (status, body) = get(&p.admin_url("/healthz")).await;
+    assert_eq!((status, json(&body)["status"].clone()), (200, "ok".into()));
+    let (status, body) = get(&p.admin_url("/readyz")).await;
+    assert_eq!(
+        (status, json(&body)["status"].clone()),
+        (200, "ready".into())
+    );
+
+    let (status, body) = get(&p.admin_url("/status")).await;
+    assert_eq!(status, 200);
+    let s = json(&body);
+    let t = &s["tokens"]["demo"];
+    assert_eq!(t["state"], "valid");
+    assert_eq!(t["grant"], "refresh_token");
+    assert_eq!(t["generation"], 1);
+    assert_eq!(t["last_refresh"]["trigger"], "startup");
+    assert!(t["expires_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(t["last_error"], serde_json::Value::Null);
+    assert_eq!(t["store"], "file");
+    assert_eq!(s["routes"][0]["name"], "demo");
+    assert_eq!(s["routes"][0]["prefix"], "/demo/");
+    assert_eq!(s["routes"][0]["upstream_host"], "localhost");
+    assert_eq!(s["routes"][0]["token"], "demo");
+
+    let r = client()
+        .post(p.admin_url("/tokens/demo/refresh"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t = json(&r.text().await.unwrap());
+    assert_eq!(
+        (
+            t["generation"].clone(),
+            t["last_refresh"]["trigger"].clone()
+        ),
+        (2.into(), "manual".into())
+    );
+    assert_eq!(w.provider.token_requests(), 2);
+
+    let r = client()
+        .post(p.admin_url("/tokens/nope/refresh"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(json(&r.text().await.unwrap())["error"], "unknown_token");
+    assert_eq!(
+        get(&p.admin_url("/tokens/demo/refresh")).await.0,
+        404,
+        "refresh is POST only"
+    );
+    assert_eq!(get(&p.admin_url("/nothing")).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_credential_and_seed_restores_it_without_restart() {
+    let w = World::default().await;
+    w.provider.set_mode(Mode::InvalidGrant);
+    let config = w.config("", "");
+    let p = w.spawn(&config);
+    p.wait_ready(503, Duration::from_secs(5)).await;
+    let (_, body) = get(&p.admin_url("/readyz")).await;
+    let r = json(&body);
+    assert_eq!(r["tokens"][0]["token"], "demo");
+    assert_eq!(r["tokens"][0]["state"], "needs_login");
+
+    // A person obtains a new refresh token and seeds it.
+    w.provider.set_mode(Mode::Normal);
+    w.provider.reset_refresh_token("seeded-refresh-token-1");
+    let path = w.dir.path().join("seed.toml");
+    std::fs::write(&path, &config).unwrap();
+    let out = run_with_stdin(
+        &["seed", "demo", "-c", path.to_str().unwrap()],
+        "seeded-refresh-token-1\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("verified") && stdout.contains("generation"),
+        "{stdout}"
+    );
+    for token in w.provider.all_tokens() {
+        assert!(!stdout.contains(&token), "seed printed a token");
+    }
+
+    p.wait_ready(200, Duration::from_secs(10)).await;
+    assert_eq!(get(&p.url("/demo/after-seed")).await.0, 200);
+    assert_eq!(w.provider.reuse_detected(), 0);
+    assert!(
+        p.log().contains("a new token was stored; resuming"),
+        "{}",
+        p.log()
+    );
+
+    // A token the provider refuses is not stored.
+    let before = std::fs::read_to_string(w.state_dir().join("demo.json")).unwrap();
+    let out = run_with_stdin(
+        &["seed", "demo", "-c", path.to_str().unwrap()],
+        "not-a-valid-token",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_grant"));
+    assert_eq!(
+        std::fs::read_to_string(w.state_dir().join("demo.json")).unwrap(),
+        before
+    );
+}
+
+fn run_with_stdin(args: &[&str], input: &str) -> std::process::Output {
+    let mut child = Command::new(binary())
+        .args(args)
+        .env("DEMO_CLIENT_SECRET", "demo-secret")
+        .env("DEMO_REFRESH_TOKEN", "unused")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The value of one series in Prometheus text output (labels in any order).
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut sorted = labels.to_vec();
+    sorted.sort();
+    let labels: Vec<String> = sorted.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let series = if labels.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}{{{}}}", labels.join(","))
+    };
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(&series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_their_events_and_pass_promtool() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config("", ""));
+    let scrape = || async { get(&p.admin_url("/metrics")).await.1 };
+    let refresh = |trigger: &'static str, result: &'static str| {
+        [("token", "demo"), ("trigger", trigger), ("result", result)]
+    };
+
+    assert_eq!(get(&p.url("/demo/a")).await.0, 200);
+    assert_eq!(get(&p.url("/nowhere")).await.0, 404);
+    let m = scrape().await;
+    assert_eq!(
+        metric(
+            &m,
+            "tokenproxy_token_refresh_total",
+            &refresh("startup", "success")
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tokenproxy_requests_total",
+            &[("route", "demo"), ("status_class", "2xx")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tokenproxy_requests_total",
+            &[("route", "none"), ("status_class", "4xx")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tokenproxy_request_duration_seconds_count",
+            &[("route", "demo")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tokenproxy_token_refresh_duration_seconds_count",
+            &[("token", "demo")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "tokenproxy_token_valid", &[("token", "demo")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tokenproxy_store_write_errors_total",
+            &[("token", "demo")]
+        ),
+        Some(0.0)
+    );
+    assert!(metric(&m, "tokenproxy_process_resident_memory_bytes", &[]).unwrap() > 0.0);
+    let expiry = metric(
+        &m,
+        "tokenproxy_token_expiry_timestamp_seconds",
+        &[("token", "demo")],
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(expiry > now && expiry < now + 60.0, "{expiry} vs {now}");
+
+    // A 401 → reactive refresh → resent: the retry and the new expiry show.
+    w.provider.set_lifetime(Duration::from_secs(45));
+    w.provider.revoke_access();
+    assert_eq!(get(&p.url("/demo/b")).await.0, 200);
+    let m = scrape().await;
+    assert_eq!(
+        metric(
+            &m,
+            "tokenproxy_token_refresh_total",
+            &refresh("reactive", "success")
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tokenproxy_upstream_retries_total",
+            &[("route", "demo"), ("outcome", "success")]
+        ),
+        Some(1.0)
+    );
+    let later = metric(
+        &m,
+        "tokenproxy_token_expiry_timestamp_seconds",
+        &[("token", "demo")],
+    )
+    .unwrap();
+    assert!(
+        later > expiry + 10.0,
+        "expiry moved from {expiry} to {later}"
+    );
+
+    // A store write that fails is counted.
+    let blocker = w.state_dir().join(format!("demo.json.tmp{}", p.pid()));
+    std::fs::create_dir(&blocker).unwrap();
+    assert_eq!(
+        client()
+            .post(p.admin_url("/tokens/demo/refresh"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    std::fs::remove_dir(&blocker).unwrap();
+    let m = scrape().await;
+    assert!(
+        metric(
+            &m,
+            "tokenproxy_store_write_errors_total",
+            &[("token", "demo")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tokenproxy_token_refresh_total",
+            &refresh("manual", "success")
+        ),
+        Some(1.0)
+    );
+
+    // A dead credential is counted as such, and the token stops being valid once
+    // the provider has revoked it.
+    w.provider.set_mode(Mode::InvalidGrant);
+    assert_eq!(
+        client()
+            .post(p.admin_url("/tokens/demo/refresh"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        502
+    );
+    let m = scrape().await;
+    assert_eq!(
+        metric(
+            &m,
+            "tokenproxy_token_refresh_total",
+            &refresh("manual", "invalid_grant")
+        ),
+        Some(1.0)
+    );
+    promtool_check(&m);
+}
+
+/// `promtool check metrics`, required in CI (which installs it), skipped with a
+/// note on a developer machine without it.
+fn promtool_check(text: &str) {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is missing in CI"
+        );
+        eprintln!("promtool not installed: skipping `promtool check metrics`");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_command_reports_and_refreshes_through_the_admin_api() {
+    let w = World::default().await;
+    let config = w.config("", "");
+    let p = w.spawn(&config);
+    assert_eq!(get(&p.url("/demo/a")).await.0, 200);
+    // The command finds the admin endpoint in the configuration.
+    let path = w.dir.path().join("cli.toml");
+    std::fs::write(
+        &path,
+        config.replace(
+            "admin = \"127.0.0.1:0\"",
+            &format!("admin = \"{}\"", p.admin),
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| cli(&path, args);
+
+    // Blocking calls are fine here: the proxy is another process, and the provider
+    // has the runtime's other worker.
+    let (code, out) = cli(&["token", "status", "demo"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.starts_with("demo: valid, expires ") && out.contains("generation 1"),
+        "{out}"
+    );
+
+    let (code, out) = cli(&["token", "refresh", "demo"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("generation 2") && out.contains("(manual)"),
+        "{out}"
+    );
+
+    let (code, out) = cli(&["token", "status", "demo", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(json(&out)["generation"], 2);
+
+    let (code, out) = cli(&["token", "status", "nope"]);
+    assert_eq!(code, Some(2), "{out}");
+
+    drop(p);
+    let (code, out) = cli(&["token", "status", "demo"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("cannot reach the admin endpoint"), "{out}");
+}
+
+fn cli(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .env("DEMO_CLIENT_SECRET", "x")
+        .env("DEMO_REFRESH_TOKEN", "x")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_log_line_per_request_without_query_or_headers() {
+    let w = World::default().await;
+    let path = w.dir.path().join("json.toml");
+    std::fs::write(&path, w.config("", "")).unwrap();
+    let p = Proxy::start_args(&path, &["--log-format", "json"], &[]);
+    let r = client()
+        .get(p.url("/demo/items?filter=private-value"))
+        .header("X-Api-Key", "header-value")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let log = p.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(json)
+        .filter(|l| l["fields"]["message"] == "request")
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    let f = &lines[0]["fields"];
+    assert_eq!(f["method"], "GET");
+    assert_eq!(f["route"], "demo");
+    assert_eq!(f["status"], 200);
+    assert_eq!(f["retried"], false);
+    assert!(f["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(
+        !log.contains("private-value") && !log.contains("header-value"),
+        "{log}"
+    );
+    let refreshed: Vec<serde_json::Value> = log
+        .lines()
+        .map(json)
+        .filter(|l| l["fields"]["message"] == "token refreshed")
+        .collect();
+    assert_eq!(refreshed[0]["fields"]["trigger"], "startup");
+    assert!(
+        refreshed[0]["fields"]["expires_at"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+}
