@@ -268,7 +268,7 @@ impl TokenSource {
                         token = self.name(),
                         trigger = trigger.as_str(),
                         error = %e,
-                        "token refresh failed for good; no further attempts. Recover with `tokenproxy seed {name}` (or `tokenproxy login {name}`); this instance resumes by itself once a new token is stored",
+                        "token refresh failed for good; no further attempts. Recover by storing a new refresh token with `tokenproxy seed {name}`; this instance resumes by itself once a new token is stored",
                         name = self.name(),
                     );
                 } else {
