@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::config::Route;
 use crate::metrics::Metrics;
 use crate::proxy::ProxyBody;
-use crate::token::{TokenSource, TokenState, Trigger, ms_to_time};
+use crate::token::{TokenSource, Trigger, ms_to_time};
 
 pub struct Admin {
     sources: Vec<Arc<TokenSource>>,
@@ -95,7 +95,7 @@ impl Admin {
         let not_ready: Vec<Value> = self
             .routed()
             .filter(|s| !s.current().valid_for(Duration::ZERO))
-            .map(|s| json!({"token": s.name(), "state": state_name(&s.current())}))
+            .map(|s| json!({"token": s.name(), "state": state_name(s)}))
             .collect();
         if not_ready.is_empty() {
             json_response(StatusCode::OK, json!({"status": "ready"}))
@@ -141,10 +141,13 @@ impl Admin {
     }
 }
 
-/// `valid`, `expired`, `failed` (retrying), `needs_login` (terminal) or `pending`.
-fn state_name(s: &TokenState) -> &'static str {
+/// `valid`, `refreshing`, `expired`, `failed` (retrying), `needs_login` (terminal)
+/// or `pending` (nothing obtained yet).
+fn state_name(source: &TokenSource) -> &'static str {
+    let s = source.current();
     match (&s.failure, s.valid_for(Duration::ZERO)) {
         (Some(f), _) if f.terminal => "needs_login",
+        _ if source.is_refreshing() => "refreshing",
         (_, true) => "valid",
         (Some(_), false) => "failed",
         (None, false) if s.record.is_some() => "expired",
@@ -157,7 +160,7 @@ fn token_status(source: &TokenSource, store_kind: &str) -> Value {
     let rfc3339 = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
     let record = s.record.as_ref();
     json!({
-        "state": state_name(&s),
+        "state": state_name(source),
         "grant": source.config.grant.as_str(),
         "generation": s.generation(),
         "expires_at": record.map(|r| rfc3339(ms_to_time(r.expires_at_ms))),

@@ -465,3 +465,29 @@ async fn one_log_line_per_request_without_query_or_headers() {
             .ends_with('Z')
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_a_refresh_in_flight() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config("", "timeout = \"2s\""));
+    assert_eq!(get(&p.url("/demo/a")).await.0, 200);
+    w.provider.set_mode(Mode::Hang);
+    let refresh = tokio::spawn(client().post(p.admin_url("/tokens/demo/refresh")).send());
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let state = json(&get(&p.admin_url("/status")).await.1)["tokens"]["demo"]["state"].clone();
+        if state == "refreshing" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "state stayed {state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The hung token request times out; the current token still serves.
+    assert_eq!(refresh.await.unwrap().unwrap().status(), 502);
+    let t = json(&get(&p.admin_url("/status")).await.1)["tokens"]["demo"].clone();
+    assert_eq!(t["state"], "valid");
+    assert!(
+        t["last_error"].as_str().unwrap().contains("timed out"),
+        "{t}"
+    );
+}

@@ -190,6 +190,11 @@ impl TokenSource {
             }))
     }
 
+    /// Whether a refresh (or a store read or write of this token) is under way.
+    pub fn is_refreshing(&self) -> bool {
+        self.flight.try_lock().is_err()
+    }
+
     /// Waits until no refresh is running (used at shutdown, so that a rotated refresh
     /// token being written is written).
     pub async fn quiesce(&self) {
