@@ -14,7 +14,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use crate::config::Route;
+use crate::config::{Route, RouteUpstream};
 use crate::metrics::Metrics;
 use crate::proxy::ProxyBody;
 use crate::token::{TokenSource, Trigger, ms_to_time};
@@ -40,7 +40,10 @@ impl Admin {
                 (
                     r.name.clone(),
                     r.prefix.clone(),
-                    r.upstream.authority.host().to_owned(),
+                    match &r.upstream {
+                        RouteUpstream::Static(u) => u.authority.host().to_owned(),
+                        RouteUpstream::Dynamic { .. } => "(from the token response)".to_owned(),
+                    },
                     r.token,
                 )
             })

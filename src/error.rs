@@ -31,6 +31,10 @@ pub enum ProxyError {
     UpstreamTimeout(Duration),
     #[error("the upstream connection failed before a response arrived")]
     UpstreamFailed,
+    #[error(
+        "the token response names no usable upstream for this route (such as instance_url); see the admin /status endpoint"
+    )]
+    NoUpstream,
     #[error("no valid access token is available; see the admin /status endpoint")]
     NoValidToken { retry_after: Duration },
 }
@@ -41,7 +45,9 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadPath | ProxyError::ClientBody => StatusCode::BAD_REQUEST,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::UpstreamUnreachable | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamUnreachable
+            | ProxyError::UpstreamFailed
+            | ProxyError::NoUpstream => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoValidToken { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -57,6 +63,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable => "upstream_unreachable",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::UpstreamFailed => "upstream_failed",
+            ProxyError::NoUpstream => "no_upstream",
             ProxyError::NoValidToken { .. } => "no_valid_token",
         }
     }

@@ -33,7 +33,6 @@ pub mod store;
 pub mod tls;
 pub mod token;
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -43,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use config::{Config, StoreConfig};
 use store::{FileStore, StoreError, TokenStore};
-use token::TokenSource;
+use token::{TokenHttp, TokenSource};
 
 /// Why tokenproxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -93,10 +92,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    let tls = tls::client_config(config.tls.ca_file.as_deref())?;
+    let roots = tls::roots(config.tls.ca_file.as_deref())?;
+    let tls = tls::client_config(Arc::clone(&roots), None)?;
     let store = open_store(&config)?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let http = token_client(&tls, &config)?;
+    let http = TokenHttp::new(roots, config.proxy.connect_timeout)?;
     let sources: Vec<Arc<TokenSource>> = config
         .tokens
         .into_iter()
@@ -179,19 +179,6 @@ fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreError> {
     })
 }
 
-/// The client for token endpoints. It ignores `HTTP(S)_PROXY`: those are set for
-/// the ETL tools and often point at tokenproxy itself.
-fn token_client(
-    tls: &rustls::ClientConfig,
-    config: &Config,
-) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls.clone())
-        .no_proxy()
-        .connect_timeout(config.proxy.connect_timeout)
-        .build()
-}
-
 /// Why `tokenproxy seed` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SeedCommandError {
@@ -211,9 +198,9 @@ pub async fn seed(
     input: &str,
     verify: bool,
 ) -> Result<String, SeedCommandError> {
-    let tls = tls::client_config(config.tls.ca_file.as_deref()).map_err(StartError::from)?;
+    let roots = tls::roots(config.tls.ca_file.as_deref()).map_err(StartError::from)?;
     let store = open_store(&config).map_err(StartError::from)?;
-    let http = token_client(&tls, &config).map_err(StartError::from)?;
+    let http = TokenHttp::new(roots, config.proxy.connect_timeout).map_err(StartError::from)?;
     let index = config
         .tokens
         .iter()
@@ -242,61 +229,4 @@ fn source_store_kind(config: &Config) -> &'static str {
     match config.store {
         StoreConfig::File { .. } => "file",
     }
-}
-
-/// What `tokenproxy check` prints: the resolved configuration, secrets as their sources.
-pub fn describe(config: &Config) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "{}: OK", config.file.display());
-    let _ = writeln!(
-        out,
-        "listen: proxy {} admin {}",
-        config.listen.proxy, config.listen.admin
-    );
-    match &config.store {
-        StoreConfig::File { path } => {
-            let _ = writeln!(out, "store: file {}", path.display());
-        }
-    }
-    let _ = writeln!(out, "tokens:");
-    for t in &config.tokens {
-        let _ = writeln!(
-            out,
-            "  {}: grant {} at {} (client_id {}, client_secret {}, client_auth {}, refresh_token {}), refresh_before {}, min_interval {}, default_lifetime {}",
-            t.name,
-            t.grant.as_str(),
-            t.token_url,
-            t.client_id,
-            t.client_secret
-                .as_ref()
-                .map_or("none".into(), |s| s.to_string()),
-            t.client_auth.as_str(),
-            t.refresh_token
-                .as_ref()
-                .map_or("from the store".into(), |s| s.to_string()),
-            humantime::format_duration(t.refresh_before),
-            humantime::format_duration(t.min_interval),
-            humantime::format_duration(t.default_lifetime),
-        );
-    }
-    let _ = writeln!(out, "routes:");
-    for r in &config.routes {
-        let token = &config.tokens[r.token];
-        let retry: Vec<u16> = r.retry_on.iter().map(|s| s.as_u16()).collect();
-        let _ = writeln!(
-            out,
-            "  {}: prefix {} host {} -> {} with token {} as \"{}\", retry_on {:?}",
-            r.name,
-            r.prefix.as_deref().unwrap_or("(none)"),
-            r.host,
-            r.upstream.base_url,
-            token.name,
-            token.injects[r.inject],
-            retry,
-        );
-    }
-    for w in &config.warnings {
-        let _ = writeln!(out, "warning: {w}");
-    }
-    out
 }

@@ -104,7 +104,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match Config::load(&config_path(config)) {
             Ok(config) => {
-                print!("{}", tokenproxy::describe(&config));
+                print!("{}", config.describe());
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -142,7 +142,11 @@ fn bad_configs_exit_2_naming_file_key_and_fix() {
         (
             "grant = \"refresh_token\"",
             "grant = \"implicit\"",
-            &["unknown variant", "implicit"],
+            &[
+                "tokens.api.grant",
+                "implicit",
+                "refresh_token, client_credentials, password, jwt_bearer",
+            ],
         ),
         (
             "[tokens.api]",

@@ -16,9 +16,9 @@ mod route;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use http::header::{HOST, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HOST, HeaderMap};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -29,10 +29,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 pub use body::ProxyBody;
 pub use route::Router;
 
-use crate::config::ProxySettings;
+use crate::config::{Credential, Inject, ProxySettings, Route, RouteUpstream};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, RetryOutcome, RouteMetrics};
-use crate::token::{TokenSource, Trigger};
+use crate::token::{TokenSource, TokenState, Trigger};
 use body::Prepared;
 use route::{Miss, Target};
 
@@ -142,10 +142,12 @@ impl Proxy {
         trace.route = Some(target.route);
         let route = &self.router.routes()[target.route];
         let source = &self.sources[route.token];
-        let inject = &source.config.injects[route.inject].header;
         headers::to_upstream(&mut parts.headers);
+        for (name, value) in &route.headers {
+            parts.headers.insert(name.clone(), value.clone());
+        }
 
-        let (generation, value) = token(source, route.inject).await?;
+        let state = token(source, route.inject).await?;
 
         let prepared = if route.retry_on.is_empty() {
             Prepared::Streaming(ProxyBody::Incoming(body))
@@ -161,34 +163,31 @@ impl Proxy {
             }
             Prepared::Streaming(body) => (body, None),
         };
-        let method = parts.method;
-        let mut resp = self
-            .send(
-                method.clone(),
-                target.uri.clone(),
-                parts.headers,
-                inject,
-                value,
-                first,
-            )
-            .await?;
+        let out = Outgoing {
+            method: &parts.method,
+            uri: &parts.uri,
+            target: &target,
+            route,
+            source,
+        };
+        let (mut resp, mut base_url) = self.send(&out, &state, parts.headers, first).await?;
 
         if route.retry_on.contains(&resp.status()) {
             // The token was refused: refresh it either way, so that the next request
             // works; resend only a request whose body was kept.
-            let refreshed = source.refresh(generation, Trigger::Reactive).await;
-            let value = refreshed.ok().and_then(|state| {
-                let value = state.header(route.inject)?.clone();
-                (state.generation() != generation).then_some(value)
-            });
-            trace.retry = Some(match (replay, value) {
+            let generation = state.generation();
+            let fresh = source
+                .refresh(generation, Trigger::Reactive)
+                .await
+                .ok()
+                .filter(|s| s.generation() != generation && s.credential(route.inject).is_some());
+            trace.retry = Some(match (replay, fresh) {
                 (_, None) => RetryOutcome::RefreshFailed,
                 (None, Some(_)) => RetryOutcome::NotReplayable,
-                (Some((bytes, headers)), Some(value)) => {
+                (Some((bytes, headers)), Some(fresh)) => {
                     drop(resp);
-                    let body = ProxyBody::full(bytes);
-                    resp = self
-                        .send(method, target.uri.clone(), headers, inject, value, body)
+                    (resp, base_url) = self
+                        .send(&out, &fresh, headers, ProxyBody::full(bytes))
                         .await?;
                     if route.retry_on.contains(&resp.status()) {
                         RetryOutcome::Rejected
@@ -200,9 +199,7 @@ impl Proxy {
         }
 
         let (mut parts, body) = resp.into_parts();
-        headers::to_client(&mut parts.headers, &route.upstream.base_url, || {
-            target.proxy_base.clone()
-        });
+        headers::to_client(&mut parts.headers, &base_url, || target.proxy_base.clone());
         Ok(Response::from_parts(parts, ProxyBody::Incoming(body)))
     }
 
@@ -230,23 +227,46 @@ impl Proxy {
         })
     }
 
+    /// Sends one request with `state`'s credential to the route's upstream (which,
+    /// for `{token.FIELD}` routes, `state` names). Returns the upstream's base URL too,
+    /// for rewriting `Location`.
     async fn send(
         &self,
-        method: Method,
-        uri: Uri,
+        out: &Outgoing<'_>,
+        state: &TokenState,
         mut headers: HeaderMap,
-        inject: &HeaderName,
-        value: HeaderValue,
         body: ProxyBody,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        headers.insert(inject.clone(), value);
+    ) -> Result<(Response<Incoming>, String), ProxyError> {
+        let upstream = match &out.route.upstream {
+            RouteUpstream::Static(u) => u,
+            RouteUpstream::Dynamic { index, .. } => {
+                state.upstream(*index).ok_or(ProxyError::NoUpstream)?
+            }
+        };
+        let credential = state
+            .credential(out.route.inject)
+            .ok_or(ProxyError::NoValidToken {
+                retry_after: Duration::from_secs(1),
+            })?;
+        let query = match (credential, &out.source.config.injects[out.route.inject]) {
+            (Credential::Header(name, value), _) => {
+                headers.insert(name.clone(), value.clone());
+                None
+            }
+            (Credential::Query(pair), Inject::Query { param }) => {
+                Some((param.as_str(), pair.as_str()))
+            }
+            (Credential::Query(_), Inject::Header { .. }) => None,
+        };
+        let uri = route::upstream_uri(upstream, out.target.rest(out.uri), out.uri.query(), query)
+            .map_err(|_| ProxyError::BadPath)?;
         let mut req = Request::new(body);
-        *req.method_mut() = method;
+        *req.method_mut() = out.method.clone();
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
         let timeout = self.settings.response_timeout;
         match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => Ok((resp, upstream.base_url.clone())),
             Ok(Err(e)) => {
                 tracing::warn!(error = %error_chain(&e), "upstream request failed");
                 Err(if e.is_connect() {
@@ -260,23 +280,27 @@ impl Proxy {
     }
 }
 
-/// The token's generation and header value; refreshes (single flight) when there
-/// is no valid token.
-async fn token(source: &Arc<TokenSource>, inject: usize) -> Result<(u64, HeaderValue), ProxyError> {
-    let generation = {
-        let state = source.current();
-        if let Some(value) = state.header(inject) {
-            return Ok((state.generation(), value.clone()));
-        }
-        state.generation()
-    };
-    match source.refresh(generation, Trigger::Reactive).await {
-        Ok(state) => match state.header(inject) {
-            Some(value) => Ok((state.generation(), value.clone())),
-            None => Err(ProxyError::NoValidToken {
-                retry_after: std::time::Duration::from_secs(1),
-            }),
-        },
+/// What stays the same between the first attempt and a resend.
+struct Outgoing<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    target: &'a Target,
+    route: &'a Route,
+    source: &'a TokenSource,
+}
+
+/// A token state with a valid credential for `inject`; refreshes (single flight)
+/// when there is none.
+async fn token(source: &Arc<TokenSource>, inject: usize) -> Result<Arc<TokenState>, ProxyError> {
+    let state = source.current_full();
+    if state.credential(inject).is_some() {
+        return Ok(state);
+    }
+    match source.refresh(state.generation(), Trigger::Reactive).await {
+        Ok(state) if state.credential(inject).is_some() => Ok(state),
+        Ok(_) => Err(ProxyError::NoValidToken {
+            retry_after: Duration::from_secs(1),
+        }),
         Err(u) => Err(ProxyError::NoValidToken {
             retry_after: u.retry_after,
         }),

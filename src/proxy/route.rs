@@ -10,15 +10,23 @@
 use http::Uri;
 use http::uri::PathAndQuery;
 
-use crate::config::{Route, normalise_host};
+use crate::config::{Route, Upstream, normalise_host};
 
-/// A matched request: the route's index and the upstream URI to send to.
+/// A matched request.
+#[derive(Debug)]
 pub struct Target {
     pub route: usize,
-    pub uri: Uri,
+    /// Where in the request path the part after the route's base starts.
+    pub rest_at: usize,
     /// What the client used as the route's base URL, for rewriting `Location`
     /// (`None` when it cannot be told).
     pub proxy_base: Option<String>,
+}
+
+impl Target {
+    pub fn rest<'a>(&self, uri: &'a Uri) -> &'a str {
+        uri.path().get(self.rest_at..).unwrap_or("")
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -31,6 +39,18 @@ pub struct Router {
     routes: Vec<Route>,
     /// Route indices with a prefix, longest prefix first.
     by_prefix: Vec<usize>,
+}
+
+/// Where `path` continues after `base` (which ends with `/`), also when the path is
+/// the base without its final slash.
+fn after(path: &str, base: &str) -> Option<usize> {
+    if path.starts_with(base) {
+        Some(base.len())
+    } else if path.len() + 1 == base.len() && base.starts_with(path) {
+        Some(path.len())
+    } else {
+        None
+    }
 }
 
 impl Router {
@@ -51,21 +71,18 @@ impl Router {
     pub fn origin(&self, uri: &Uri, host: Option<&str>) -> Result<Target, Miss> {
         let path = uri.path();
         for &i in &self.by_prefix {
-            let route = &self.routes[i];
-            let prefix = route.prefix.as_deref().unwrap_or("/");
-            let rest = if let Some(rest) = path.strip_prefix(prefix) {
-                rest
-            } else if path.len() + 1 == prefix.len() && prefix.starts_with(path) {
-                ""
-            } else {
+            let prefix = self.routes[i].prefix.as_deref().unwrap_or("/");
+            let Some(rest_at) = after(path, prefix) else {
                 continue;
             };
-            let proxy_base = host.map(|h| format!("http://{h}{prefix}"));
-            return Ok(Target {
-                route: i,
-                uri: upstream_uri(route, rest, uri.query())?,
-                proxy_base,
-            });
+            return checked(
+                Target {
+                    route: i,
+                    rest_at,
+                    proxy_base: host.map(|h| format!("http://{h}{prefix}")),
+                },
+                uri,
+            );
         }
         Err(Miss::NoRoute)
     }
@@ -83,45 +100,70 @@ impl Router {
         };
         let host = normalise_host(authority.host(), authority.port_u16(), default);
         let path = uri.path();
-        let mut best: Option<(usize, &str)> = None;
+        let mut best: Option<(usize, usize)> = None;
         for (i, route) in self.routes.iter().enumerate() {
-            if route.host != host {
+            if route.host.as_deref() != Some(host.as_str()) {
                 continue;
             }
-            let base = &route.upstream.base_path;
-            let rest = if let Some(rest) = path.strip_prefix(base.as_str()) {
-                rest
-            } else if path.len() + 1 == base.len() && base.starts_with(path) {
-                ""
-            } else {
+            let Some(rest_at) = after(path, route.upstream.base_path()) else {
                 continue;
             };
-            if best.is_none_or(|(b, _)| self.routes[b].upstream.base_path.len() < base.len()) {
-                best = Some((i, rest));
+            if best.is_none_or(|(b, _)| self.routes[b].upstream.base_path().len() < rest_at) {
+                best = Some((i, rest_at));
             }
         }
-        let (i, rest) = best.ok_or(Miss::NoRoute)?;
-        let route = &self.routes[i];
-        Ok(Target {
-            route: i,
-            uri: upstream_uri(route, rest, uri.query())?,
-            proxy_base: Some(format!("http://{}{}", authority, route.upstream.base_path)),
-        })
+        let (i, rest_at) = best.ok_or(Miss::NoRoute)?;
+        let base = self.routes[i].upstream.base_path();
+        checked(
+            Target {
+                route: i,
+                rest_at,
+                proxy_base: Some(format!("http://{authority}{base}")),
+            },
+            uri,
+        )
     }
 }
 
-fn upstream_uri(route: &Route, rest: &str, query: Option<&str>) -> Result<Uri, Miss> {
-    if climbs(rest) {
+fn checked(target: Target, uri: &Uri) -> Result<Target, Miss> {
+    if climbs(target.rest(uri)) {
         return Err(Miss::BadPath);
     }
-    let up = &route.upstream;
-    let mut pq =
-        String::with_capacity(up.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+    Ok(target)
+}
+
+/// The upstream URL: base path, the rest of the client's path, the client's query
+/// and, for query-parameter injection, the credential (replacing any parameter of
+/// the same name the client sent).
+pub fn upstream_uri(
+    up: &Upstream,
+    rest: &str,
+    query: Option<&str>,
+    credential: Option<(&str, &str)>,
+) -> Result<Uri, Miss> {
+    let mut pq = String::with_capacity(
+        up.base_path.len()
+            + rest.len()
+            + query.map_or(0, |q| q.len() + 1)
+            + credential.map_or(0, |c| c.1.len() + 1),
+    );
     pq.push_str(&up.base_path);
     pq.push_str(rest);
+    let mut sep = '?';
     if let Some(q) = query {
-        pq.push('?');
-        pq.push_str(q);
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            let key = pair.split('=').next().unwrap_or("");
+            if credential.is_some_and(|(param, _)| param == key) {
+                continue;
+            }
+            pq.push(sep);
+            pq.push_str(pair);
+            sep = '&';
+        }
+    }
+    if let Some((_, pair)) = credential {
+        pq.push(sep);
+        pq.push_str(pair);
     }
     let pq = PathAndQuery::try_from(pq).map_err(|_| Miss::BadPath)?;
     Uri::builder()
@@ -147,7 +189,7 @@ fn climbs(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, RouteUpstream};
 
     fn router() -> Router {
         let text = r#"
@@ -173,15 +215,22 @@ mod tests {
         Router::new(Config::parse(text, "t.toml".as_ref()).unwrap().routes)
     }
 
+    fn resolve(r: &Router, t: Result<Target, Miss>, uri: &Uri) -> Result<(usize, String), Miss> {
+        let t = t?;
+        let RouteUpstream::Static(up) = &r.routes()[t.route].upstream else {
+            panic!("static")
+        };
+        upstream_uri(up, t.rest(uri), uri.query(), None).map(|u| (t.route, u.to_string()))
+    }
+
     fn origin(r: &Router, path: &str) -> Result<(usize, String), Miss> {
         let uri: Uri = path.parse().unwrap();
-        r.origin(&uri, Some("localhost:8080"))
-            .map(|t| (t.route, t.uri.to_string()))
+        resolve(r, r.origin(&uri, Some("localhost:8080")), &uri)
     }
 
     fn absolute(r: &Router, url: &str) -> Result<(usize, String), Miss> {
-        r.absolute(&url.parse().unwrap())
-            .map(|t| (t.route, t.uri.to_string()))
+        let uri: Uri = url.parse().unwrap();
+        resolve(r, r.absolute(&uri), &uri)
     }
 
     #[test]
@@ -257,5 +306,21 @@ mod tests {
             assert_eq!(origin(&r, p), Err(Miss::BadPath), "{p}");
         }
         assert!(origin(&r, "/ex/file.v1..json").is_ok());
+    }
+
+    #[test]
+    fn query_credential_replaces_the_clients_parameter() {
+        let up = Upstream::parse("https://api.example.com/v1/").unwrap();
+        let cred = Some(("access_token", "access_token=abc%21"));
+        let uri = upstream_uri(&up, "items", Some("access_token=client&page=2"), cred).unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "https://api.example.com/v1/items?page=2&access_token=abc%21"
+        );
+        let uri = upstream_uri(&up, "items", None, cred).unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "https://api.example.com/v1/items?access_token=abc%21"
+        );
     }
 }

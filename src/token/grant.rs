@@ -2,65 +2,170 @@
 //! read of the answer. It does not decide when to refresh or what to do with the
 //! result; `TokenSource` does.
 
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use http::header::{ACCEPT, AUTHORIZATION, RETRY_AFTER};
+use reqwest::Url;
 
+use super::jwt::Signer;
 use super::response::{self, GrantError, TokenResponse};
 use crate::config::{ClientAuth, Grant, TokenConfig};
-use crate::secret::Secret;
+use crate::secret::{Secret, SecretRef};
 
 /// Token responses are small; a larger body is cut off at this size and fails to parse.
 const MAX_RESPONSE: usize = 1024 * 1024;
+const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
-/// Asks the token endpoint for a new access token. `refresh_token` is required for
-/// the refresh grant and ignored otherwise.
+/// What token requests are sent with: a shared client, and the trust roots for
+/// building a mutual-TLS client when a token has a client certificate.
+#[derive(Clone)]
+pub struct TokenHttp {
+    pub client: reqwest::Client,
+    pub roots: Arc<rustls::RootCertStore>,
+    pub connect_timeout: Duration,
+}
+
+impl TokenHttp {
+    pub fn new(
+        roots: Arc<rustls::RootCertStore>,
+        connect_timeout: Duration,
+    ) -> Result<TokenHttp, crate::tls::TlsError> {
+        let tls = crate::tls::client_config(Arc::clone(&roots), None)?;
+        let client = build(tls, connect_timeout)
+            .map_err(|e| crate::tls::TlsError::ClientCert(e.to_string()))?;
+        Ok(TokenHttp {
+            client,
+            roots,
+            connect_timeout,
+        })
+    }
+
+    /// The shared client, or one presenting the token's client certificate, read
+    /// now from its secret references so that a rotated certificate takes effect.
+    fn client_for(&self, cfg: &TokenConfig) -> Result<Cow<'_, reqwest::Client>, GrantError> {
+        let Some((cert, key)) = &cfg.client_cert else {
+            return Ok(Cow::Borrowed(&self.client));
+        };
+        let (cert, key) = (resolve(cert)?, resolve(key)?);
+        let tls =
+            crate::tls::client_config(Arc::clone(&self.roots), Some((cert.expose(), key.expose())))
+                .map_err(|e| GrantError::Transport(e.to_string()))?;
+        build(tls, self.connect_timeout)
+            .map(Cow::Owned)
+            .map_err(|e| GrantError::Transport(format!("client certificate: {e}")))
+    }
+}
+
+/// The token client ignores `HTTP(S)_PROXY`: those are set for the ETL tools and
+/// often point at tokenproxy itself.
+fn build(
+    tls: rustls::ClientConfig,
+    connect_timeout: Duration,
+) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .no_proxy()
+        .connect_timeout(connect_timeout)
+        .build()
+}
+
+fn resolve(r: &SecretRef) -> Result<Secret, GrantError> {
+    r.resolve()
+        .map_err(|e| GrantError::Transport(format!("cannot read a configured secret: {e}")))
+}
+
+/// Asks the token endpoint at `url` for a new access token. `refresh_token` is
+/// required for the refresh grant and ignored otherwise; `secret_in_basic` says how
+/// a client secret travels (from the configuration, or from discovery).
 pub async fn request(
-    http: &reqwest::Client,
+    http: &TokenHttp,
     cfg: &TokenConfig,
+    url: &Url,
+    secret_in_basic: bool,
     refresh_token: Option<&Secret>,
 ) -> Result<TokenResponse, GrantError> {
-    let resolve = |r: &crate::secret::SecretRef| {
-        r.resolve()
-            .map_err(|e| GrantError::Transport(format!("cannot read a configured secret: {e}")))
-    };
-    let client_id = resolve(&cfg.client_id)?;
-    let client_secret = cfg.client_secret.as_ref().map(resolve).transpose()?;
+    let client_id = cfg.client_id.as_ref().map(resolve).transpose()?;
+    let client_id = client_id.as_ref().map(Secret::expose);
+    let scope = cfg.scope.as_deref();
 
-    let mut form: Vec<(&str, &str)> = vec![("grant_type", cfg.grant.as_str())];
-    match cfg.grant {
-        Grant::RefreshToken => {
+    // Owned values the form borrows from.
+    let mut owned: Vec<(&str, Secret)> = Vec::new();
+    let mut form: Vec<(&str, &str)> = vec![("grant_type", cfg.grant.kind().grant_type())];
+    let mut scope_in_form = scope;
+    match &cfg.grant {
+        Grant::RefreshToken { .. } => {
             let rt = refresh_token.ok_or_else(|| GrantError::Terminal {
                 code: "no_refresh_token".into(),
                 description: Some("no refresh token is stored".into()),
             })?;
             form.push(("refresh_token", rt.expose()));
+            scope_in_form = scope.filter(|_| cfg.scope_on_refresh);
         }
         Grant::ClientCredentials => {}
+        Grant::Password { username, password } => {
+            owned.push(("username", resolve(username)?));
+            owned.push(("password", resolve(password)?));
+        }
+        Grant::JwtBearer(spec) => {
+            let signer =
+                Signer::load(&spec.key).map_err(|e| GrantError::Transport(e.to_string()))?;
+            let jwt = signer
+                .assertion(spec, client_id, url.as_str(), scope, false)
+                .map_err(|e| GrantError::Transport(e.to_string()))?;
+            owned.push(("assertion", jwt));
+            if spec.scope_in_assertion {
+                scope_in_form = None;
+            }
+        }
     }
-    if let Some(scope) = &cfg.scope {
-        form.push(("scope", scope));
+
+    let mut basic = None;
+    match &cfg.client_auth {
+        ClientAuth::None => {
+            // A bearer assertion identifies the client by itself.
+            if !matches!(cfg.grant, Grant::JwtBearer(_))
+                && let Some(id) = client_id
+            {
+                form.push(("client_id", id));
+            }
+        }
+        ClientAuth::Post(secret) | ClientAuth::Basic(secret) => {
+            let secret = resolve(secret)?;
+            if secret_in_basic {
+                basic = Some(basic_auth(client_id.unwrap_or(""), secret.expose()));
+            } else {
+                form.extend(client_id.map(|id| ("client_id", id)));
+                owned.push(("client_secret", secret));
+            }
+        }
+        ClientAuth::PrivateKeyJwt(spec) => {
+            let signer =
+                Signer::load(&spec.key).map_err(|e| GrantError::Transport(e.to_string()))?;
+            let jwt = signer
+                .assertion(spec, client_id, url.as_str(), None, true)
+                .map_err(|e| GrantError::Transport(e.to_string()))?;
+            form.extend(client_id.map(|id| ("client_id", id)));
+            form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE));
+            owned.push(("client_assertion", jwt));
+        }
+        ClientAuth::TlsClientAuth => form.extend(client_id.map(|id| ("client_id", id))),
     }
+    form.extend(scope_in_form.map(|s| ("scope", s)));
     for (k, v) in &cfg.params {
         form.push((k, v));
     }
+    form.extend(owned.iter().map(|(k, v)| (*k, v.expose())));
 
-    let mut req = http
-        .post(cfg.token_url.clone())
+    let client = http.client_for(cfg)?;
+    let mut req = client
+        .post(url.clone())
         .timeout(cfg.timeout)
         .header(ACCEPT, "application/json");
-    match cfg.client_auth {
-        ClientAuth::Post => {
-            form.push(("client_id", client_id.expose()));
-            if let Some(s) = &client_secret {
-                form.push(("client_secret", s.expose()));
-            }
-        }
-        ClientAuth::Basic => {
-            let secret = client_secret.as_ref().map(Secret::expose).unwrap_or("");
-            req = req.header(AUTHORIZATION, basic_auth(client_id.expose(), secret));
-        }
+    if let Some(b) = basic {
+        req = req.header(AUTHORIZATION, b);
     }
     for (name, value) in &cfg.headers {
         let value = resolve(value)?;

@@ -16,7 +16,9 @@
 //! Scheduling (when to refresh) lives in `schedule`; talking to the token endpoint
 //! in `grant`; reading its answers in `response`.
 
+mod discovery;
 mod grant;
+mod jwt;
 mod response;
 mod schedule;
 mod seed;
@@ -25,14 +27,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use http::HeaderValue;
 use tokio::sync::{Mutex, Notify};
 
-use crate::config::{Grant, TokenConfig};
+use crate::config::{ClientAuth, Credential, Endpoint, Grant, TokenConfig, Upstream};
 use crate::metrics::Metrics;
 use crate::store::{RECORD_VERSION, StoreError, StoredToken, TokenStore};
 
-pub use grant::basic_auth;
+pub use grant::{TokenHttp, basic_auth};
 pub use response::GrantError;
 pub use schedule::run as run_scheduler;
 pub use seed::SeedError;
@@ -61,8 +62,11 @@ impl Trigger {
 #[derive(Debug, Default)]
 pub struct TokenState {
     pub record: Option<StoredToken>,
-    /// One value per injection template of the token's routes; empty when unusable.
-    headers: Vec<HeaderValue>,
+    /// One credential per injection template of the token's routes; empty when unusable.
+    credentials: Vec<Credential>,
+    /// One per `{token.FIELD}` upstream of the token's routes; `None` when the
+    /// response did not carry a usable URL there.
+    upstreams: Vec<Option<Upstream>>,
     /// When the access token stops being usable, on the monotonic clock.
     valid_until: Option<Instant>,
     pub failure: Option<Failure>,
@@ -76,13 +80,18 @@ impl TokenState {
         self.record.as_ref().map_or(0, |r| r.generation)
     }
 
-    /// The header value for injection template `inject`, while the token is valid.
-    pub fn header(&self, inject: usize) -> Option<&HeaderValue> {
+    /// The credential for injection template `inject`, while the token is valid.
+    pub fn credential(&self, inject: usize) -> Option<&Credential> {
         self.valid_for(Duration::ZERO)
-            .then(|| self.headers.get(inject))?
+            .then(|| self.credentials.get(inject))?
     }
 
     /// Whether the access token is usable for at least `margin` more.
+    /// The upstream of `{token.FIELD}` template `index`, from the token response.
+    pub fn upstream(&self, index: usize) -> Option<&Upstream> {
+        self.upstreams.get(index)?.as_ref()
+    }
+
     pub fn valid_for(&self, margin: Duration) -> bool {
         self.valid_until
             .is_some_and(|until| until > Instant::now() + margin)
@@ -138,7 +147,9 @@ pub struct TokenSource {
     /// Single flight: one refresh per token at a time within this process.
     flight: Mutex<()>,
     store: Arc<dyn TokenStore>,
-    http: reqwest::Client,
+    http: TokenHttp,
+    /// The issuer's metadata, fetched on first use when the token has `issuer`.
+    metadata: tokio::sync::OnceCell<discovery::Metadata>,
     metrics: Arc<Metrics>,
     /// Wakes the scheduler when the state changes under it.
     changed: Notify,
@@ -151,7 +162,7 @@ impl TokenSource {
     pub fn new(
         config: TokenConfig,
         store: Arc<dyn TokenStore>,
-        http: reqwest::Client,
+        http: TokenHttp,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(TokenSource {
@@ -160,6 +171,7 @@ impl TokenSource {
             flight: Mutex::new(()),
             store,
             http,
+            metadata: tokio::sync::OnceCell::new(),
             metrics,
             changed: Notify::new(),
         })
@@ -167,6 +179,12 @@ impl TokenSource {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The current state as an owned pointer (one atomic increment), for holding
+    /// across awaits.
+    pub fn current_full(&self) -> Arc<TokenState> {
+        self.cell.load_full()
     }
 
     /// The current state; cheap, lock-free.
@@ -292,7 +310,8 @@ impl TokenSource {
                     .max(BACKOFF_BASE);
                 self.publish(TokenState {
                     record: cur.record.clone(),
-                    headers: cur.headers.clone(),
+                    credentials: cur.credentials.clone(),
+                    upstreams: cur.upstreams.clone(),
                     valid_until: cur.valid_until,
                     failure: Some(failure),
                     unsaved: cur.unsaved,
@@ -324,19 +343,23 @@ impl TokenSource {
             (None, c) => c.clone(),
         };
 
-        let refresh_token = match (&newest, self.config.grant) {
-            (_, Grant::ClientCredentials) => None,
-            (Some(rec), _) if rec.refresh_token.is_some() => rec.refresh_token.clone(),
-            _ => match &self.config.refresh_token {
-                Some(r) => Some(r.resolve().map_err(|e| {
-                    RefreshError::Grant(GrantError::Transport(format!(
-                        "cannot read refresh_token: {e}"
-                    )))
-                })?),
-                None => return Err(RefreshError::NeedsLogin),
-            },
+        let refresh_token = match &self.config.grant {
+            Grant::RefreshToken { initial } => {
+                match newest.as_ref().and_then(|r| r.refresh_token.clone()) {
+                    Some(rt) => Some(rt),
+                    None => match initial {
+                        Some(r) => Some(r.resolve().map_err(|e| {
+                            RefreshError::Grant(GrantError::Transport(format!(
+                                "cannot read refresh_token: {e}"
+                            )))
+                        })?),
+                        None => return Err(RefreshError::NeedsLogin),
+                    },
+                }
+            }
+            _ => None,
         };
-        let resp = grant::request(&self.http, &self.config, refresh_token.as_ref()).await?;
+        let resp = self.request(refresh_token.as_ref()).await?;
 
         let now = SystemTime::now();
         let lifetime = resp.lifetime.unwrap_or(self.config.default_lifetime);
@@ -440,17 +463,41 @@ impl TokenSource {
         }
     }
 
+    /// One token request to the configured or discovered endpoint.
+    async fn request(
+        &self,
+        refresh_token: Option<&crate::secret::Secret>,
+    ) -> Result<response::TokenResponse, GrantError> {
+        let basic = matches!(self.config.client_auth, ClientAuth::Basic(_));
+        let (url, basic) = match &self.config.endpoint {
+            Endpoint::Url(url) => (url, basic),
+            Endpoint::Issuer(issuer) => {
+                let meta = self
+                    .metadata
+                    .get_or_try_init(|| discovery::discover(&self.http.client, issuer))
+                    .await?;
+                let basic = if self.config.client_auth_explicit {
+                    basic
+                } else {
+                    meta.prefers_basic()
+                };
+                (&meta.token_endpoint, basic)
+            }
+        };
+        grant::request(&self.http, &self.config, url, basic, refresh_token).await
+    }
+
     fn state_from(&self, record: StoredToken, unsaved: bool) -> TokenState {
         let mut failure = None;
-        let headers = match &record.access_token {
+        let credentials = match &record.access_token {
             Some(token) => {
-                let built: Result<Vec<_>, _> = self
+                let built: Option<Vec<_>> = self
                     .config
                     .injects
                     .iter()
-                    .map(|i| i.render(token.expose()))
+                    .map(|i| i.credential(token.expose()))
                     .collect();
-                built.unwrap_or_else(|_| {
+                built.unwrap_or_else(|| {
                     failure = Some(Failure {
                         terminal: true,
                         message:
@@ -464,11 +511,24 @@ impl TokenSource {
             }
             None => Vec::new(),
         };
+        let upstreams = self
+            .config
+            .dynamic_upstreams
+            .iter()
+            .map(|(field, path)| {
+                let base = record.extra.get(field).and_then(|v| v.as_str())?;
+                let url = format!("{}{path}", base.trim_end_matches('/'));
+                Upstream::parse(&url)
+                    .map_err(|e| tracing::warn!(token = self.name(), field = field.as_str(), error = %e, "the token response names no usable upstream"))
+                    .ok()
+            })
+            .collect();
         let valid_until =
-            (!headers.is_empty()).then(|| system_to_instant(ms_to_time(record.expires_at_ms)));
+            (!credentials.is_empty()).then(|| system_to_instant(ms_to_time(record.expires_at_ms)));
         TokenState {
             record: Some(record),
-            headers,
+            credentials,
+            upstreams,
             valid_until,
             failure,
             unsaved,

@@ -132,7 +132,7 @@ mod tests {
                 expires_at_ms: time_to_ms(issued + lifetime),
                 extra: Default::default(),
             }),
-            headers: vec![http::HeaderValue::from_static("Bearer a")],
+            credentials: vec![crate::config::Credential::Query("a=b".into())],
             valid_until: Some(super::super::system_to_instant(issued + lifetime)),
             ..TokenState::default()
         }

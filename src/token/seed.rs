@@ -10,14 +10,16 @@
 use std::time::SystemTime;
 
 use super::response::{self, GrantError};
-use super::{TokenSource, grant, time_to_ms};
-use crate::config::Grant;
+use super::{TokenSource, time_to_ms};
+use crate::config::GrantKind;
 use crate::secret::Secret;
 use crate::store::{RECORD_VERSION, StoreError, StoredToken};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
-    #[error("token `{0}` uses grant = \"client_credentials\", which needs no refresh token")]
+    #[error(
+        "token `{0}` does not use grant = \"refresh_token\", so it has no refresh token to seed"
+    )]
     NotRefreshGrant(String),
     #[error(
         "the input is {0}; pipe a refresh token, or the provider's JSON token response, on standard input"
@@ -33,7 +35,7 @@ impl TokenSource {
     /// Stores `input` as this token's refresh token (verified by one refresh unless
     /// `verify` is false) and returns the stored record.
     pub async fn seed(&self, input: &str, verify: bool) -> Result<StoredToken, SeedError> {
-        if self.config.grant != Grant::RefreshToken {
+        if self.config.grant.kind() != GrantKind::RefreshToken {
             return Err(SeedError::NotRefreshGrant(self.name().into()));
         }
         let given = parse_input(input)?;
@@ -47,7 +49,7 @@ impl TokenSource {
         } + 1;
         let now = SystemTime::now();
         let record = if verify {
-            let r = grant::request(&self.http, &self.config, Some(&given.refresh_token)).await?;
+            let r = self.request(Some(&given.refresh_token)).await?;
             StoredToken {
                 version: RECORD_VERSION,
                 generation,

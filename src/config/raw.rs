@@ -1,0 +1,168 @@
+//! The configuration file as written: serde structs with `deny_unknown_fields` and
+//! every default in one place. Nothing here is validated; `validate` does that.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::secret::SecretRef;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub listen: RawListen,
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub proxy: RawProxy,
+    #[serde(default)]
+    pub tokens: BTreeMap<String, RawToken>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawListen {
+    pub proxy: String,
+    pub admin: String,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        RawListen {
+            proxy: "127.0.0.1:8080".into(),
+            admin: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    pub kind: String,
+    pub path: PathBuf,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            kind: "file".into(),
+            path: "./tokenproxy-state".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawProxy {
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    pub replay_body_limit: usize,
+}
+
+impl Default for RawProxy {
+    fn default() -> Self {
+        RawProxy {
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(300),
+            pool_idle_timeout: Duration::from_secs(90),
+            drain_timeout: Duration::from_secs(30),
+            replay_body_limit: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    /// Provider defaults; see `preset`.
+    pub preset: Option<String>,
+    /// Fills `{region}` in a preset's token URL (Exact Online country, Zoho data centre).
+    pub region: Option<String>,
+    /// Fills `{tenant}` in a preset's token URL (Microsoft Entra).
+    pub tenant: Option<String>,
+
+    pub grant: Option<String>,
+    pub token_url: Option<String>,
+    /// RFC 8414 / OpenID discovery instead of `token_url`.
+    pub issuer: Option<String>,
+
+    pub client_id: Option<SecretRef>,
+    pub client_secret: Option<SecretRef>,
+    pub client_auth: Option<String>,
+    pub refresh_token: Option<SecretRef>,
+    pub username: Option<SecretRef>,
+    pub password: Option<SecretRef>,
+
+    /// PEM private key for `jwt_bearer` assertions and `private_key_jwt` client auth.
+    pub private_key: Option<SecretRef>,
+    pub key_id: Option<String>,
+    /// A Google service account key (JSON): client email, private key and key id in one.
+    pub service_account: Option<SecretRef>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_subject: Option<String>,
+    pub jwt_audience: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub jwt_lifetime: Option<Duration>,
+    pub scope_in_assertion: Option<bool>,
+
+    /// Mutual TLS to the token endpoint (RFC 8705): PEM certificate chain and key.
+    pub client_cert: Option<SecretRef>,
+    pub client_key: Option<SecretRef>,
+
+    pub scope: Option<String>,
+    pub scope_on_refresh: Option<bool>,
+    pub audience: Option<String>,
+    pub resource: Option<String>,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, SecretRef>,
+    #[serde(default, with = "humantime_serde")]
+    pub refresh_before: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub min_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub default_lifetime: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    pub prefix: Option<String>,
+    pub host: Option<String>,
+    pub upstream: String,
+    pub token: String,
+    /// Default: the token's preset format, else `Authorization: Bearer {token}`.
+    pub inject: Option<String>,
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<u16>,
+    /// Static headers added to every upstream request (e.g. `Xero-Tenant-Id`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, SecretRef>,
+}
+
+fn default_retry_on() -> Vec<u16> {
+    vec![401]
+}
