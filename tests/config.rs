@@ -55,6 +55,22 @@ fn every_example_config_passes_check() {
     assert!(seen >= 3, "only {seen} example configs");
 }
 
+#[test]
+fn every_preset_has_an_example() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let all: String = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    for preset in tokenproxy::config::PRESETS {
+        assert!(
+            all.contains(&format!("preset = \"{}\"", preset.name)),
+            "no example for preset {}",
+            preset.name
+        );
+    }
+}
+
 const GOOD: &str = r#"
 [tokens.api]
 grant = "refresh_token"

@@ -297,6 +297,38 @@ mod tests {
     }
 
     #[test]
+    fn every_rfc_6749_error_code_is_classified() {
+        // Terminal: the credential or the client is refused; retrying cannot help.
+        for code in ["invalid_grant", "invalid_client", "unauthorized_client"] {
+            let e = err(400, &format!(r#"{{"error":"{code}"}}"#));
+            assert!(e.is_terminal(), "{code}");
+        }
+        // Retried with backoff: passing conditions, and request errors a provider
+        // may send while it is being reconfigured.
+        for code in [
+            "invalid_request",
+            "unsupported_grant_type",
+            "invalid_scope",
+            "slow_down",
+            "temporarily_unavailable",
+            "access_denied",
+            "server_error",
+        ] {
+            let e = err(400, &format!(r#"{{"error":"{code}"}}"#));
+            assert!(!e.is_terminal(), "{code}");
+            assert!(e.to_string().contains(code));
+        }
+        let e = parse(
+            StatusCode::TOO_MANY_REQUESTS,
+            br#"{"error":"slow_down"}"#,
+            Some(std::time::Duration::from_secs(30)),
+            NOW,
+        )
+        .unwrap_err();
+        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(30)));
+    }
+
+    #[test]
     fn non_token_bodies_are_named_without_tokens() {
         let e = err(200, "").to_string();
         assert!(e.contains("200") && e.contains("empty body"), "{e}");

@@ -273,3 +273,27 @@ pub async fn raw(addr: SocketAddr, request: &str) -> String {
     let n = s.read(&mut buf).await.expect("read");
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
+
+impl World {
+    /// A config with one token `p` (the TOML body of `[tokens.p]`) and the given
+    /// `[[routes]]` tables; `{token_url}`, `{issuer}` and `{api}` (the API's base URL,
+    /// without the final slash) are filled in.
+    pub fn provider_config(&self, top: &str, token: &str, routes: &str) -> String {
+        let fill = |t: &str| {
+            t.replace("{token_url}", &self.provider.token_url)
+                .replace("{issuer}", &self.provider.issuer)
+                .replace("{api}", self.provider.api_url.trim_end_matches('/'))
+        };
+        format!(
+            "{top}\n[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[store]\npath = \"{}\"\n\n[tokens.p]\n{}\n\n{}\n",
+            self.state_dir().display(),
+            fill(token),
+            fill(routes)
+        )
+    }
+}
+
+/// The `/status` entry of token `name`.
+pub async fn token_status(p: &Proxy, name: &str) -> serde_json::Value {
+    json(&get(&p.admin_url("/status")).await.1)["tokens"][name].clone()
+}
