@@ -104,6 +104,9 @@ pub struct ProviderOptions {
     pub verify_key: Option<VerifyKey>,
     /// Serve both endpoints over TLS (with ALPN h2 and http/1.1) instead of plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// A different TLS configuration for the token endpoint only (one that requires
+    /// client certificates, for RFC 8705).
+    pub token_tls: Option<Arc<rustls::ServerConfig>>,
     /// How the API expects the token: `Authorization: <prefix><token>` by default.
     pub api_auth: ApiAuth,
 }
@@ -134,6 +137,7 @@ impl Default for ProviderOptions {
             extra: Map::new(),
             verify_key: None,
             tls: None,
+            token_tls: None,
             api_auth: ApiAuth::Header {
                 name: "authorization".into(),
                 prefix: "Bearer ".into(),
@@ -193,6 +197,7 @@ impl Provider {
     pub async fn start(opts: ProviderOptions) -> std::io::Result<Provider> {
         let scheme = if opts.tls.is_some() { "https" } else { "http" };
         let tls = opts.tls.clone();
+        let token_tls = opts.token_tls.clone().or_else(|| tls.clone());
         let token_listener = TcpListener::bind("127.0.0.1:0").await?;
         let api_listener = TcpListener::bind("127.0.0.1:0").await?;
         let base = |l: &TcpListener| {
@@ -224,7 +229,7 @@ impl Provider {
         let p = provider.clone();
         tokio::spawn(serve(
             token_listener,
-            tls.clone(),
+            token_tls,
             Arc::default(),
             move |req| {
                 let p = p.clone();
