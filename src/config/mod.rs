@@ -408,6 +408,11 @@ pub struct Route {
     pub retry_on: Vec<StatusCode>,
     /// Static headers for every upstream request, resolved at start.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Upstream URLs in JSON/XML bodies and `Link` headers become proxy URLs.
+    pub rewrite_links: bool,
+    /// Whether the prefix is removed from the path sent upstream; when not, the
+    /// upstream's base path is `/` and the request path goes as it is.
+    pub strip_prefix: bool,
 }
 
 #[derive(Debug, Clone)]

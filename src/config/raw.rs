@@ -158,9 +158,20 @@ pub struct RawRoute {
     pub inject: Option<String>,
     #[serde(default = "default_retry_on")]
     pub retry_on: Vec<u16>,
+    /// Rewrite upstream URLs in JSON/XML bodies and `Link` headers to proxy URLs.
+    #[serde(default)]
+    pub rewrite_links: bool,
+    /// `false`: the request path goes upstream whole (for APIs whose links are
+    /// absolute paths, such as Salesforce's `nextRecordsUrl`).
+    #[serde(default = "yes")]
+    pub strip_prefix: bool,
     /// Static headers added to every upstream request (e.g. `Xero-Tenant-Id`).
     #[serde(default)]
     pub headers: BTreeMap<String, SecretRef>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_retry_on() -> Vec<u16> {

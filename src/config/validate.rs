@@ -631,6 +631,13 @@ impl Validator<'_> {
             (_, Some(h)) => h.clone(),
             _ => "root".to_owned(),
         });
+        if !raw.strip_prefix && upstream.base_path() != "/" {
+            return Err(self.err(
+                key("strip_prefix"),
+                "strip_prefix = false sends the request path as it is, so the upstream must have no path",
+                "write the upstream as \"https://host/\" (or {token.instance_url}/)",
+            ));
+        }
         Ok(Route {
             name,
             prefix,
@@ -640,6 +647,8 @@ impl Validator<'_> {
             inject,
             retry_on,
             headers,
+            rewrite_links: raw.rewrite_links,
+            strip_prefix: raw.strip_prefix,
         })
     }
 

@@ -1,15 +1,18 @@
-//! The one body type the proxy sends and returns, without boxing.
+//! The one body type the proxy sends and returns, boxed only when transformed.
 //!
 //! Upstream responses and most requests stream through as hyper's `Incoming`.
 //! Requests that may be resent after a refresh are held as `Full` bytes (up to the
 //! replay limit); a request that turned out larger than the limit continues as
-//! `Prefixed`: the chunks already read, then the rest of the stream.
+//! `Prefixed`: the chunks already read, then the rest of the stream. A response
+//! whose links are rewritten is a `Stream`.
 
 use std::collections::VecDeque;
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::Stream;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -21,7 +24,11 @@ pub enum ProxyBody {
         head: VecDeque<Bytes>,
         rest: Incoming,
     },
+    /// A transformed response body (link rewriting, decompression).
+    Stream(Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>),
 }
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ProxyBody {
     pub fn empty() -> Self {
@@ -34,21 +41,28 @@ impl ProxyBody {
     }
 }
 
+type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+
+fn boxed(p: Poll<Option<Result<Frame<Bytes>, hyper::Error>>>) -> Polled {
+    p.map(|o| o.map(|r| r.map_err(BoxError::from)))
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Incoming(body) => Pin::new(body).poll_frame(cx),
+            ProxyBody::Incoming(body) => boxed(Pin::new(body).poll_frame(cx)),
             ProxyBody::Prefixed { head, rest } => match head.pop_front() {
                 Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                None => Pin::new(rest).poll_frame(cx),
+                None => boxed(Pin::new(rest).poll_frame(cx)),
             },
+            ProxyBody::Stream(s) => s
+                .as_mut()
+                .poll_next(cx)
+                .map(|o| o.map(|r| r.map(Frame::data).map_err(BoxError::from))),
         }
     }
 
@@ -57,6 +71,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Incoming(body) => body.is_end_stream(),
             ProxyBody::Prefixed { head, rest } => head.is_empty() && rest.is_end_stream(),
+            ProxyBody::Stream(_) => false,
         }
     }
 
@@ -76,6 +91,7 @@ impl Body for ProxyBody {
                 }
                 hint
             }
+            ProxyBody::Stream(_) => SizeHint::new(),
         }
     }
 }

@@ -5,7 +5,8 @@
 //! its `Host` (the client sets the upstream's), and anything that describes the
 //! client (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`): the third party learns
 //! nothing about the caller. Towards the client: hop-by-hop headers go, and a
-//! `Location` that points into the upstream is rewritten to the proxy route.
+//! `Location` or `Content-Location` that points into the upstream is rewritten to
+//! the proxy route.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -60,26 +61,21 @@ pub fn to_upstream(headers: &mut HeaderMap) {
 
 /// Prepares the upstream's headers for the client, in place. `proxy_base` is built
 /// only when a `Location` needs it.
-pub fn to_client(
-    headers: &mut HeaderMap,
-    upstream_base: &str,
-    proxy_base: impl FnOnce() -> Option<String>,
-) {
+pub fn to_client(headers: &mut HeaderMap, upstream_base: &str, proxy_base: Option<&str>) {
     strip_hop_by_hop(headers);
-    let Some(location) = headers.get(header::LOCATION) else {
-        return;
-    };
-    let Some(rest) = location
-        .to_str()
-        .ok()
-        .and_then(|l| strip_prefix_ignore_case(l, upstream_base))
-    else {
-        return;
-    };
-    if let Some(base) = proxy_base()
-        && let Ok(value) = HeaderValue::try_from(format!("{base}{rest}"))
-    {
-        headers.insert(header::LOCATION, value);
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        let Some(rest) = headers
+            .get(&name)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| strip_prefix_ignore_case(l, upstream_base))
+        else {
+            continue;
+        };
+        if let Some(base) = proxy_base
+            && let Ok(value) = HeaderValue::try_from(format!("{base}{rest}"))
+        {
+            headers.insert(name, value);
+        }
     }
 }
 
@@ -136,12 +132,12 @@ mod tests {
             ("location", "https://API.example.com/v1/items?page=2"),
             ("connection", "close"),
         ]);
-        to_client(&mut h, base, || Some("http://localhost:8080/ex/".into()));
+        to_client(&mut h, base, Some("http://localhost:8080/ex/"));
         assert_eq!(h["location"], "http://localhost:8080/ex/items?page=2");
         assert!(!h.contains_key("connection"));
 
         let mut h = map(&[("location", "https://elsewhere.example.com/v1/x")]);
-        to_client(&mut h, base, || panic!("not needed"));
+        to_client(&mut h, base, Some("http://localhost:8080/ex/"));
         assert_eq!(h["location"], "https://elsewhere.example.com/v1/x");
     }
 }

@@ -8,10 +8,13 @@
 //! 4. send: forward with the route's header rules and timeouts (502/504 on failure);
 //! 5. retry: on a `retry_on` status, refresh the generation that was sent (single
 //!    flight) and resend once with the new token;
-//! 6. respond: strip hop-by-hop headers, rewrite `Location`, stream the body back.
+//! 6. respond: strip hop-by-hop headers, rewrite `Location`, stream the body back
+//!    (with upstream URLs in JSON/XML turned into proxy URLs on `rewrite_links`
+//!    routes).
 
 mod body;
 mod headers;
+mod rewrite;
 mod route;
 
 use std::convert::Infallible;
@@ -143,6 +146,11 @@ impl Proxy {
         let route = &self.router.routes()[target.route];
         let source = &self.sources[route.token];
         headers::to_upstream(&mut parts.headers);
+        let refuses_identity = route.rewrite_links
+            && rewrite::refuses_identity(parts.headers.get(http::header::ACCEPT_ENCODING));
+        if route.rewrite_links {
+            rewrite::accept_encoding_for_upstream(&mut parts.headers);
+        }
         for (name, value) in &route.headers {
             parts.headers.insert(name.clone(), value.clone());
         }
@@ -199,8 +207,19 @@ impl Proxy {
         }
 
         let (mut parts, body) = resp.into_parts();
-        headers::to_client(&mut parts.headers, &base_url, || target.proxy_base.clone());
-        Ok(Response::from_parts(parts, ProxyBody::Incoming(body)))
+        let proxy_base = target.proxy_base.as_deref();
+        headers::to_client(&mut parts.headers, &base_url, proxy_base);
+        let rewriter = proxy_base
+            .filter(|_| route.rewrite_links)
+            .and_then(|base| rewrite::Rewriter::new(&base_url, base));
+        let body = match rewriter {
+            Some(rw) if has_body(out.method, parts.status) => {
+                rewrite::link_headers(&mut parts.headers, &rw);
+                rewrite::body(&mut parts.headers, body, rw, refuses_identity)
+            }
+            _ => ProxyBody::Incoming(body),
+        };
+        Ok(Response::from_parts(parts, body))
     }
 
     fn route(
@@ -305,6 +324,14 @@ async fn token(source: &Arc<TokenSource>, inject: usize) -> Result<Arc<TokenStat
             retry_after: u.retry_after,
         }),
     }
+}
+
+/// Whether a response to `method` with `status` carries a body to rewrite.
+fn has_body(method: &Method, status: http::StatusCode) -> bool {
+    method != Method::HEAD
+        && !status.is_informational()
+        && status != http::StatusCode::NO_CONTENT
+        && status != http::StatusCode::NOT_MODIFIED
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -71,15 +71,23 @@ impl Router {
     pub fn origin(&self, uri: &Uri, host: Option<&str>) -> Result<Target, Miss> {
         let path = uri.path();
         for &i in &self.by_prefix {
-            let prefix = self.routes[i].prefix.as_deref().unwrap_or("/");
+            let route = &self.routes[i];
+            let prefix = route.prefix.as_deref().unwrap_or("/");
             let Some(rest_at) = after(path, prefix) else {
                 continue;
+            };
+            // Without stripping, the whole path goes upstream (after its leading `/`,
+            // which the upstream base `/` supplies), and links map onto the root.
+            let (rest_at, base) = if route.strip_prefix {
+                (rest_at, prefix)
+            } else {
+                (1, "/")
             };
             return checked(
                 Target {
                     route: i,
                     rest_at,
-                    proxy_base: host.map(|h| format!("http://{h}{prefix}")),
+                    proxy_base: host.map(|h| format!("http://{h}{base}")),
                 },
                 uri,
             );

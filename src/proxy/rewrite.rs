@@ -1,0 +1,428 @@
+//! Upstream URLs in response bodies and link headers, turned back into proxy URLs.
+//!
+//! APIs page by returning absolute next-page URLs (OData `@odata.nextLink` and
+//! `__next`, HubSpot `paging.next.link`, Atom `<link rel="next">`, `Link` headers).
+//! A client that follows one would leave the proxy and lose its token. On routes
+//! with `rewrite_links`, occurrences of the route's upstream base URL — as written,
+//! and JSON-escaped (`https:\/\/host\/base\/`) — become the proxy base the client
+//! used. Only JSON and XML bodies are touched; everything else streams through
+//! byte for byte.
+//!
+//! The rewrite streams: a matcher keeps at most one pattern's length of carry
+//! between chunks, so memory stays flat and a URL split across chunks is still
+//! found. Compressed bodies (gzip, deflate, br) are decoded first and sent on as
+//! identity, unless the client refuses identity, in which case they are gzipped
+//! again. `Content-Length` is dropped (the length changes) and a strong `ETag` is
+//! weakened.
+
+use std::borrow::Cow;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use aho_corasick::AhoCorasick;
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use http::HeaderValue;
+use http::header::{self, HeaderMap};
+use http_body_util::BodyDataStream;
+use hyper::body::Incoming;
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use super::ProxyBody;
+
+/// Replaces an upstream base URL (and its JSON-escaped form) with a proxy base.
+pub struct Rewriter {
+    patterns: AhoCorasick,
+    replacements: [Bytes; 2],
+    longest: usize,
+}
+
+impl Rewriter {
+    /// `None` when the patterns cannot be built (they always can for URLs).
+    pub fn new(upstream_base: &str, proxy_base: &str) -> Option<Rewriter> {
+        let escape = |s: &str| s.replace('/', "\\/");
+        let patterns = [upstream_base.to_owned(), escape(upstream_base)];
+        let longest = patterns.iter().map(String::len).max().unwrap_or(0);
+        Some(Rewriter {
+            patterns: AhoCorasick::builder()
+                .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+                .build(&patterns)
+                .ok()?,
+            replacements: [
+                Bytes::from(proxy_base.to_owned()),
+                Bytes::from(escape(proxy_base)),
+            ],
+            longest,
+        })
+    }
+
+    /// Every occurrence replaced, for header values.
+    pub fn replace_all<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        if !self.patterns.is_match(text) {
+            return Cow::Borrowed(text);
+        }
+        let replacements: Vec<&str> = self
+            .replacements
+            .iter()
+            .map(|b| std::str::from_utf8(b).unwrap_or(""))
+            .collect();
+        Cow::Owned(self.patterns.replace_all(text, &replacements))
+    }
+}
+
+/// The streaming half: chunks in, rewritten chunks out, a bounded carry between.
+struct Matcher {
+    rewriter: Rewriter,
+    carry: BytesMut,
+}
+
+impl Matcher {
+    /// Rewrites what can be decided now; keeps back a tail that might be the start
+    /// of a URL completed by the next chunk. `last` flushes everything.
+    fn push(&mut self, chunk: &[u8], last: bool) -> Bytes {
+        self.carry.extend_from_slice(chunk);
+        let buf = &self.carry[..];
+        let safe = if last {
+            buf.len()
+        } else {
+            buf.len().saturating_sub(self.rewriter.longest - 1)
+        };
+        let mut out = BytesMut::with_capacity(buf.len());
+        let mut pos = 0;
+        for m in self.rewriter.patterns.find_iter(buf) {
+            if m.start() >= safe {
+                break;
+            }
+            out.extend_from_slice(&buf[pos..m.start()]);
+            out.extend_from_slice(&self.rewriter.replacements[m.pattern().as_usize()]);
+            pos = m.end();
+        }
+        let keep_from = pos.max(safe);
+        out.extend_from_slice(&buf[pos..keep_from]);
+        let _ = self.carry.split_to(keep_from);
+        out.freeze()
+    }
+}
+
+/// A stream of chunks passed through a [`Matcher`].
+struct Rewriting<S> {
+    inner: S,
+    matcher: Matcher,
+    done: bool,
+}
+
+impl<S: Stream<Item = io::Result<Bytes>> + Unpin> Stream for Rewriting<S> {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<io::Result<Bytes>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let (chunk, last) = match self.inner.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(chunk))) => (chunk, false),
+                Poll::Ready(None) => {
+                    self.done = true;
+                    (Bytes::new(), true)
+                }
+            };
+            let out = self.matcher.push(&chunk, last);
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(out)));
+            }
+        }
+    }
+}
+
+/// JSON or XML, by the response's media type.
+pub fn is_rewritable(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    matches!(
+        media.as_str(),
+        "application/json" | "application/xml" | "text/xml" | "application/atom+xml"
+    ) || media.ends_with("+json")
+        || media.ends_with("+xml")
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Coding {
+    Identity,
+    Gzip,
+    Deflate,
+    Brotli,
+}
+
+fn coding(headers: &HeaderMap) -> Option<Coding> {
+    match headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().map(|s| s.trim().to_ascii_lowercase()))
+    {
+        None => Some(Coding::Identity),
+        Some(Ok(c)) => match c.as_str() {
+            "" | "identity" => Some(Coding::Identity),
+            "gzip" | "x-gzip" => Some(Coding::Gzip),
+            "deflate" => Some(Coding::Deflate),
+            "br" => Some(Coding::Brotli),
+            _ => None,
+        },
+        Some(Err(_)) => None,
+    }
+}
+
+/// What the upstream may send when the proxy will rewrite: the client's list, less
+/// the codings the proxy cannot decode (`zstd`, `compress`).
+pub fn accept_encoding_for_upstream(headers: &mut HeaderMap) {
+    let Some(value) = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    let kept: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|c| {
+            let name = c
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            matches!(
+                name.as_str(),
+                "gzip" | "x-gzip" | "deflate" | "br" | "identity"
+            )
+        })
+        .collect();
+    match HeaderValue::try_from(kept.join(", ")) {
+        Ok(v) if !kept.is_empty() => {
+            headers.insert(header::ACCEPT_ENCODING, v);
+        }
+        _ => {
+            headers.remove(header::ACCEPT_ENCODING);
+        }
+    }
+}
+
+/// Whether the client's `Accept-Encoding` rules out an identity body.
+pub fn refuses_identity(accept: Option<&HeaderValue>) -> bool {
+    let Some(value) = accept.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let q = |name: &str| {
+        value.split(',').find_map(|part| {
+            let mut it = part.split(';');
+            let coding = it.next()?.trim();
+            coding.eq_ignore_ascii_case(name).then(|| {
+                it.find_map(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                })
+                .unwrap_or(1.0)
+            })
+        })
+    };
+    match q("identity") {
+        Some(q) => q == 0.0,
+        None => q("*") == Some(0.0),
+    }
+}
+
+/// Rewrites `body` (and the headers that describe it) when it is JSON or XML in a
+/// coding the proxy can read; otherwise returns it untouched.
+pub fn body(
+    headers: &mut HeaderMap,
+    body: Incoming,
+    rewriter: Rewriter,
+    client_refuses_identity: bool,
+) -> ProxyBody {
+    let (true, Some(coding)) = (is_rewritable(headers), coding(headers)) else {
+        return ProxyBody::Incoming(body);
+    };
+    let raw = StreamReader::new(BodyDataStream::new(body).map_err(io::Error::other));
+    let decoded: Pin<Box<dyn tokio::io::AsyncRead + Send>> = match coding {
+        Coding::Identity => Box::pin(raw),
+        Coding::Gzip => Box::pin(async_compression::tokio::bufread::GzipDecoder::new(raw)),
+        // HTTP's "deflate" is the zlib format (RFC 9110 §8.4.1.2).
+        Coding::Deflate => Box::pin(async_compression::tokio::bufread::ZlibDecoder::new(raw)),
+        Coding::Brotli => Box::pin(async_compression::tokio::bufread::BrotliDecoder::new(raw)),
+    };
+    let rewritten = Rewriting {
+        inner: ReaderStream::new(decoded),
+        matcher: Matcher {
+            rewriter,
+            carry: BytesMut::new(),
+        },
+        done: false,
+    };
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::CONTENT_ENCODING);
+    if let Some(etag) = headers.get(header::ETAG).and_then(|v| v.to_str().ok())
+        && !etag.starts_with("W/")
+        && let Ok(weak) = HeaderValue::try_from(format!("W/{etag}"))
+    {
+        headers.insert(header::ETAG, weak);
+    }
+    if client_refuses_identity {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let gzip =
+            async_compression::tokio::bufread::GzipEncoder::new(StreamReader::new(rewritten));
+        return ProxyBody::Stream(Box::pin(ReaderStream::new(gzip)));
+    }
+    ProxyBody::Stream(Box::pin(rewritten))
+}
+
+/// `Link` header values rewritten the same way (`Location` and `Content-Location`
+/// are handled for every route by the header rules).
+pub fn link_headers(headers: &mut HeaderMap, rewriter: &Rewriter) {
+    let links: Vec<HeaderValue> = headers
+        .get_all(header::LINK)
+        .iter()
+        .map(|v| match v.to_str().map(|s| rewriter.replace_all(s)) {
+            Ok(Cow::Owned(s)) => HeaderValue::try_from(s).unwrap_or_else(|_| v.clone()),
+            _ => v.clone(),
+        })
+        .collect();
+    if links.is_empty() {
+        return;
+    }
+    headers.remove(header::LINK);
+    for v in links {
+        headers.append(header::LINK, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewriter() -> Rewriter {
+        Rewriter::new("https://api.example.com/v1/", "http://localhost:8080/ex/").unwrap()
+    }
+
+    fn run(chunks: &[&str]) -> String {
+        let mut m = Matcher {
+            rewriter: rewriter(),
+            carry: BytesMut::new(),
+        };
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend_from_slice(&m.push(c.as_bytes(), false));
+        }
+        out.extend_from_slice(&m.push(b"", true));
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn plain_and_escaped_urls_are_rewritten_across_any_split() {
+        let body = r#"{"next":"https://api.example.com/v1/items?page=2","esc":"https:\/\/api.example.com\/v1\/items?page=3","other":"https://elsewhere.example.com/v1/"}"#;
+        let want = r#"{"next":"http://localhost:8080/ex/items?page=2","esc":"http:\/\/localhost:8080\/ex\/items?page=3","other":"https://elsewhere.example.com/v1/"}"#;
+        assert_eq!(run(&[body]), want);
+        // Every split point, and one byte at a time.
+        for i in 0..body.len() {
+            assert_eq!(run(&[&body[..i], &body[i..]]), want, "split at {i}");
+        }
+        let bytes: Vec<String> = body.chars().map(String::from).collect();
+        let parts: Vec<&str> = bytes.iter().map(String::as_str).collect();
+        assert_eq!(run(&parts), want);
+    }
+
+    #[test]
+    fn a_partial_url_at_the_end_is_flushed_unchanged() {
+        assert_eq!(run(&["see https://api.exam"]), "see https://api.exam");
+        assert_eq!(run(&[""]), "");
+    }
+
+    #[test]
+    fn media_types_and_codings() {
+        let h = |ct: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            m
+        };
+        for ct in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/hal+json",
+            "application/atom+xml",
+            "text/xml",
+            "application/xml",
+        ] {
+            assert!(is_rewritable(&h(ct)), "{ct}");
+        }
+        for ct in [
+            "text/plain",
+            "application/octet-stream",
+            "text/csv",
+            "text/html",
+        ] {
+            assert!(!is_rewritable(&h(ct)), "{ct}");
+        }
+        assert!(refuses_identity(Some(&HeaderValue::from_static(
+            "gzip, identity;q=0"
+        ))));
+        assert!(refuses_identity(Some(&HeaderValue::from_static(
+            "gzip, *;q=0"
+        ))));
+        assert!(!refuses_identity(Some(&HeaderValue::from_static(
+            "gzip, deflate"
+        ))));
+        assert!(!refuses_identity(None));
+        let mut m = HeaderMap::new();
+        m.insert(
+            header::ACCEPT_ENCODING,
+            "gzip, zstd, br;q=0.5".parse().unwrap(),
+        );
+        accept_encoding_for_upstream(&mut m);
+        assert_eq!(m[header::ACCEPT_ENCODING], "gzip, br;q=0.5");
+        m.insert(header::ACCEPT_ENCODING, "zstd".parse().unwrap());
+        accept_encoding_for_upstream(&mut m);
+        assert!(!m.contains_key(header::ACCEPT_ENCODING));
+    }
+
+    #[test]
+    fn link_headers_are_rewritten() {
+        let mut m = HeaderMap::new();
+        m.append(
+            header::LINK,
+            "<https://api.example.com/v1/items?page=2>; rel=\"next\""
+                .parse()
+                .unwrap(),
+        );
+        m.append(
+            header::LINK,
+            "<https://docs.example.com/>; rel=\"help\"".parse().unwrap(),
+        );
+        link_headers(&mut m, &rewriter());
+        let v: Vec<_> = m
+            .get_all(header::LINK)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            v,
+            [
+                "<http://localhost:8080/ex/items?page=2>; rel=\"next\"",
+                "<https://docs.example.com/>; rel=\"help\""
+            ]
+        );
+    }
+}
