@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -38,6 +39,21 @@ impl Provider {
             let ms = query_number(&parts.uri, "ms");
             tokio::time::sleep(Duration::from_millis(ms)).await;
             return json_resp(StatusCode::OK, json!({"slept_ms": ms}));
+        }
+        if let Some(resp) = self.pages(&parts.uri).await {
+            return resp;
+        }
+        if path.ends_with("/bigjson") {
+            return self.big_json(query_number(&parts.uri, "bytes"));
+        }
+        if path.ends_with("/text-with-url") {
+            let mut r = Response::new(FakeBody::full(format!(
+                "see {}pages?page=2 for more\n",
+                self.api_url
+            )));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+            return r;
         }
         if path.ends_with("/redirect") {
             let mut r = Response::new(FakeBody::full(""));
@@ -76,6 +92,124 @@ impl Provider {
         )
     }
 
+    /// Paginated answers with absolute next links, in the shapes real APIs use:
+    /// `…/pages?page=N&last=M&style=S` (S: plain, escaped, split, gzip, deflate,
+    /// br, xml, link, hubspot) and Salesforce's `…/query` then
+    /// `…/query/01g-N` with `nextRecordsUrl` as an absolute path.
+    async fn pages(&self, uri: &http::Uri) -> Option<Response<FakeBody>> {
+        let path = uri.path();
+        let (n, last, style) = if path.ends_with("/pages") {
+            let q = |k: &str| {
+                uri.query()
+                    .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(key, _)| key == k))
+                    .map(|(_, v)| v.into_owned())
+            };
+            let style = q("style").unwrap_or_else(|| "plain".into());
+            (
+                query_number(uri, "page").max(1),
+                query_number(uri, "last").max(1),
+                style,
+            )
+        } else if let Some(rest) = path.strip_prefix("/services/data/v59.0/query") {
+            let n = rest
+                .strip_prefix("/01g-")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            (n, 3, "salesforce".to_owned())
+        } else {
+            return None;
+        };
+        let base = &self.api_url;
+        let next =
+            (n < last).then(|| format!("{base}pages?page={}&last={last}&style={style}", n + 1));
+        let items: Vec<u64> = (n * 10..n * 10 + 10).collect();
+        let json_ct = http::HeaderValue::from_static("application/json; charset=utf-8");
+        let (body, content_type, link) = match style.as_str() {
+            "escaped" => {
+                let next = next.map(|l| l.replace('/', "\\/"));
+                (
+                    json!({"page": n, "value": items, "@odata.nextLink": next})
+                        .to_string()
+                        .replace("\\\\/", "\\/"),
+                    json_ct,
+                    None,
+                )
+            }
+            "xml" => {
+                let link = next
+                    .map(|l| format!("<link rel=\"next\" href=\"{}\"/>", l.replace('&', "&amp;")))
+                    .unwrap_or_default();
+                let body = format!(
+                    "<?xml version=\"1.0\"?><feed xmlns=\"http://www.w3.org/2005/Atom\"><entry><id>{n}</id></entry>{link}</feed>"
+                );
+                (
+                    body,
+                    http::HeaderValue::from_static("application/atom+xml"),
+                    None,
+                )
+            }
+            "link" => (
+                json!({"page": n, "value": items}).to_string(),
+                json_ct,
+                next,
+            ),
+            "hubspot" => {
+                let paging = next.map(|l| json!({"next": {"after": n + 1, "link": l}}));
+                (
+                    json!({"results": items, "paging": paging}).to_string(),
+                    json_ct,
+                    None,
+                )
+            }
+            "salesforce" => {
+                let next = (n < last).then(|| format!("/services/data/v59.0/query/01g-{}", n + 1));
+                (json!({"totalSize": 30, "done": next.is_none(), "nextRecordsUrl": next, "records": items}).to_string(), json_ct, None)
+            }
+            _ => (
+                json!({"page": n, "value": items, "@odata.nextLink": next}).to_string(),
+                json_ct,
+                None,
+            ),
+        };
+        let coding = matches!(style.as_str(), "gzip" | "deflate" | "br").then_some(style.as_str());
+        let bytes = Bytes::from(match coding {
+            Some(c) => compress(c, body.as_bytes()).await,
+            None => body.into_bytes(),
+        });
+        let mut r = Response::new(if style == "split" {
+            FakeBody::Chunks(bytes.chunks(5).map(Bytes::copy_from_slice).collect())
+        } else {
+            FakeBody::Full(Some(bytes))
+        });
+        r.headers_mut().insert(CONTENT_TYPE, content_type);
+        if let Some(c) = coding.and_then(|c| http::HeaderValue::try_from(c).ok()) {
+            r.headers_mut().insert(http::header::CONTENT_ENCODING, c);
+        }
+        if let Some(l) =
+            link.and_then(|l| http::HeaderValue::try_from(format!("<{l}>; rel=\"next\"")).ok())
+        {
+            r.headers_mut().insert(http::header::LINK, l);
+        }
+        Some(r)
+    }
+
+    /// About `bytes` of JSON, made of absolute item URLs, generated as it goes.
+    fn big_json(&self, bytes: u64) -> Response<FakeBody> {
+        let item = format!("\"{}items/0000000000\",", self.api_url);
+        let chunk = Bytes::from(item.repeat(64 * 1024 / item.len()));
+        let mut r = Response::new(FakeBody::Repeat {
+            head: Some(Bytes::from_static(b"{\"items\":[")),
+            count: bytes / chunk.len() as u64,
+            chunk,
+            tail: Some(Bytes::from_static(b"null]}")),
+        });
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        r
+    }
+
     fn authorized(&self, req: &Request<Incoming>) -> bool {
         let s = self.lock();
         let Some((token, until)) = &s.access_current else {
@@ -98,4 +232,16 @@ impl Provider {
             }),
         }
     }
+}
+
+async fn compress(coding: &str, data: &[u8]) -> Vec<u8> {
+    use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder, ZlibEncoder};
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = match coding {
+        "gzip" => GzipEncoder::new(data).read_to_end(&mut out).await,
+        "deflate" => ZlibEncoder::new(data).read_to_end(&mut out).await,
+        _ => BrotliEncoder::new(data).read_to_end(&mut out).await,
+    };
+    out
 }

@@ -17,10 +17,20 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-/// Response bodies of the fake servers: bytes, or N zero bytes generated as they go.
+/// Response bodies of the fake servers, generated as they go.
 pub enum FakeBody {
     Full(Option<Bytes>),
+    /// N zero bytes.
     Zeros(u64),
+    /// These chunks, one frame each (to split a body where a test wants it).
+    Chunks(std::collections::VecDeque<Bytes>),
+    /// `head`, then `chunk` `count` times, then `tail`.
+    Repeat {
+        head: Option<Bytes>,
+        chunk: Bytes,
+        count: u64,
+        tail: Option<Bytes>,
+    },
 }
 
 impl FakeBody {
@@ -40,23 +50,38 @@ impl Body for FakeBody {
         self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.get_mut() {
-            FakeBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            FakeBody::Zeros(0) => Poll::Ready(None),
+        let next = match self.get_mut() {
+            FakeBody::Full(b) => b.take(),
+            FakeBody::Zeros(0) => None,
             FakeBody::Zeros(left) => {
                 let n = (*left).min(ZEROS.len() as u64);
                 *left -= n;
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
-                    &ZEROS[..n as usize],
-                )))))
+                Some(Bytes::from_static(&ZEROS[..n as usize]))
             }
-        }
+            FakeBody::Chunks(chunks) => chunks.pop_front(),
+            FakeBody::Repeat {
+                head,
+                chunk,
+                count,
+                tail,
+            } => head.take().or_else(|| {
+                if *count > 0 {
+                    *count -= 1;
+                    Some(chunk.clone())
+                } else {
+                    tail.take()
+                }
+            }),
+        };
+        Poll::Ready(next.map(|b| Ok(Frame::data(b))))
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             FakeBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             FakeBody::Zeros(n) => SizeHint::with_exact(*n),
+            FakeBody::Chunks(c) => SizeHint::with_exact(c.iter().map(|b| b.len() as u64).sum()),
+            FakeBody::Repeat { .. } => SizeHint::new(),
         }
     }
 }

@@ -130,10 +130,12 @@ mod tests {
         let base = "https://api.example.com/v1/";
         let mut h = map(&[
             ("location", "https://API.example.com/v1/items?page=2"),
+            ("content-location", "https://api.example.com/v1/items/7"),
             ("connection", "close"),
         ]);
         to_client(&mut h, base, Some("http://localhost:8080/ex/"));
         assert_eq!(h["location"], "http://localhost:8080/ex/items?page=2");
+        assert_eq!(h["content-location"], "http://localhost:8080/ex/items/7");
         assert!(!h.contains_key("connection"));
 
         let mut h = map(&[("location", "https://elsewhere.example.com/v1/x")]);
