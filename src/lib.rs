@@ -13,6 +13,7 @@
 //! - `admin`: health, readiness, status, metrics and manual refresh;
 //! - `server`: listeners, accept loop, graceful drain;
 //! - `control`: `tokenproxy token status|refresh`, a client of the admin listener;
+//! - `login`: `tokenproxy login`, the authorization code flow with PKCE;
 //! - `demo`: a local token server and API for `tokenproxy demo` and the tests.
 //!
 //! This file wires them: configuration → store → token sources → proxy and admin
@@ -25,6 +26,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod error;
+pub mod login;
 pub mod metrics;
 pub mod proxy;
 pub mod secret;
@@ -179,54 +181,96 @@ fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreError> {
     })
 }
 
-/// Why `tokenproxy seed` failed.
+/// Why `tokenproxy seed` or `tokenproxy login` failed.
 #[derive(Debug, thiserror::Error)]
-pub enum SeedCommandError {
+pub enum BootstrapError {
     #[error("no token named `{0}` is configured")]
     UnknownToken(String),
     #[error(transparent)]
     Start(#[from] StartError),
     #[error(transparent)]
     Seed(#[from] token::SeedError),
+    #[error(transparent)]
+    Login(#[from] login::LoginError),
 }
 
-/// `tokenproxy seed NAME`: stores `input` as token `name`'s refresh token in the
-/// configured store and says what was stored (never the token).
-pub async fn seed(
+/// A token source of its own, on the configured store, for a one-off command.
+fn standalone_source(
     mut config: Config,
     name: &str,
-    input: &str,
-    verify: bool,
-) -> Result<String, SeedCommandError> {
+) -> Result<(Arc<TokenSource>, &'static str), BootstrapError> {
     let roots = tls::roots(config.tls.ca_file.as_deref()).map_err(StartError::from)?;
     let store = open_store(&config).map_err(StartError::from)?;
+    let kind = store.kind();
     let http = TokenHttp::new(roots, config.proxy.connect_timeout).map_err(StartError::from)?;
     let index = config
         .tokens
         .iter()
         .position(|t| t.name == name)
-        .ok_or_else(|| SeedCommandError::UnknownToken(name.into()))?;
+        .ok_or_else(|| BootstrapError::UnknownToken(name.into()))?;
     let token = config.tokens.swap_remove(index);
-    let source = TokenSource::new(token, store, http, Arc::new(metrics::Metrics::new()));
+    Ok((
+        TokenSource::new(token, store, http, Arc::new(metrics::Metrics::new())),
+        kind,
+    ))
+}
+
+/// What was stored, in words (never a token).
+fn stored_summary(name: &str, kind: &str, record: &store::StoredToken) -> String {
+    let expires = humantime::format_rfc3339_seconds(token::ms_to_time(record.expires_at_ms));
+    let mut text = format!(
+        "stored token `{name}` (generation {}) in the {kind} store",
+        record.generation
+    );
+    if record.access_token.is_some() {
+        text += &format!("; access token valid until {expires}");
+    }
+    text += if record.refresh_token.is_some() {
+        "; refresh token stored"
+    } else {
+        "; no refresh token"
+    };
+    if let Some(scope) = record.extra.get("scope").and_then(|s| s.as_str()) {
+        text += &format!("; scopes: {scope}");
+    }
+    text
+}
+
+/// `tokenproxy seed NAME`: stores `input` as token `name`'s refresh token in the
+/// configured store and says what was stored.
+pub async fn seed(
+    config: Config,
+    name: &str,
+    input: &str,
+    verify: bool,
+) -> Result<String, BootstrapError> {
+    let (source, kind) = standalone_source(config, name)?;
     let record = source.seed(input, verify).await?;
-    let expires = token::ms_to_time(record.expires_at_ms);
     Ok(format!(
-        "stored token `{name}` (generation {}) in the {} store{}; a running instance picks it up within seconds",
-        record.generation,
-        source_store_kind(&config),
-        if record.access_token.is_some() {
-            format!(
-                ", verified: access token valid until {}",
-                humantime::format_rfc3339_seconds(expires)
-            )
+        "{}{}
+a running instance picks it up within seconds",
+        stored_summary(name, kind, &record),
+        if verify {
+            " (verified with one refresh)"
         } else {
-            ", not verified".into()
+            " (not verified)"
         },
     ))
 }
 
-fn source_store_kind(config: &Config) -> &'static str {
-    match config.store {
-        StoreConfig::File { .. } => "file",
-    }
+/// `tokenproxy login NAME`: the authorization code flow, then the same storing.
+pub async fn login(
+    config: Config,
+    name: &str,
+    opts: login::LoginOptions,
+) -> Result<String, BootstrapError> {
+    let file = config.file.clone();
+    let (source, kind) = standalone_source(config, name)?;
+    let record = login::run(&source, &opts).await?;
+    Ok(format!(
+        "{}
+start the proxy with: tokenproxy run -c {} (a running instance picks the token up within seconds)",
+        stored_summary(name, kind, &record),
+        file.display()
+    ))
 }

@@ -45,6 +45,23 @@ enum Command {
         #[arg(short, long, env = "TOKENPROXY_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Authorise the app in a browser (authorization code + PKCE) and store the first
+    /// refresh token.
+    Login {
+        /// The token's name, as in [tokens.NAME].
+        name: String,
+        #[arg(short, long, env = "TOKENPROXY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Print the URL only; do not try to open a browser.
+        #[arg(long)]
+        no_browser: bool,
+        /// Headless: paste the final redirect URL (or the code) instead of listening.
+        #[arg(long)]
+        manual: bool,
+        /// How long to wait for the authorization.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Store a refresh token read from standard input (for tokens obtained elsewhere).
     Seed {
         /// The token's name, as in [tokens.NAME].
@@ -139,7 +156,28 @@ fn main() -> ExitCode {
             runtime(async move {
                 let summary = tokenproxy::seed(config, &name, &input, !no_verify).await?;
                 println!("{summary}");
-                Ok::<(), tokenproxy::SeedCommandError>(())
+                Ok::<(), tokenproxy::BootstrapError>(())
+            })
+        }
+        Command::Login {
+            name,
+            config,
+            no_browser,
+            manual,
+            timeout,
+        } => {
+            let Some(config) = load(config) else {
+                return ExitCode::from(2);
+            };
+            let opts = tokenproxy::login::LoginOptions {
+                open_browser: !no_browser,
+                manual,
+                timeout,
+            };
+            runtime(async move {
+                let summary = tokenproxy::login(config, &name, opts).await?;
+                println!("{summary}");
+                Ok::<(), tokenproxy::BootstrapError>(())
             })
         }
         Command::Token {

@@ -80,9 +80,9 @@ async fn salesforce_without_expiry_routes_to_instance_url() {
     );
     let routes = "[[routes]]\nprefix = \"/sf/\"\nupstream = \"{token.instance_url}/services/data/\"\ntoken = \"p\"";
     let p = w.spawn(&w.provider_config("", &token, routes));
-    let (status, body) = get(&p.url("/sf/v59.0/query?q=SELECT+Id+FROM+Account")).await;
+    let (status, body) = get(&p.url("/sf/v59.0/sobjects/Account?fields=Id")).await;
     assert_eq!(status, 200, "{body}\n{}", p.log());
-    assert_eq!(json(&body)["path"], "/services/data/v59.0/query");
+    assert_eq!(json(&body)["path"], "/services/data/v59.0/sobjects/Account");
     assert_eq!(
         seconds_between(&token_status(&p, "p").await),
         3600,

@@ -276,6 +276,8 @@ pub struct TokenConfig {
     pub client_auth_explicit: bool,
     /// Certificate chain and key (PEM) for mutual TLS to the token endpoint.
     pub client_cert: Option<(SecretRef, SecretRef)>,
+    /// For `tokenproxy login` (authorization code with PKCE).
+    pub login: Option<Login>,
     pub scope: Option<String>,
     pub scope_on_refresh: bool,
     /// Extra form fields (`audience`, `resource` and `params`), in order.
@@ -291,6 +293,15 @@ pub struct TokenConfig {
     /// The token-response fields that routes take their upstream from
     /// (`{token.instance_url}`), with the path after them; in this order.
     pub dynamic_upstreams: Vec<(String, String)>,
+}
+
+/// Where `tokenproxy login` sends the browser, and where it comes back.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub authorize_url: reqwest::Url,
+    /// Default `http://127.0.0.1:8765/callback`; port 0 picks a free port.
+    pub redirect_uri: reqwest::Url,
+    pub params: Vec<(String, String)>,
 }
 
 /// How a token travels to the upstream: a header from a template such as

@@ -14,6 +14,10 @@ pub struct Preset {
     pub name: &'static str,
     /// May contain `{region}` or `{tenant}`.
     pub token_url: &'static str,
+    /// Where a person authorises the app (`tokenproxy login`); same placeholders.
+    pub authorize_url: Option<&'static str>,
+    /// Extra authorization request parameters the provider needs for a refresh token.
+    pub authorize_params: &'static [(&'static str, &'static str)],
     /// Allowed `region` values, the first being the default; empty when unused.
     pub regions: &'static [&'static str],
     pub needs_tenant: bool,
@@ -39,6 +43,8 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "exact-online",
         token_url: "https://start.exactonline.{region}/api/oauth2/token",
+        authorize_url: Some("https://start.exactonline.{region}/api/oauth2/auth"),
+        authorize_params: &[],
         regions: &["nl", "be", "de", "co.uk", "com", "es", "fr"],
         needs_tenant: false,
         grant: GrantKind::RefreshToken,
@@ -54,6 +60,8 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "salesforce",
         token_url: "https://login.salesforce.com/services/oauth2/token",
+        authorize_url: Some("https://login.salesforce.com/services/oauth2/authorize"),
+        authorize_params: &[],
         regions: &[],
         needs_tenant: false,
         grant: GrantKind::RefreshToken,
@@ -69,6 +77,8 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "hubspot",
         token_url: "https://api.hubapi.com/oauth/v1/token",
+        authorize_url: Some("https://app.hubspot.com/oauth/authorize"),
+        authorize_params: &[],
         regions: &[],
         needs_tenant: false,
         grant: GrantKind::RefreshToken,
@@ -83,6 +93,8 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "xero",
         token_url: "https://identity.xero.com/connect/token",
+        authorize_url: Some("https://login.xero.com/identity/connect/authorize"),
+        authorize_params: &[],
         regions: &[],
         needs_tenant: false,
         grant: GrantKind::RefreshToken,
@@ -97,6 +109,8 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "quickbooks",
         token_url: "https://oauth.platform.intuit.com/oauth2/v1/tokens/bearer",
+        authorize_url: Some("https://appcenter.intuit.com/connect/oauth2"),
+        authorize_params: &[],
         regions: &[],
         needs_tenant: false,
         grant: GrantKind::RefreshToken,
@@ -111,6 +125,8 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "microsoft-entra",
         token_url: "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
+        authorize_url: Some("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize"),
+        authorize_params: &[],
         regions: &[],
         needs_tenant: true,
         grant: GrantKind::ClientCredentials,
@@ -125,6 +141,8 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "google-service-account",
         token_url: "https://oauth2.googleapis.com/token",
+        authorize_url: None,
+        authorize_params: &[],
         regions: &[],
         needs_tenant: false,
         grant: GrantKind::JwtBearer,
@@ -139,6 +157,8 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         name: "zoho",
         token_url: "https://accounts.zoho.{region}/oauth/v2/token",
+        authorize_url: Some("https://accounts.zoho.{region}/oauth/v2/auth"),
+        authorize_params: &[("access_type", "offline"), ("prompt", "consent")],
         regions: &["com", "eu", "in", "com.au", "jp", "com.cn", "ca"],
         needs_tenant: false,
         grant: GrantKind::RefreshToken,
@@ -164,7 +184,25 @@ impl Preset {
     /// The token URL with `{region}` and `{tenant}` filled in, or the name of the
     /// missing or invalid key.
     pub fn token_url(&self, region: Option<&str>, tenant: Option<&str>) -> Result<String, String> {
-        let mut url = self.token_url.to_owned();
+        self.fill(self.token_url, region, tenant)
+    }
+
+    /// The authorization URL, filled in the same way.
+    pub fn authorize_url(
+        &self,
+        region: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Option<Result<String, String>> {
+        self.authorize_url.map(|u| self.fill(u, region, tenant))
+    }
+
+    fn fill(
+        &self,
+        template: &str,
+        region: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Result<String, String> {
+        let mut url = template.to_owned();
         if !self.regions.is_empty() {
             let region = region.unwrap_or(self.regions[0]);
             if !self.regions.contains(&region) {
@@ -175,7 +213,7 @@ impl Preset {
             }
             // Zoho Canada lives on its own domain.
             if self.name == "zoho" && region == "ca" {
-                return Ok("https://accounts.zohocloud.ca/oauth/v2/token".into());
+                return Ok(url.replace("accounts.zoho.{region}", "accounts.zohocloud.ca"));
             }
             url = url.replace("{region}", region);
         } else if region.is_some() {

@@ -128,6 +128,13 @@ pub struct RawToken {
     pub client_cert: Option<SecretRef>,
     pub client_key: Option<SecretRef>,
 
+    /// For `tokenproxy login`: the provider's authorization endpoint, where the
+    /// browser goes, and where it comes back.
+    pub authorize_url: Option<String>,
+    pub redirect_uri: Option<String>,
+    #[serde(default)]
+    pub authorize_params: BTreeMap<String, String>,
+
     pub scope: Option<String>,
     pub scope_on_refresh: Option<bool>,
     pub audience: Option<String>,

@@ -13,7 +13,7 @@ use super::preset::{self, Preset};
 use super::raw::{RawConfig, RawRoute, RawToken};
 use super::{
     Assertion, ClientAuth, ClientAuthKind, Config, ConfigError, Endpoint, Grant, GrantKind, Inject,
-    Listen, ProxySettings, Route, RouteUpstream, SigningKey, StoreConfig, Tls, TokenConfig,
+    Listen, Login, ProxySettings, Route, RouteUpstream, SigningKey, StoreConfig, Tls, TokenConfig,
     Upstream, is_loopback, normalise_host,
 };
 use crate::secret::SecretRef;
@@ -482,6 +482,61 @@ impl Validator<'_> {
             params.push((p, v));
         }
 
+        let authorize_url = match (&raw.authorize_url, preset) {
+            (Some(u), _) => Some(self.https_url(
+                &key("authorize_url"),
+                u,
+                "write the provider's authorization endpoint URL",
+            )?),
+            (None, Some(p)) if grant_kind == GrantKind::RefreshToken => match p
+                .authorize_url(raw.region.as_deref(), raw.tenant.as_deref())
+            {
+                Some(Ok(u)) => {
+                    Some(self.https_url(&key("authorize_url"), &u, "check region and tenant")?)
+                }
+                _ => None,
+            },
+            (None, _) => None,
+        };
+        let redirect_uri = raw
+            .redirect_uri
+            .as_deref()
+            .unwrap_or("http://127.0.0.1:8765/callback");
+        let redirect_uri: reqwest::Url = redirect_uri.parse().map_err(|e| {
+            self.err(
+                key("redirect_uri"),
+                format!("`{redirect_uri}` is not a URL: {e}"),
+                "register and write a URL such as http://127.0.0.1:8765/callback",
+            )
+        })?;
+        if raw.redirect_uri.is_some() && authorize_url.is_none() {
+            return Err(self.err(
+                key("redirect_uri"),
+                "is set, but there is no authorize_url to log in with",
+                "add authorize_url (or a preset that has one)",
+            ));
+        }
+        if authorize_url.is_some() && grant_kind != GrantKind::RefreshToken {
+            return Err(self.err(key("authorize_url"), "login obtains a refresh token, and this token does not use grant = \"refresh_token\"", "remove authorize_url, or use grant = \"refresh_token\""));
+        }
+        let mut login_params: Vec<(String, String)> = preset
+            .map(|p| {
+                p.authorize_params
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (k, v) in raw.authorize_params {
+            login_params.retain(|(name, _)| *name != k);
+            login_params.push((k, v));
+        }
+        let login = authorize_url.map(|authorize_url| Login {
+            authorize_url,
+            redirect_uri,
+            params: login_params,
+        });
+
         let default =
             |v: Option<Duration>, preset_value: fn(&Preset) -> Duration, fallback: Duration| {
                 v.or(preset.map(preset_value)).unwrap_or(fallback)
@@ -494,6 +549,7 @@ impl Validator<'_> {
             client_auth_explicit: raw.client_auth.is_some(),
             client_auth,
             client_cert,
+            login,
             scope: raw.scope.filter(|s| !s.trim().is_empty()),
             scope_on_refresh: raw.scope_on_refresh.unwrap_or(true),
             params,

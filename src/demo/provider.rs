@@ -178,6 +178,10 @@ pub(super) struct State {
     /// Every access and refresh token ever issued, for leak checks.
     pub all_tokens: Vec<String>,
     pub last: Option<Received>,
+    /// Authorization codes issued: code → (PKCE challenge, redirect URI).
+    pub codes: std::collections::HashMap<String, (String, String)>,
+    /// Whether the "user" approves authorization requests.
+    pub consent: bool,
 }
 
 /// The running token endpoint and API. Dropping it does not stop the servers;
@@ -189,6 +193,8 @@ pub struct Provider {
     pub(super) api_requests: Arc<AtomicU64>,
     /// `scheme://localhost:PORT`, the issuer for discovery.
     pub issuer: String,
+    /// Where `tokenproxy login` sends the browser (auto-consent, for tests).
+    pub authorize_url: String,
     pub token_url: String,
     pub api_url: String,
 }
@@ -207,6 +213,7 @@ impl Provider {
         let issuer = base(&token_listener)?;
         let provider = Provider {
             token_url: format!("{issuer}/token"),
+            authorize_url: format!("{issuer}/authorize"),
             api_url: format!("{}/", base(&api_listener)?),
             issuer,
             state: Arc::new(Mutex::new(State {
@@ -222,6 +229,8 @@ impl Provider {
                 token_requests: 0,
                 reuse_detected: 0,
                 last: None,
+                codes: Default::default(),
+                consent: true,
             })),
             api_connections: Arc::default(),
             api_requests: Arc::default(),
@@ -300,6 +309,11 @@ impl Provider {
         self.lock().refresh_current.clone()
     }
 
+    /// Whether the "user" approves the next authorization requests.
+    pub fn set_consent(&self, consent: bool) {
+        self.lock().consent = consent;
+    }
+
     /// The last token request received.
     pub fn last_request(&self) -> Option<Received> {
         self.lock().last.clone()
@@ -308,6 +322,9 @@ impl Provider {
     async fn token_endpoint(&self, req: Request<Incoming>) -> Response<FakeBody> {
         if req.uri().path().starts_with("/.well-known/") {
             return self.metadata(req.uri().path());
+        }
+        if req.uri().path() == "/authorize" {
+            return self.authorize(req.uri());
         }
         let headers = req.headers().clone();
         let body = req
@@ -456,6 +473,32 @@ impl Provider {
                 }
             }
             Some("client_credentials") => {}
+            Some("authorization_code") => {
+                let code = field("code").unwrap_or_default();
+                let verifier = field("code_verifier").unwrap_or_default();
+                let digest = ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes());
+                let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+                match s.codes.remove(&code) {
+                    Some((want, redirect))
+                        if want == challenge
+                            && Some(redirect.as_str()) == field("redirect_uri").as_deref() => {}
+                    _ => {
+                        drop(s);
+                        return self.error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_grant",
+                            "bad code, redirect_uri or code_verifier",
+                        );
+                    }
+                }
+                // A login starts a new chain.
+                let rt = format!("demo-rt-login-{:016x}", fastrand::u64(..));
+                s.refresh_current = Some(rt.clone());
+                s.chain_revoked = false;
+                s.all_tokens.push(rt.clone());
+                response.insert("refresh_token".into(), rt.into());
+                response.insert("scope".into(), "read write".into());
+            }
             Some("password") => {
                 if field("username").as_deref() != Some(opts.username.as_str())
                     || field("password").as_deref() != Some(opts.password.as_str())
@@ -515,6 +558,56 @@ impl Provider {
             response.insert(k.clone(), v);
         }
         json_resp(StatusCode::OK, Value::Object(response))
+    }
+
+    /// The user's side of RFC 6749 §4.1.1, decided at once: a redirect back with a
+    /// code (or `access_denied`), after checking what a real server checks.
+    fn authorize(&self, uri: &http::Uri) -> Response<FakeBody> {
+        let q: std::collections::HashMap<String, String> =
+            form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
+        let mut s = self.lock();
+        let bad = if q.get("response_type").map(String::as_str) != Some("code") {
+            Some("response_type must be code")
+        } else if q.get("client_id") != Some(&s.opts.client_id) {
+            Some("unknown client_id")
+        } else if q.get("code_challenge_method").map(String::as_str) != Some("S256")
+            || !q.contains_key("code_challenge")
+        {
+            Some("PKCE S256 is required")
+        } else if !q.contains_key("state") {
+            Some("state is required")
+        } else {
+            None
+        };
+        let Some(redirect) = q.get("redirect_uri").filter(|_| bad.is_none()) else {
+            drop(s);
+            return self.error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                bad.unwrap_or("redirect_uri is required"),
+            );
+        };
+        let state = form_urlencoded::byte_serialize(q["state"].as_bytes()).collect::<String>();
+        let location = if s.consent {
+            let code = format!("code-{:016x}", fastrand::u64(..));
+            s.codes.insert(
+                code.clone(),
+                (q["code_challenge"].clone(), redirect.clone()),
+            );
+            format!("{redirect}?code={code}&state={state}")
+        } else {
+            format!(
+                "{redirect}?error=access_denied&error_description=The+user+denied+access&state={state}"
+            )
+        };
+        let mut r = Response::new(FakeBody::full(""));
+        *r.status_mut() = StatusCode::FOUND;
+        if let Ok(v) = http::HeaderValue::try_from(location) {
+            r.headers_mut().insert(http::header::LOCATION, v);
+        }
+        r
     }
 
     /// RFC 8414 metadata at the well-known location for the issuer.

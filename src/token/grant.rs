@@ -77,15 +77,28 @@ fn resolve(r: &SecretRef) -> Result<Secret, GrantError> {
         .map_err(|e| GrantError::Transport(format!("cannot read a configured secret: {e}")))
 }
 
-/// Asks the token endpoint at `url` for a new access token. `refresh_token` is
-/// required for the refresh grant and ignored otherwise; `secret_in_basic` says how
-/// a client secret travels (from the configuration, or from discovery).
+/// Asks the token endpoint at `url` for a new access token, with the configured
+/// grant or an authorization code; `secret_in_basic` says how a client secret
+/// travels (from the configuration, or from discovery).
+/// What is exchanged for tokens.
+#[derive(Clone, Copy)]
+pub enum Exchange<'a> {
+    /// The configured grant; with the refresh token for `refresh_token`.
+    Grant(Option<&'a Secret>),
+    /// An authorization code (RFC 6749 §4.1.3) with its PKCE verifier (RFC 7636).
+    Code {
+        code: &'a str,
+        redirect_uri: &'a str,
+        verifier: &'a str,
+    },
+}
+
 pub async fn request(
     http: &TokenHttp,
     cfg: &TokenConfig,
     url: &Url,
     secret_in_basic: bool,
-    refresh_token: Option<&Secret>,
+    exchange: Exchange<'_>,
 ) -> Result<TokenResponse, GrantError> {
     let client_id = cfg.client_id.as_ref().map(resolve).transpose()?;
     let client_id = client_id.as_ref().map(Secret::expose);
@@ -93,9 +106,31 @@ pub async fn request(
 
     // Owned values the form borrows from.
     let mut owned: Vec<(&str, Secret)> = Vec::new();
-    let mut form: Vec<(&str, &str)> = vec![("grant_type", cfg.grant.kind().grant_type())];
+    let mut form: Vec<(&str, &str)> = Vec::new();
     let mut scope_in_form = scope;
+    let refresh_token = match exchange {
+        Exchange::Grant(rt) => {
+            form.push(("grant_type", cfg.grant.kind().grant_type()));
+            rt
+        }
+        Exchange::Code {
+            code,
+            redirect_uri,
+            verifier,
+        } => {
+            form.extend([
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", redirect_uri),
+                ("code_verifier", verifier),
+            ]);
+            scope_in_form = None;
+            None
+        }
+    };
+    let code_exchange = matches!(exchange, Exchange::Code { .. });
     match &cfg.grant {
+        _ if code_exchange => {}
         Grant::RefreshToken { .. } => {
             let rt = refresh_token.ok_or_else(|| GrantError::Terminal {
                 code: "no_refresh_token".into(),

@@ -33,7 +33,7 @@ use crate::config::{ClientAuth, Credential, Endpoint, Grant, TokenConfig, Upstre
 use crate::metrics::Metrics;
 use crate::store::{RECORD_VERSION, StoreError, StoredToken, TokenStore};
 
-pub use grant::{TokenHttp, basic_auth};
+pub use grant::{Exchange, TokenHttp, basic_auth};
 pub use response::GrantError;
 pub use schedule::run as run_scheduler;
 pub use seed::SeedError;
@@ -359,7 +359,9 @@ impl TokenSource {
             }
             _ => None,
         };
-        let resp = self.request(refresh_token.as_ref()).await?;
+        let resp = self
+            .request(Exchange::Grant(refresh_token.as_ref()))
+            .await?;
 
         let now = SystemTime::now();
         let lifetime = resp.lifetime.unwrap_or(self.config.default_lifetime);
@@ -464,10 +466,7 @@ impl TokenSource {
     }
 
     /// One token request to the configured or discovered endpoint.
-    async fn request(
-        &self,
-        refresh_token: Option<&crate::secret::Secret>,
-    ) -> Result<response::TokenResponse, GrantError> {
+    async fn request(&self, exchange: Exchange<'_>) -> Result<response::TokenResponse, GrantError> {
         let basic = matches!(self.config.client_auth, ClientAuth::Basic(_));
         let (url, basic) = match &self.config.endpoint {
             Endpoint::Url(url) => (url, basic),
@@ -484,7 +483,7 @@ impl TokenSource {
                 (&meta.token_endpoint, basic)
             }
         };
-        grant::request(&self.http, &self.config, url, basic, refresh_token).await
+        grant::request(&self.http, &self.config, url, basic, exchange).await
     }
 
     fn state_from(&self, record: StoredToken, unsaved: bool) -> TokenState {

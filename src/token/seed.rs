@@ -1,4 +1,5 @@
-//! Storing a refresh token obtained elsewhere: `tokenproxy seed NAME`.
+//! Storing tokens a person obtained: `tokenproxy seed NAME` (a refresh token from
+//! elsewhere) and the code exchange of `tokenproxy login NAME`.
 //!
 //! The input is a refresh token, or a whole token response (JSON) from the provider.
 //! With verification (the default), one refresh proves the token works and its
@@ -10,7 +11,7 @@
 use std::time::SystemTime;
 
 use super::response::{self, GrantError};
-use super::{TokenSource, time_to_ms};
+use super::{Exchange, TokenSource, time_to_ms};
 use crate::config::GrantKind;
 use crate::secret::Secret;
 use crate::store::{RECORD_VERSION, StoreError, StoredToken};
@@ -35,46 +36,101 @@ impl TokenSource {
     /// Stores `input` as this token's refresh token (verified by one refresh unless
     /// `verify` is false) and returns the stored record.
     pub async fn seed(&self, input: &str, verify: bool) -> Result<StoredToken, SeedError> {
+        self.refresh_grant_only()?;
+        let given = parse_input(input)?;
+        if verify {
+            return self
+                .obtain_and_store(
+                    Exchange::Grant(Some(&given.refresh_token)),
+                    Some(given.refresh_token.clone()),
+                )
+                .await;
+        }
+        let now = SystemTime::now();
+        let expires = match (&given.access_token, given.lifetime) {
+            (Some(_), Some(l)) => now + l,
+            (Some(_), None) => now + self.config.default_lifetime,
+            (None, _) => now,
+        };
+        let _lock = self.store.lock(self.name()).await?;
+        let record = StoredToken {
+            version: RECORD_VERSION,
+            generation: self.next_generation().await?,
+            access_token: given.access_token,
+            refresh_token: Some(given.refresh_token),
+            issued_at_ms: time_to_ms(now),
+            expires_at_ms: time_to_ms(expires),
+            extra: given.extra,
+        };
+        self.store.save(self.name(), &record).await?;
+        Ok(record)
+    }
+
+    /// `tokenproxy login`: exchanges an authorization code (with its PKCE verifier)
+    /// and stores the tokens exactly as a refresh would.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+    ) -> Result<StoredToken, SeedError> {
+        self.refresh_grant_only()?;
+        let record = self
+            .obtain_and_store(
+                Exchange::Code {
+                    code,
+                    redirect_uri,
+                    verifier,
+                },
+                None,
+            )
+            .await?;
+        if record.refresh_token.is_none() {
+            return Err(SeedError::Input(
+                "a token response without refresh_token (the provider may need offline access: see authorize_params)".into(),
+            ));
+        }
+        Ok(record)
+    }
+
+    fn refresh_grant_only(&self) -> Result<(), SeedError> {
         if self.config.grant.kind() != GrantKind::RefreshToken {
             return Err(SeedError::NotRefreshGrant(self.name().into()));
         }
-        let given = parse_input(input)?;
-        let name = self.name();
-        let _lock = self.store.lock(name).await?;
-        // A corrupt record is exactly what seeding repairs: it does not block it.
-        let generation = match self.store.load(name).await {
-            Ok(stored) => stored.map_or(0, |s| s.generation),
-            Err(e) if e.is_terminal() => 0,
-            Err(e) => return Err(e.into()),
-        } + 1;
+        Ok(())
+    }
+
+    /// One more than the stored generation. A corrupt record is exactly what
+    /// seeding repairs: it does not block it.
+    async fn next_generation(&self) -> Result<u64, SeedError> {
+        match self.store.load(self.name()).await {
+            Ok(stored) => Ok(stored.map_or(0, |s| s.generation) + 1),
+            Err(e) if e.is_terminal() => Ok(1),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One token request, and its result stored under the store's lock; nothing is
+    /// stored when the request fails.
+    async fn obtain_and_store(
+        &self,
+        exchange: Exchange<'_>,
+        keep: Option<Secret>,
+    ) -> Result<StoredToken, SeedError> {
+        let _lock = self.store.lock(self.name()).await?;
+        let generation = self.next_generation().await?;
         let now = SystemTime::now();
-        let record = if verify {
-            let r = self.request(Some(&given.refresh_token)).await?;
-            StoredToken {
-                version: RECORD_VERSION,
-                generation,
-                access_token: Some(r.access_token),
-                refresh_token: r.refresh_token.or(Some(given.refresh_token)),
-                issued_at_ms: time_to_ms(now),
-                expires_at_ms: time_to_ms(now + r.lifetime.unwrap_or(self.config.default_lifetime)),
-                extra: r.extra,
-            }
-        } else {
-            StoredToken {
-                version: RECORD_VERSION,
-                generation,
-                expires_at_ms: time_to_ms(match (&given.access_token, given.lifetime) {
-                    (Some(_), Some(l)) => now + l,
-                    (Some(_), None) => now + self.config.default_lifetime,
-                    (None, _) => now,
-                }),
-                access_token: given.access_token,
-                refresh_token: Some(given.refresh_token),
-                issued_at_ms: time_to_ms(now),
-                extra: given.extra,
-            }
+        let r = self.request(exchange).await?;
+        let record = StoredToken {
+            version: RECORD_VERSION,
+            generation,
+            access_token: Some(r.access_token),
+            refresh_token: r.refresh_token.or(keep),
+            issued_at_ms: time_to_ms(now),
+            expires_at_ms: time_to_ms(now + r.lifetime.unwrap_or(self.config.default_lifetime)),
+            extra: r.extra,
         };
-        self.store.save(name, &record).await?;
+        self.store.save(self.name(), &record).await?;
         Ok(record)
     }
 }
