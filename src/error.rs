@@ -25,6 +25,16 @@ pub enum ProxyError {
     Connect,
     #[error("could not read the request body from the client")]
     ClientBody,
+    #[error(
+        "this proxy needs a key: send it as configured in [listen] client_key (by default Proxy-Authorization: Bearer <key>)"
+    )]
+    ProxyAuth,
+    #[error(
+        "protocol upgrades (WebSocket) cannot carry an injected token; send plain HTTP requests"
+    )]
+    Upgrade,
+    #[error("the request body is larger than proxy.max_request_body")]
+    TooLarge,
     #[error("the upstream could not be reached (connection or TLS handshake failed)")]
     UpstreamUnreachable,
     #[error("the upstream did not send response headers within {}s", .0.as_secs())]
@@ -43,7 +53,11 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::BadPath | ProxyError::ClientBody => StatusCode::BAD_REQUEST,
+            ProxyError::BadPath | ProxyError::ClientBody | ProxyError::Upgrade => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::ProxyAuth => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            ProxyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamFailed
@@ -60,6 +74,9 @@ impl ProxyError {
             ProxyError::BadPath => "bad_path",
             ProxyError::Connect => "connect_not_supported",
             ProxyError::ClientBody => "client_body",
+            ProxyError::ProxyAuth => "proxy_auth_required",
+            ProxyError::Upgrade => "upgrade_not_supported",
+            ProxyError::TooLarge => "request_too_large",
             ProxyError::UpstreamUnreachable => "upstream_unreachable",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::UpstreamFailed => "upstream_failed",
@@ -81,6 +98,12 @@ impl ProxyError {
         h.insert("x-tokenproxy-error", HeaderValue::from_static(self.code()));
         if let ProxyError::NoValidToken { retry_after } = self {
             h.insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+        }
+        if let ProxyError::ProxyAuth = self {
+            h.insert(
+                http::header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tokenproxy\""),
+            );
         }
         if let ProxyError::Connect = self {
             h.insert(

@@ -38,11 +38,10 @@ pub mod token;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use config::{Config, StoreConfig};
+use config::{Config, ListenAddr, StoreConfig};
 use store::{FileStore, StoreError, TokenStore};
 use token::{TokenHttp, TokenSource};
 
@@ -55,17 +54,19 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot listen on {addr} ({what}): {source}; is another process using it?")]
     Bind {
-        addr: SocketAddr,
+        addr: ListenAddr,
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("listen.client_key: {0}")]
+    ClientKey(String),
     #[error("token client: {0}")]
     Http(#[from] reqwest::Error),
 }
 
 /// A started instance: its bound addresses and the handle to stop it.
 pub struct Running {
-    pub proxy_addr: SocketAddr,
+    pub proxy: ListenAddr,
     pub admin_addr: SocketAddr,
     shutdown: CancellationToken,
     servers: Vec<JoinHandle<()>>,
@@ -108,27 +109,25 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         })
         .collect();
 
-    let bind = |addr: SocketAddr, what: &'static str| async move {
-        TcpListener::bind(addr)
+    let bind = |addr: ListenAddr, what: &'static str| async move {
+        let listener = server::Listener::bind(&addr)
             .await
-            .map_err(|source| StartError::Bind { addr, what, source })
+            .map_err(|source| StartError::Bind {
+                addr: addr.clone(),
+                what,
+                source,
+            })?;
+        let local = listener
+            .local()
+            .map_err(|source| StartError::Bind { addr, what, source })?;
+        Ok::<_, StartError>((listener, local))
     };
-    let proxy_listener = bind(config.listen.proxy, "listen.proxy").await?;
-    let admin_listener = bind(config.listen.admin, "listen.admin").await?;
-    let proxy_addr = proxy_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            addr: config.listen.proxy,
-            what: "listen.proxy",
-            source,
-        })?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            addr: config.listen.admin,
-            what: "listen.admin",
-            source,
-        })?;
+    let (proxy_listener, proxy_at) = bind(config.listen.proxy.clone(), "listen.proxy").await?;
+    let (admin_listener, admin) =
+        bind(ListenAddr::Tcp(config.listen.admin), "listen.admin").await?;
+    let ListenAddr::Tcp(admin_addr) = admin else {
+        unreachable!("the admin listener is TCP")
+    };
 
     let shutdown = CancellationToken::new();
     let schedulers = sources
@@ -143,11 +142,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Arc::clone(&metrics),
     ));
     let settings = config.proxy;
+    let caller_key = match &config.listen.client_key {
+        None => None,
+        Some(k) => Some(proxy::CallerKey {
+            header: k.header.clone(),
+            bearer: k.bearer,
+            key: k
+                .key
+                .resolve()
+                .map_err(|e| StartError::ClientKey(e.to_string()))?,
+        }),
+    };
     let proxy = Arc::new(proxy::Proxy::new(
         proxy::Router::new(config.routes),
         sources.clone(),
         proxy::client(tls, &settings),
         settings,
+        caller_key,
         &metrics,
     ));
     let servers = vec![
@@ -164,9 +175,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             settings.drain_timeout,
         )),
     ];
-    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "tokenproxy listening");
+    tracing::info!(proxy = %proxy_at, admin = %admin_addr, "tokenproxy listening");
     Ok(Running {
-        proxy_addr,
+        proxy: proxy_at,
         admin_addr,
         shutdown,
         servers,

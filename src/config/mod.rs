@@ -59,10 +59,36 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Listen {
-    pub proxy: SocketAddr,
+    pub proxy: ListenAddr,
     pub admin: SocketAddr,
+    pub client_key: Option<ClientKey>,
+}
+
+/// Where the proxy listens: a TCP address, or a Unix socket (`unix:/path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// A key callers must present to use the proxy.
+#[derive(Debug, Clone)]
+pub struct ClientKey {
+    pub header: HeaderName,
+    /// `Bearer <key>` (for `Proxy-Authorization`) rather than the bare key.
+    pub bearer: bool,
+    pub key: SecretRef,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +111,8 @@ pub struct ProxySettings {
     pub drain_timeout: Duration,
     /// Request bodies up to this size are kept so the request can be resent after a refresh.
     pub replay_body_limit: usize,
+    /// Larger request bodies are refused with 413.
+    pub max_request_body: Option<u64>,
 }
 
 /// The grants, without their data (for presets and labels).

@@ -31,6 +31,10 @@ pub struct RawConfig {
 pub struct RawListen {
     pub proxy: String,
     pub admin: String,
+    /// A key callers must present, for hosts where several users share localhost.
+    pub client_key: Option<SecretRef>,
+    /// Where callers present it (default `Proxy-Authorization: Bearer <key>`).
+    pub client_key_header: Option<String>,
 }
 
 impl Default for RawListen {
@@ -38,6 +42,8 @@ impl Default for RawListen {
         RawListen {
             proxy: "127.0.0.1:8080".into(),
             admin: "127.0.0.1:9090".into(),
+            client_key: None,
+            client_key_header: None,
         }
     }
 }
@@ -76,6 +82,8 @@ pub struct RawProxy {
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
     pub replay_body_limit: usize,
+    /// Request bodies larger than this are refused with 413 (0: no limit).
+    pub max_request_body: u64,
 }
 
 impl Default for RawProxy {
@@ -86,6 +94,7 @@ impl Default for RawProxy {
             pool_idle_timeout: Duration::from_secs(90),
             drain_timeout: Duration::from_secs(30),
             replay_body_limit: 1024 * 1024,
+            max_request_body: 0,
         }
     }
 }

@@ -12,9 +12,9 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use super::preset::{self, Preset};
 use super::raw::{RawConfig, RawRoute, RawToken};
 use super::{
-    Assertion, ClientAuth, ClientAuthKind, Config, ConfigError, Endpoint, Grant, GrantKind, Inject,
-    Listen, Login, ProxySettings, Route, RouteUpstream, SigningKey, StoreConfig, Tls, TokenConfig,
-    Upstream, is_loopback, normalise_host,
+    Assertion, ClientAuth, ClientAuthKind, ClientKey, Config, ConfigError, Endpoint, Grant,
+    GrantKind, Inject, Listen, ListenAddr, Login, ProxySettings, Route, RouteUpstream, SigningKey,
+    StoreConfig, Tls, TokenConfig, Upstream, is_loopback, normalise_host,
 };
 use crate::secret::SecretRef;
 
@@ -58,11 +58,53 @@ impl Validator<'_> {
     }
 
     fn config(mut self, raw: RawConfig) -> Result<Config, ConfigError> {
-        let listen = Listen {
-            proxy: self.addr("listen.proxy", &raw.listen.proxy)?,
-            admin: self.addr("listen.admin", &raw.listen.admin)?,
+        let proxy = match raw.listen.proxy.strip_prefix("unix:") {
+            Some(path) if path.starts_with('/') => ListenAddr::Unix(path.into()),
+            Some(_) => {
+                return Err(self.err(
+                    "listen.proxy",
+                    "a Unix socket needs an absolute path",
+                    "write it as \"unix:/run/tokenproxy/proxy.sock\"",
+                ));
+            }
+            None => ListenAddr::Tcp(self.addr("listen.proxy", &raw.listen.proxy)?),
         };
-        if listen.proxy == listen.admin && listen.proxy.port() != 0 {
+        let client_key = match raw.listen.client_key {
+            None => None,
+            Some(key) => {
+                self.secret("listen.client_key", &key, false)?;
+                let header = raw
+                    .listen
+                    .client_key_header
+                    .as_deref()
+                    .unwrap_or("Proxy-Authorization");
+                let name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                    self.err(
+                        "listen.client_key_header",
+                        format!("`{header}` is not a header name"),
+                        "use a name such as \"X-Proxy-Key\"",
+                    )
+                })?;
+                if name == http::header::AUTHORIZATION {
+                    return Err(self.err(
+                        "listen.client_key_header",
+                        "Authorization belongs to the upstream API",
+                        "use Proxy-Authorization (the default) or a header of your own",
+                    ));
+                }
+                Some(ClientKey {
+                    bearer: name == http::header::PROXY_AUTHORIZATION,
+                    header: name,
+                    key,
+                })
+            }
+        };
+        let listen = Listen {
+            proxy,
+            admin: self.addr("listen.admin", &raw.listen.admin)?,
+            client_key,
+        };
+        if listen.proxy == ListenAddr::Tcp(listen.admin) && listen.admin.port() != 0 {
             return Err(self.err(
                 "listen.admin",
                 "is the same address as listen.proxy",
@@ -94,6 +136,8 @@ impl Validator<'_> {
             pool_idle_timeout: raw.proxy.pool_idle_timeout,
             drain_timeout: raw.proxy.drain_timeout,
             replay_body_limit: raw.proxy.replay_body_limit,
+            max_request_body: (raw.proxy.max_request_body > 0)
+                .then_some(raw.proxy.max_request_body),
         };
         if let Some(ca) = &raw.tls.ca_file
             && !ca.is_file()

@@ -84,7 +84,7 @@ token = "demo"
     // The demo's credentials are deliberately literal and fake.
     config.warnings.clear();
     let running = crate::start(config).await?;
-    let (proxy, admin) = (running.proxy_addr, running.admin_addr);
+    let (proxy, admin) = (running.proxy.clone(), running.admin_addr);
     println!(
         "tokenproxy demo is running.
 

@@ -26,7 +26,18 @@ pub enum ProxyBody {
     },
     /// A transformed response body (link rewriting, decompression).
     Stream(Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>),
+    /// A request body of unknown length, cut off (and `hit` set) past `left` bytes.
+    Limited {
+        inner: Box<ProxyBody>,
+        left: u64,
+        hit: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    },
 }
+
+/// The error a [`ProxyBody::Limited`] body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("request body over the configured maximum")]
+pub struct TooLarge;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -63,6 +74,20 @@ impl Body for ProxyBody {
                 .as_mut()
                 .poll_next(cx)
                 .map(|o| o.map(|r| r.map(Frame::data).map_err(BoxError::from))),
+            ProxyBody::Limited { inner, left, hit } => {
+                let polled = Pin::new(inner.as_mut()).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled
+                    && let Some(data) = frame.data_ref()
+                {
+                    let n = data.len() as u64;
+                    if n > *left {
+                        hit.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                    }
+                    *left -= n;
+                }
+                polled
+            }
         }
     }
 
@@ -72,6 +97,7 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(body) => body.is_end_stream(),
             ProxyBody::Prefixed { head, rest } => head.is_empty() && rest.is_end_stream(),
             ProxyBody::Stream(_) => false,
+            ProxyBody::Limited { inner, .. } => inner.is_end_stream(),
         }
     }
 
@@ -91,7 +117,7 @@ impl Body for ProxyBody {
                 }
                 hint
             }
-            ProxyBody::Stream(_) => SizeHint::new(),
+            ProxyBody::Stream(_) | ProxyBody::Limited { .. } => SizeHint::new(),
         }
     }
 }

@@ -66,6 +66,8 @@ pub struct Proxy {
     sources: Vec<Arc<TokenSource>>,
     client: HttpsClient,
     settings: ProxySettings,
+    /// When set, callers must present this key.
+    client_key: Option<CallerKey>,
     /// Indexed like the routes.
     route_metrics: Vec<RouteMetrics>,
     /// Requests that matched no route.
@@ -85,9 +87,11 @@ impl Proxy {
         sources: Vec<Arc<TokenSource>>,
         client: HttpsClient,
         settings: ProxySettings,
+        client_key: Option<CallerKey>,
         metrics: &Metrics,
     ) -> Proxy {
         Proxy {
+            client_key,
             route_metrics: router
                 .routes()
                 .iter()
@@ -141,6 +145,21 @@ impl Proxy {
             return Err(ProxyError::Connect);
         }
         let (mut parts, body) = req.into_parts();
+        if let Some(key) = &self.client_key {
+            key.check(&mut parts.headers)?;
+        }
+        if wants_upgrade(&parts.headers) {
+            return Err(ProxyError::Upgrade);
+        }
+        let too_large = |len: u64| self.settings.max_request_body.is_some_and(|max| len > max);
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(too_large) {
+            return Err(ProxyError::TooLarge);
+        }
         let target = self.route(&parts.uri, &parts.headers, parts.version)?;
         trace.route = Some(target.route);
         let route = &self.router.routes()[target.route];
@@ -171,6 +190,22 @@ impl Proxy {
             }
             Prepared::Streaming(body) => (body, None),
         };
+        // A body of unknown length is counted as it streams.
+        let limit_hit = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let first = match (self.settings.max_request_body, declared) {
+            (Some(max), None) => ProxyBody::Limited {
+                inner: Box::new(first),
+                left: max,
+                hit: Arc::clone(&limit_hit),
+            },
+            _ => first,
+        };
+        if replay
+            .as_ref()
+            .is_some_and(|(b, _)| too_large(b.len() as u64))
+        {
+            return Err(ProxyError::TooLarge);
+        }
         let out = Outgoing {
             method: &parts.method,
             uri: &parts.uri,
@@ -178,7 +213,12 @@ impl Proxy {
             route,
             source,
         };
-        let (mut resp, mut base_url) = self.send(&out, &state, parts.headers, first).await?;
+        let (mut resp, mut base_url) = match self.send(&out, &state, parts.headers, first).await {
+            Err(_) if limit_hit.load(std::sync::atomic::Ordering::Relaxed) => {
+                return Err(ProxyError::TooLarge);
+            }
+            other => other?,
+        };
 
         if route.retry_on.contains(&resp.status()) {
             // The token was refused: refresh it either way, so that the next request
@@ -324,6 +364,45 @@ async fn token(source: &Arc<TokenSource>, inject: usize) -> Result<Arc<TokenStat
             retry_after: u.retry_after,
         }),
     }
+}
+
+/// A key callers must present (`[listen] client_key`), resolved at start.
+pub struct CallerKey {
+    pub header: http::HeaderName,
+    pub bearer: bool,
+    pub key: crate::secret::Secret,
+}
+
+impl CallerKey {
+    /// Checks and removes the caller's key, so it never reaches the upstream.
+    fn check(&self, headers: &mut HeaderMap) -> Result<(), ProxyError> {
+        let presented = headers.remove(&self.header);
+        let value = presented.as_ref().map(|v| v.as_bytes()).unwrap_or_default();
+        let value = if self.bearer {
+            value.strip_prefix(b"Bearer ").unwrap_or_default()
+        } else {
+            value
+        };
+        if constant_time_eq(value, self.key.expose().as_bytes()) {
+            Ok(())
+        } else {
+            Err(ProxyError::ProxyAuth)
+        }
+    }
+}
+
+/// Equal without an early exit, so timing does not tell how much of a key matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A protocol upgrade other than `h2c` (which is ignored: the connection simply
+/// stays HTTP/1.1, as clients that offer it expect).
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.get_all(http::header::UPGRADE).iter().any(|v| {
+        v.to_str()
+            .map_or(true, |v| !v.trim().eq_ignore_ascii_case("h2c"))
+    })
 }
 
 /// Whether a response to `method` with `status` carries a body to rewrite.

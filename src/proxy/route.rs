@@ -183,8 +183,12 @@ pub fn upstream_uri(
 }
 
 /// Whether a path has a `.` or `..` segment once percent-decoded (with `\` read as
-/// `/`, as some servers do).
+/// `/`, as some servers do), or an empty one.
 fn climbs(path: &str) -> bool {
+    // An empty segment: some servers fold `//`, so the upstream would see another path.
+    if path.contains("//") || path.starts_with('/') {
+        return true;
+    }
     if !path.contains('.') && !path.contains('%') {
         return false;
     }
@@ -310,6 +314,7 @@ mod tests {
             "/ex/a/..%2fb/..",
             "/ex/a%5c..%5cb",
             "/ex/./x",
+            "/ex//evil.example.com/x",
         ] {
             assert_eq!(origin(&r, p), Err(Miss::BadPath), "{p}");
         }
