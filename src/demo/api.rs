@@ -55,6 +55,14 @@ impl Provider {
                 .insert(CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
             return r;
         }
+        if path.ends_with("/cookie") {
+            let mut r = json_resp(StatusCode::OK, json!({"cookie": "set"}));
+            r.headers_mut().insert(
+                http::header::SET_COOKIE,
+                http::HeaderValue::from_static("session=abc123; Path=/; HttpOnly"),
+            );
+            return r;
+        }
         if path.ends_with("/redirect") {
             let mut r = Response::new(FakeBody::full(""));
             *r.status_mut() = StatusCode::FOUND;

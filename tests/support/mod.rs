@@ -86,7 +86,9 @@ token = "demo"
 /// A running `tokenproxy run` process. Killed when dropped.
 pub struct Proxy {
     child: Child,
+    /// The TCP address (unspecified when the proxy listens on a Unix socket).
     pub addr: SocketAddr,
+    pub socket: Option<PathBuf>,
     pub admin: SocketAddr,
     log: Arc<Mutex<String>>,
 }
@@ -139,17 +141,25 @@ impl Proxy {
             }
         };
         // Text logs say `proxy=ADDR`, JSON logs `"proxy":"ADDR"`.
-        let field = |name: &str| -> SocketAddr {
+        let text = |name: &str| -> String {
             let (start, len) = [format!("{name}="), format!("\"{name}\":\"")]
                 .iter()
                 .find_map(|k| line.find(k.as_str()).map(|i| (i, k.len())))
                 .expect("address field");
             let rest = &line[start + len..];
             let end = rest.find([' ', '"']).unwrap_or(rest.len());
-            rest[..end].parse().expect("socket address")
+            rest[..end].to_owned()
         };
+        let field = |name: &str| -> SocketAddr { text(name).parse().expect("socket address") };
+        let proxy = text("proxy");
+        let socket = proxy.strip_prefix("unix:").map(PathBuf::from);
         Proxy {
-            addr: field("proxy"),
+            addr: if socket.is_some() {
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            } else {
+                field("proxy")
+            },
+            socket,
             admin: field("admin"),
             child,
             log,
