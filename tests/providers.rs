@@ -648,7 +648,7 @@ async fn mutual_tls_client_authentication_at_the_token_endpoint() {
     );
     let top = format!("[tls]\nca_file = \"{ca}\"");
     let token = format!(
-        "grant = \"client_credentials\"\ntoken_url = \"{{token_url}}\"\nclient_id = \"demo-client\"\nclient_auth = \"tls_client_auth\"\nclient_cert = {{ file = \"{cert}\" }}\nclient_key = {{ file = \"{key}\" }}"
+        "grant = \"client_credentials\"\ntoken_url = \"{{token_url}}\"\nclient_id = \"demo-client\"\nclient_auth = \"tls_client_auth\"\nclient_cert = {{ file = \"{cert}\" }}\nclient_cert_key = {{ file = \"{key}\" }}"
     );
     let routes = "[[routes]]\nprefix = \"/api/\"\nupstream = \"{api}/\"\ntoken = \"p\"";
     let p = w.spawn(&w.provider_config(&top, &token, routes));

@@ -135,7 +135,7 @@ pub struct RawToken {
 
     /// Mutual TLS to the token endpoint (RFC 8705): PEM certificate chain and key.
     pub client_cert: Option<SecretRef>,
-    pub client_key: Option<SecretRef>,
+    pub client_cert_key: Option<SecretRef>,
 
     /// For `tokenproxy login`: the provider's authorization endpoint, where the
     /// browser goes, and where it comes back.

@@ -326,7 +326,7 @@ impl Validator<'_> {
             ("private_key", &raw.private_key),
             ("service_account", &raw.service_account),
             ("client_cert", &raw.client_cert),
-            ("client_key", &raw.client_key),
+            ("client_cert_key", &raw.client_cert_key),
         ] {
             if let Some(s) = s {
                 self.secret(&key(k), s, k == "username" || k == "client_cert")?;
@@ -467,20 +467,20 @@ impl Validator<'_> {
                 "add client_secret, or use private_key_jwt or tls_client_auth",
             ));
         }
-        let client_cert = match (&raw.client_cert, &raw.client_key) {
+        let client_cert = match (&raw.client_cert, &raw.client_cert_key) {
             (Some(c), Some(k)) => Some((c.clone(), k.clone())),
             (None, None) if auth_kind == ClientAuthKind::TlsClientAuth => {
                 return Err(self.err(
                     key("client_cert"),
-                    "client_auth = \"tls_client_auth\" needs client_cert and client_key",
+                    "client_auth = \"tls_client_auth\" needs client_cert and client_cert_key",
                     "add both, as PEM files: { file = \"client.pem\" }",
                 ));
             }
             (None, None) => None,
             _ => {
                 return Err(self.err(
-                    key("client_key"),
-                    "client_cert and client_key go together",
+                    key("client_cert_key"),
+                    "client_cert and client_cert_key go together",
                     "set both, or neither",
                 ));
             }
