@@ -77,6 +77,6 @@ pub fn client_config(
         ));
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| TlsError::ClientCert(format!("client_key is not a PEM private key: {e}")))?;
+        .map_err(|e| TlsError::ClientCert(format!("client_cert_key is not a PEM private key: {e}")))?;
     Ok(builder.with_client_auth_cert(certs, key)?)
 }
