@@ -76,7 +76,8 @@ pub fn client_config(
             "client_cert holds no certificate".into(),
         ));
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| TlsError::ClientCert(format!("client_cert_key is not a PEM private key: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
+        TlsError::ClientCert(format!("client_cert_key is not a PEM private key: {e}"))
+    })?;
     Ok(builder.with_client_auth_cert(certs, key)?)
 }

@@ -177,6 +177,45 @@ async fn token_endpoint_without_access_token_backs_off_and_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_empty_200_backs_off_and_recovers() {
+    endpoint_failure(Mode::EmptyOk).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_truncated_json_backs_off_and_recovers() {
+    endpoint_failure(Mode::Truncated).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_10_mib_body_is_cut_off_and_recovers() {
+    endpoint_failure(Mode::Huge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_refusing_connections_backs_off() {
+    let w = World::default().await;
+    // A port that was free a moment ago: connections are refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = w
+        .config("", "")
+        .replace(&w.provider.token_url, &format!("http://{closed}/token"));
+    let p = w.spawn(&config);
+    let r = client().get(p.url("/demo/x")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let t = token_status(&p, "demo").await;
+    assert_eq!(t["state"], "failed");
+    assert!(
+        t["last_error"].as_str().unwrap().contains("unreachable"),
+        "{t}"
+    );
+    assert!(t["next_attempt_in_s"].as_u64().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_grant_is_terminal_without_a_request_storm() {
     let w = World::default().await;
     w.provider.set_mode(Mode::InvalidGrant);

@@ -31,6 +31,12 @@ pub enum Mode {
     NoAccessToken,
     /// 429 with `Retry-After`.
     RateLimited(u64),
+    /// 200 with an empty body.
+    EmptyOk,
+    /// 200 with JSON cut off in the middle.
+    Truncated,
+    /// 200 with a 10 MiB body.
+    Huge,
 }
 
 /// How `expires_in` appears in token responses.
@@ -371,6 +377,20 @@ impl Provider {
             }
             Mode::NoAccessToken => {
                 return json_resp(StatusCode::OK, json!({"token_type": "bearer"}));
+            }
+            Mode::EmptyOk => return Response::new(FakeBody::full("")),
+            Mode::Truncated => {
+                return Response::new(FakeBody::full(r#"{"access_token": "demo-at-trunc"#));
+            }
+            Mode::Huge => {
+                return Response::new(FakeBody::Repeat {
+                    head: Some(bytes::Bytes::from_static(b"{\"padding\": \"")),
+                    chunk: bytes::Bytes::from(vec![b'x'; 64 * 1024]),
+                    count: 160,
+                    tail: Some(bytes::Bytes::from_static(
+                        b"\", \"access_token\": \"never-read\"}",
+                    )),
+                });
             }
             Mode::RateLimited(secs) => {
                 let mut r = self.error(

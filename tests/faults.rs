@@ -1,0 +1,315 @@
+//! Faults survived: a broken store, a full disk, and upstreams that misbehave in
+//! every way a network can; no request hangs and nothing leaks.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_state_file_stops_the_token_without_spending_the_configured_one() {
+    for (content, expect) in [
+        (
+            "{\"version\": 1, \"generation\": 3, \"access_tok",
+            "not JSON",
+        ),
+        ("", "not JSON"),
+        (
+            "{\"version\": 0, \"token\": \"old format\"}",
+            "format version 0",
+        ),
+    ] {
+        let w = World::default().await;
+        std::fs::create_dir_all(w.state_dir()).unwrap();
+        std::fs::write(w.state_dir().join("demo.json"), content).unwrap();
+        let p = w.spawn(&w.config("", ""));
+        p.wait_ready(503, Duration::from_secs(5)).await;
+        let t = token_status(&p, "demo").await;
+        assert_eq!(t["state"], "needs_login", "{t}");
+        let error = t["last_error"].as_str().unwrap();
+        assert!(
+            error.contains(expect) && error.contains("tokenproxy seed demo"),
+            "{error}"
+        );
+        assert_eq!(
+            w.provider.token_requests(),
+            0,
+            "the configured refresh token was not spent"
+        );
+        assert_eq!(
+            std::fs::read_to_string(w.state_dir().join("demo.json")).unwrap(),
+            content,
+            "the file is left for a person"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_keeps_the_token_in_memory_until_space_returns() {
+    let w = World::default().await;
+    let mount = w.dir.path().join("small");
+    std::fs::create_dir_all(&mount).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("cannot mount a small tmpfs here (not root?): skipping the full-disk test");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.clone());
+    let state = mount.join("state");
+    // Fill the disk, leaving no room for a token record.
+    std::fs::create_dir_all(&state).unwrap();
+    let filler = mount.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 64 * 1024]);
+    let config = w.config("", "").replace(
+        &w.state_dir().display().to_string(),
+        &state.display().to_string(),
+    );
+    let p = w.spawn(&config);
+    assert_eq!(
+        get(&p.url("/demo/x")).await.0,
+        200,
+        "served from memory:\n{}",
+        p.log()
+    );
+    assert_eq!(token_status(&p, "demo").await["unsaved"], true);
+    let m = get(&p.admin_url("/metrics")).await.1;
+    assert!(
+        m.contains("tokenproxy_store_write_errors_total{token=\"demo\"}"),
+        "{m}"
+    );
+    assert!(
+        !m.contains("tokenproxy_store_write_errors_total{token=\"demo\"} 0"),
+        "{m}"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while token_status(&p, "demo").await["unsaved"] == true {
+        assert!(Instant::now() < deadline, "never written:\n{}", p.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stored = std::fs::read_to_string(state.join("demo.json")).unwrap();
+    assert!(stored.contains(&w.provider.current_refresh_token().unwrap()));
+    drop(p);
+}
+
+/// How a fault server misbehaves on every connection.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Accepts and closes without a word.
+    Close,
+    /// Half a status line, then closes.
+    PartialHeaders,
+    /// Headers and part of the promised body, then a reset.
+    ResetMidBody,
+    /// Headers, then the body a byte at a time, slowly.
+    SlowBody,
+}
+
+/// A server on 127.0.0.1 that answers every connection with `fault`.
+async fn fault_server(fault: Fault) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                match fault {
+                    Fault::Close => {}
+                    Fault::PartialHeaders => {
+                        let _ = s.write_all(b"HTTP/1.1 200 O").await;
+                    }
+                    Fault::ResetMidBody => {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nContent-Type: text/plain\r\n\r\npartial").await;
+                        let _ = s.set_linger(Some(Duration::ZERO));
+                    }
+                    Fault::SlowBody => {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+                            .await;
+                        for b in b"hello" {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            let _ = s.write_all(&[*b]).await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    format!("http://127.0.0.1:{}/", addr.port())
+}
+
+fn fault_config(w: &World, upstream: &str) -> String {
+    w.config("[proxy]\nresponse_timeout = \"2s\"\n", "")
+        .replace(&w.provider.api_url, upstream)
+}
+
+fn open_fds(p: &Proxy) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", p.pid()))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_upstreams_get_clear_errors_and_nothing_hangs() {
+    let w = World::default().await;
+    for (fault, status) in [(Fault::Close, 502), (Fault::PartialHeaders, 502)] {
+        let p = w.spawn(&fault_config(&w, &fault_server(fault).await));
+        let started = Instant::now();
+        let r = client().get(p.url("/demo/x")).send().await.unwrap();
+        assert_eq!(r.status(), status, "{fault:?}");
+        assert_eq!(
+            r.headers()["x-tokenproxy-error"],
+            "upstream_failed",
+            "{fault:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{fault:?} took {:?}",
+            started.elapsed()
+        );
+    }
+
+    // Reset in the middle of the body: the headers went out already, so the client
+    // sees its body end early, not a hang.
+    let p = w.spawn(&fault_config(&w, &fault_server(Fault::ResetMidBody).await));
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        client().get(p.url("/demo/x")).send(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), r.bytes())
+            .await
+            .unwrap()
+            .is_err(),
+        "a cut body is an error to the client"
+    );
+
+    // A slow body is streamed as it comes (the response timeout covers headers only).
+    let p = w.spawn(&fault_config(&w, &fault_server(Fault::SlowBody).await));
+    let r = client().get(p.url("/demo/x")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "hello");
+
+    // A certificate for another name.
+    let pki_ca = tempfile::NamedTempFile::new().unwrap();
+    let (server, ca) = wrong_name_tls();
+    std::fs::write(pki_ca.path(), ca).unwrap();
+    let tls_upstream = tls_server(server).await;
+    let config = fault_config(&w, &tls_upstream).replace(
+        "[proxy]",
+        &format!("[tls]\nca_file = \"{}\"\n[proxy]", pki_ca.path().display()),
+    );
+    let p = w.spawn(&config);
+    let r = client().get(p.url("/demo/x")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-tokenproxy-error"], "upstream_unreachable");
+    assert!(
+        p.log().contains("NotValidForName") || p.log().contains("not valid for name"),
+        "{}",
+        p.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_failures_leak_no_file_descriptors() {
+    let w = World::default().await;
+    let p = w.spawn(&fault_config(&w, &fault_server(Fault::Close).await));
+    let c = client();
+    assert_eq!(
+        c.get(p.url("/demo/warm")).send().await.unwrap().status(),
+        502
+    );
+    let before = open_fds(&p);
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let (c, url) = (c.clone(), p.url("/demo/x"));
+            tokio::spawn(async move {
+                for _ in 0..625 {
+                    assert_eq!(c.get(&url).send().await.unwrap().status(), 502);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    // Client connections to the proxy are kept alive by the test's pool; close them.
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = open_fds(&p);
+        if after <= before + 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fds: {before} before, {after} after 10,000 failures"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TLS server config for `wrong.example.com` and the CA that signed it.
+fn wrong_name_tls() -> (std::sync::Arc<rustls::ServerConfig>, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["wrong.example.com".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    (std::sync::Arc::new(config), ca.pem())
+}
+
+/// A TLS server on 127.0.0.1 that completes handshakes and answers nothing.
+async fn tls_server(config: std::sync::Arc<rustls::ServerConfig>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(s).await;
+            });
+        }
+    });
+    format!("https://localhost:{port}/")
+}
