@@ -138,7 +138,7 @@ async fn fault_server(fault: Fault) -> String {
                     }
                     Fault::ResetMidBody => {
                         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nContent-Type: text/plain\r\n\r\npartial").await;
-                        let _ = s.set_linger(Some(Duration::ZERO));
+                        let _ = s.set_zero_linger();
                     }
                     Fault::SlowBody => {
                         let _ = s
