@@ -142,6 +142,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Arc::clone(&metrics),
     ));
     let settings = config.proxy;
+    let limits = server::Limits {
+        drain: settings.drain_timeout,
+        idle: settings.idle_timeout,
+    };
     let caller_key = match &config.listen.client_key {
         None => None,
         Some(k) => Some(proxy::CallerKey {
@@ -166,13 +170,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             proxy_listener,
             move |req| Arc::clone(&proxy).handle(req),
             shutdown.clone(),
-            settings.drain_timeout,
+            limits,
         )),
         tokio::spawn(server::serve(
             admin_listener,
             move |req| Arc::clone(&admin).handle(req),
             shutdown.clone(),
-            settings.drain_timeout,
+            limits,
         )),
     ];
     tracing::info!(proxy = %proxy_at, admin = %admin_addr, "tokenproxy listening");

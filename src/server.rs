@@ -65,17 +65,29 @@ impl Drop for Listener {
     }
 }
 
+/// How a listener treats its connections.
+#[derive(Clone, Copy)]
+pub struct Limits {
+    /// Until the in-flight requests are dropped at shutdown.
+    pub drain: Duration,
+    /// Until a connection without a complete request head is closed.
+    pub idle: Duration,
+}
+
 pub async fn serve<F, Fut>(
     listener: Listener,
     handler: F,
     shutdown: CancellationToken,
-    drain: Duration,
+    limits: Limits,
 ) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.idle);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     loop {
@@ -103,12 +115,12 @@ pub async fn serve<F, Fut>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
+    if tokio::time::timeout(limits.drain, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!(
-            timeout_s = drain.as_secs(),
+            timeout_s = limits.drain.as_secs(),
             "drain timed out; dropping the remaining connections"
         );
     }

@@ -113,6 +113,9 @@ pub struct ProxySettings {
     pub replay_body_limit: usize,
     /// Larger request bodies are refused with 413.
     pub max_request_body: Option<u64>,
+    /// A client connection that sends no complete request head for this long (idle
+    /// keep-alive, or headers trickling in) is closed.
+    pub idle_timeout: Duration,
 }
 
 /// The grants, without their data (for presets and labels).

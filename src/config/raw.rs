@@ -84,6 +84,8 @@ pub struct RawProxy {
     pub replay_body_limit: usize,
     /// Request bodies larger than this are refused with 413 (0: no limit).
     pub max_request_body: u64,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for RawProxy {
@@ -95,6 +97,7 @@ impl Default for RawProxy {
             drain_timeout: Duration::from_secs(30),
             replay_body_limit: 1024 * 1024,
             max_request_body: 0,
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -138,6 +138,7 @@ impl Validator<'_> {
             replay_body_limit: raw.proxy.replay_body_limit,
             max_request_body: (raw.proxy.max_request_body > 0)
                 .then_some(raw.proxy.max_request_body),
+            idle_timeout: raw.proxy.idle_timeout,
         };
         if let Some(ca) = &raw.tls.ca_file
             && !ca.is_file()
