@@ -188,6 +188,8 @@ pub(super) struct State {
     pub codes: std::collections::HashMap<String, (String, String)>,
     /// Whether the "user" approves authorization requests.
     pub consent: bool,
+    /// Each rotated refresh token with when it was issued.
+    pub rotations: Vec<(Instant, String)>,
 }
 
 /// The running token endpoint and API. Dropping it does not stop the servers;
@@ -237,6 +239,7 @@ impl Provider {
                 last: None,
                 codes: Default::default(),
                 consent: true,
+                rotations: Vec::new(),
             })),
             api_connections: Arc::default(),
             api_requests: Arc::default(),
@@ -318,6 +321,11 @@ impl Provider {
     /// Whether the "user" approves the next authorization requests.
     pub fn set_consent(&self, consent: bool) {
         self.lock().consent = consent;
+    }
+
+    /// Every rotation so far: when, and the refresh token issued.
+    pub fn rotations(&self) -> Vec<(Instant, String)> {
+        self.lock().rotations.clone()
     }
 
     /// The last token request received.
@@ -487,6 +495,7 @@ impl Provider {
                     let next = format!("demo-rt-{}-{:016x}", s.issued + 1, fastrand::u64(..));
                     s.refresh_current = Some(next.clone());
                     s.all_tokens.push(next.clone());
+                    s.rotations.push((Instant::now(), next.clone()));
                     response.insert("refresh_token".into(), next.into());
                 } else if opts.echo_refresh_token {
                     response.insert("refresh_token".into(), presented.into());

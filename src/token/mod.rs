@@ -138,7 +138,8 @@ impl RefreshError {
 enum Outcome {
     /// Another instance (or an earlier run) had stored a newer, valid token.
     Adopted(TokenState),
-    Refreshed(TokenState),
+    /// With how long the new record took to become durable after the response.
+    Refreshed(TokenState, Duration),
 }
 
 pub struct TokenSource {
@@ -262,7 +263,7 @@ impl TokenSource {
                     ..state
                 }
             }
-            Ok(Outcome::Refreshed(state)) => {
+            Ok(Outcome::Refreshed(state, persist)) => {
                 self.metrics
                     .refresh(self.name(), trigger, "success", elapsed);
                 let expires_at = state.record.as_ref().map_or(0, |r| r.expires_at_ms);
@@ -272,6 +273,7 @@ impl TokenSource {
                     generation = state.generation(),
                     expires_at = %humantime::format_rfc3339_seconds(ms_to_time(expires_at)),
                     duration_ms = elapsed.as_millis() as u64,
+                    persist_us = persist.as_micros() as u64,
                     "token refreshed"
                 );
                 TokenState {
@@ -362,6 +364,8 @@ impl TokenSource {
         let resp = self
             .request(Exchange::Grant(refresh_token.as_ref()))
             .await?;
+        // From here until the record is durable, a crash loses a rotated token.
+        let received = Instant::now();
 
         let now = SystemTime::now();
         let lifetime = resp.lifetime.unwrap_or(self.config.default_lifetime);
@@ -383,7 +387,10 @@ impl TokenSource {
                 true
             }
         };
-        Ok(Outcome::Refreshed(self.state_from(record, unsaved)))
+        Ok(Outcome::Refreshed(
+            self.state_from(record, unsaved),
+            received.elapsed(),
+        ))
     }
 
     /// After a terminal failure: adopts a record that a person stored meanwhile
