@@ -26,6 +26,8 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod login;
 pub mod metrics;
 pub mod proxy;

@@ -30,7 +30,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use body::ProxyBody;
-pub use route::Router;
+pub use rewrite::{Rewriter, rewrite_stream};
+pub use route::{Router, upstream_uri};
 
 use crate::config::{Credential, Inject, ProxySettings, Route, RouteUpstream};
 use crate::error::ProxyError;

@@ -57,6 +57,13 @@ impl Rewriter {
         })
     }
 
+    /// Every occurrence replaced in a whole body (what the streaming matcher must
+    /// equal, however the body is cut).
+    pub fn replace_bytes(&self, body: &[u8]) -> Vec<u8> {
+        let replacements: Vec<&[u8]> = self.replacements.iter().map(|b| &b[..]).collect();
+        self.patterns.replace_all_bytes(body, &replacements)
+    }
+
     /// Every occurrence replaced, for header values.
     pub fn replace_all<'a>(&self, text: &'a str) -> Cow<'a, str> {
         if !self.patterns.is_match(text) {
@@ -103,6 +110,20 @@ impl Matcher {
         let _ = self.carry.split_to(keep_from);
         out.freeze()
     }
+}
+
+/// The streaming matcher over `chunks`, collected (for tests and fuzzing).
+pub fn rewrite_stream(rewriter: Rewriter, chunks: &[&[u8]]) -> Vec<u8> {
+    let mut m = Matcher {
+        rewriter,
+        carry: BytesMut::new(),
+    };
+    let mut out = Vec::new();
+    for c in chunks {
+        out.extend_from_slice(&m.push(c, false));
+    }
+    out.extend_from_slice(&m.push(b"", true));
+    out
 }
 
 /// A stream of chunks passed through a [`Matcher`].

@@ -34,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::store::{RECORD_VERSION, StoreError, StoredToken, TokenStore};
 
 pub use grant::{Exchange, TokenHttp, basic_auth};
-pub use response::GrantError;
+pub use response::{GrantError, parse as parse_response};
 pub use schedule::run as run_scheduler;
 pub use seed::SeedError;
 

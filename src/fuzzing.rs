@@ -1,0 +1,78 @@
+//! Entry points for the fuzz targets in `fuzz/` and the property tests: the
+//! parsers and matchers that read untrusted input, each wrapped so that a caller
+//! outside the crate can drive it. Not an API; nothing else uses it.
+
+use std::time::SystemTime;
+
+use http::{StatusCode, Uri};
+
+use crate::config::{Config, RouteUpstream};
+use crate::proxy::{Rewriter, Router, rewrite_stream, upstream_uri};
+
+/// The configuration parser and validator, on any text.
+pub fn config(text: &str) {
+    let _ = Config::parse(text, "fuzz.toml".as_ref());
+}
+
+/// The token response parser, on any status and body.
+pub fn token_response(status: u16, body: &[u8]) {
+    if let Ok(status) = StatusCode::from_u16(status) {
+        let _ = crate::token::parse_response(status, body, None, SystemTime::now());
+    }
+}
+
+const ROUTES: &str = r#"
+[tokens.t]
+grant = "client_credentials"
+token_url = "https://id.example.com/token"
+client_id = "id"
+client_secret = "s"
+[[routes]]
+prefix = "/ex/"
+upstream = "https://api.example.com/api/"
+token = "t"
+[[routes]]
+prefix = "/"
+host = "other.example.com"
+upstream = "https://other.example.com/"
+token = "t"
+strip_prefix = false
+"#;
+
+/// The route matcher on any request target; returns the upstream URI it would use.
+pub fn route(target: &str) -> Option<String> {
+    let uri: Uri = target.parse().ok()?;
+    let config = Config::parse(ROUTES, "routes.toml".as_ref()).ok()?;
+    let router = Router::new(config.routes);
+    let t = if uri.scheme().is_some() {
+        router.absolute(&uri).ok()?
+    } else {
+        router.origin(&uri, Some("localhost:8080")).ok()?
+    };
+    let RouteUpstream::Static(up) = &router.routes()[t.route].upstream else {
+        return None;
+    };
+    upstream_uri(up, t.rest(&uri), uri.query(), None)
+        .ok()
+        .map(|u| u.to_string())
+}
+
+/// The streaming link rewriter over `body` cut at `cuts`, and the one-shot
+/// replacement of the whole body; a correct matcher gives the same bytes.
+pub fn rewrite(body: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<u8>) {
+    let base = "https://api.example.com/v1/";
+    let proxy = "http://localhost:8080/ex/";
+    let mut chunks = Vec::new();
+    let mut at = 0;
+    for &c in cuts {
+        let c = c.min(body.len()).max(at);
+        chunks.push(&body[at..c]);
+        at = c;
+    }
+    chunks.push(&body[at..]);
+    let streamed = rewrite_stream(Rewriter::new(base, proxy).expect("patterns"), &chunks);
+    let whole = Rewriter::new(base, proxy)
+        .expect("patterns")
+        .replace_bytes(body);
+    (streamed, whole)
+}
