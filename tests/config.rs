@@ -195,3 +195,27 @@ fn missing_config_file_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tokenproxy.toml"));
 }
+
+#[test]
+fn debug_output_of_configuration_and_token_records_is_redacted() {
+    let config = tokenproxy::config::Config::parse(GOOD, "good.toml".as_ref()).unwrap();
+    let debug = format!("{config:?}");
+    assert!(debug.contains("tokens"), "{debug}");
+    for secret in ["literal-client-secret", "literal-refresh-token"] {
+        assert!(!debug.contains(secret), "Debug of Config shows {secret}");
+    }
+    let record = tokenproxy::store::StoredToken {
+        version: 1,
+        generation: 1,
+        access_token: Some(tokenproxy::secret::Secret::new("at-visible?")),
+        refresh_token: Some(tokenproxy::secret::Secret::new("rt-visible?")),
+        issued_at_ms: 0,
+        expires_at_ms: 0,
+        extra: Default::default(),
+    };
+    let debug = format!("{record:?}");
+    assert!(
+        !debug.contains("visible?") && debug.contains("[redacted]"),
+        "{debug}"
+    );
+}
