@@ -10,9 +10,12 @@ use std::time::{Duration, Instant};
 use support::*;
 
 const KILLS: usize = 200;
-/// How long after the provider's answer a kill still counts as "in the window":
-/// generous against scheduling noise; the measured window is printed.
-const WINDOW: Duration = Duration::from_millis(50);
+/// How long after the provider's answer a kill may still count as "in the
+/// window". The window itself is about a millisecond (it is measured and
+/// printed); the bound is wide because a loaded machine can hold the killed
+/// process off the CPU for a while. What catches a real loss is the equality:
+/// the store must hold the token just before the newest, not any older one.
+const WINDOW: Duration = Duration::from_secs(2);
 
 fn stored_refresh_token(w: &World) -> Option<String> {
     let text = std::fs::read_to_string(w.state_dir().join("demo.json")).ok()?;
