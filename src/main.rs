@@ -102,22 +102,30 @@ fn load(arg: Option<PathBuf>) -> Option<Config> {
         .ok()
 }
 
-fn init_logging(format: LogFormat) {
+/// Log lines are formatted on the request path but written by a thread of their
+/// own, so a request never waits for stderr. The writer blocks rather than drops
+/// when its queue is full: no log line is lost. The guard flushes at exit.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(4096)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let _log_writer = init_logging(cli.log_format);
     match cli.command {
         Command::Check { config } => match Config::load(&config_path(config)) {
             Ok(config) => {
