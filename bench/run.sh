@@ -163,5 +163,6 @@ cpu=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
   echo
   echo "- RSS growth of tokenproxy during a 1 GiB download: ${GROWTH} MiB."
   echo "- A forced refresh during a ${DUR} s run at 64 connections: ${REFRESHES} token request(s), ${RF_BAD} non-2xx answers, ${RF_RPS} requests/s, p99 ${RF_P99} µs."
+  cat bench/notes.md
 } | tee bench/RESULTS.md.new
 mv bench/RESULTS.md.new bench/RESULTS.md
