@@ -272,27 +272,8 @@ async fn ten_thousand_failures_leak_no_file_descriptors() {
 
 /// A TLS server config for `wrong.example.com` and the CA that signed it.
 fn wrong_name_tls() -> (std::sync::Arc<rustls::ServerConfig>, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["wrong.example.com".to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-    (std::sync::Arc::new(config), ca.pem())
+    let pki = support::pki::Pki::new();
+    (pki.server("wrong.example.com", &[], false), pki.ca_pem)
 }
 
 /// A TLS server on 127.0.0.1 that completes handshakes and answers nothing.

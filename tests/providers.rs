@@ -568,71 +568,13 @@ async fn required_params_audience_and_scope_not_sent_on_refresh() {
     assert_eq!(sent.headers["x-api-key"], "key-1");
 }
 
-/// A CA, a server certificate for `localhost` and a client certificate, all PEM.
-struct Pki {
-    ca: String,
-    server: (String, rcgen::KeyPair),
-    client: (String, String),
-}
-
-fn pki() -> Pki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
-    let client_key = rcgen::KeyPair::generate().unwrap();
-    let mut client_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    client_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "demo-client");
-    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let client = client_params.signed_by(&client_key, &issuer).unwrap();
-    Pki {
-        ca: ca.pem(),
-        server: (server.pem(), server_key),
-        client: (client.pem(), client_key.serialize_pem()),
-    }
-}
-
-fn server_config(pki: &Pki, require_client_cert: bool) -> std::sync::Arc<rustls::ServerConfig> {
-    use rustls::pki_types::pem::PemObject;
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap();
-    let builder = if require_client_cert {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(rustls::pki_types::CertificateDer::from_pem_slice(pki.ca.as_bytes()).unwrap())
-            .unwrap();
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                .build()
-                .unwrap();
-        builder.with_client_cert_verifier(verifier)
-    } else {
-        builder.with_no_client_auth()
-    };
-    let cert = rustls::pki_types::CertificateDer::from_pem_slice(pki.server.0.as_bytes()).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(pki.server.1.serialize_der().into());
-    let mut config = builder.with_single_cert(vec![cert], key).unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    std::sync::Arc::new(config)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_client_authentication_at_the_token_endpoint() {
-    let pki = pki();
+    let pki = support::pki::Pki::new();
     let w = World::new(ProviderOptions {
         expect_auth: ExpectAuth::Nothing,
-        tls: Some(server_config(&pki, false)),
-        token_tls: Some(server_config(&pki, true)),
+        tls: Some(pki.server("localhost", &[b"http/1.1"], false)),
+        token_tls: Some(pki.server("localhost", &[b"http/1.1"], true)),
         ..ProviderOptions::default()
     })
     .await;
@@ -641,10 +583,11 @@ async fn mutual_tls_client_authentication_at_the_token_endpoint() {
         std::fs::write(&path, text).unwrap();
         path.display().to_string()
     };
+    let (client_cert, client_key) = pki.client("demo-client");
     let (ca, cert, key) = (
-        file("ca.pem", &pki.ca),
-        file("client.pem", &pki.client.0),
-        file("client.key", &pki.client.1),
+        file("ca.pem", &pki.ca_pem),
+        file("client.pem", &client_cert),
+        file("client.key", &client_key),
     );
     let top = format!("[tls]\nca_file = \"{ca}\"");
     let token = format!(

@@ -286,32 +286,6 @@ async fn untrusted_upstream_certificate_is_a_clear_502() {
     assert_eq!(r.headers()["x-tokenproxy-error"], "upstream_unreachable");
 }
 
-/// A server config for `localhost` signed by a fresh CA, and that CA in PEM.
-fn tls_server_config() -> (std::sync::Arc<rustls::ServerConfig>, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    (std::sync::Arc::new(config), ca_cert.pem())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upstream_headers_are_a_504() {
     let w = World::default().await;
@@ -338,4 +312,13 @@ async fn clients_may_speak_http2_without_tls() {
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status(), 200);
     assert_eq!(json(&r.text().await.unwrap())["path"], "/h2");
+}
+
+/// A server config for `localhost` (ALPN h2 and http/1.1) and its CA in PEM.
+fn tls_server_config() -> (std::sync::Arc<rustls::ServerConfig>, String) {
+    let pki = support::pki::Pki::new();
+    (
+        pki.server("localhost", &[b"h2", b"http/1.1"], false),
+        pki.ca_pem,
+    )
 }
