@@ -38,11 +38,7 @@ async fn admin_endpoints_answer_with_their_shapes() {
     assert_eq!(s["routes"][0]["upstream_host"], "localhost");
     assert_eq!(s["routes"][0]["token"], "demo");
 
-    let r = client()
-        .post(p.admin_url("/tokens/demo/refresh"))
-        .send()
-        .await
-        .unwrap();
+    let r = force_refresh(&p, "demo").await;
     assert_eq!(r.status(), 200);
     let t = json(&r.text().await.unwrap());
     assert_eq!(
@@ -54,11 +50,7 @@ async fn admin_endpoints_answer_with_their_shapes() {
     );
     assert_eq!(w.provider.token_requests(), 2);
 
-    let r = client()
-        .post(p.admin_url("/tokens/nope/refresh"))
-        .send()
-        .await
-        .unwrap();
+    let r = force_refresh(&p, "nope").await;
     assert_eq!(r.status(), 404);
     assert_eq!(json(&r.text().await.unwrap())["error"], "unknown_token");
     assert_eq!(
@@ -276,15 +268,7 @@ async fn metrics_move_with_their_events_and_pass_promtool() {
     // A store write that fails is counted.
     let blocker = w.state_dir().join(format!("demo.json.tmp{}", p.pid()));
     std::fs::create_dir(&blocker).unwrap();
-    assert_eq!(
-        client()
-            .post(p.admin_url("/tokens/demo/refresh"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(force_refresh(&p, "demo").await.status(), 200);
     std::fs::remove_dir(&blocker).unwrap();
     let m = scrape().await;
     assert!(
@@ -308,15 +292,7 @@ async fn metrics_move_with_their_events_and_pass_promtool() {
     // A dead credential is counted as such, and the token stops being valid once
     // the provider has revoked it.
     w.provider.set_mode(Mode::InvalidGrant);
-    assert_eq!(
-        client()
-            .post(p.admin_url("/tokens/demo/refresh"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        502
-    );
+    assert_eq!(force_refresh(&p, "demo").await.status(), 502);
     let m = scrape().await;
     assert_eq!(
         metric(

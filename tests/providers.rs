@@ -127,11 +127,7 @@ async fn hubspot_echoed_refresh_token_and_its_own_error_shape() {
         "the echoed refresh token is not an error"
     );
     w.provider.set_mode(Mode::InvalidGrant);
-    let r = client()
-        .post(p.admin_url("/tokens/p/refresh"))
-        .send()
-        .await
-        .unwrap();
+    let r = force_refresh(&p, "p").await;
     assert_eq!(r.status(), 502);
     let t = token_status(&p, "p").await;
     assert_eq!(
@@ -364,15 +360,7 @@ async fn zoho_header_format_api_domain_and_errors_with_200() {
     assert_eq!(status, 200, "{body}\n{}", p.log());
     assert_eq!(json(&body)["path"], "/crm/v6/Leads");
     w.provider.set_mode(Mode::InvalidGrant);
-    assert_eq!(
-        client()
-            .post(p.admin_url("/tokens/p/refresh"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        502
-    );
+    assert_eq!(force_refresh(&p, "p").await.status(), 502);
     assert_eq!(
         token_status(&p, "p").await["state"],
         "needs_login",
@@ -529,15 +517,7 @@ async fn rate_limit_retry_after_is_honoured() {
     let p = w.spawn(&w.config("", ""));
     assert_eq!(get(&p.url("/demo/a")).await.0, 200);
     w.provider.set_mode(Mode::RateLimited(120));
-    assert_eq!(
-        client()
-            .post(p.admin_url("/tokens/demo/refresh"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        502
-    );
+    assert_eq!(force_refresh(&p, "demo").await.status(), 502);
     let t = token_status(&p, "demo").await;
     assert!(t["next_attempt_in_s"].as_u64().unwrap() >= 115, "{t}");
     assert_eq!(t["state"], "valid", "the current token keeps serving");

@@ -282,23 +282,9 @@ async fn no_token_appears_in_logs_status_or_error_bodies() {
         bodies += &get(&p.url("/demo/after-revoke")).await.1;
         bodies += &get(&p.url("/nowhere")).await.1;
         bodies += &get(&p.admin_url("/status")).await.1;
-        bodies += &client()
-            .post(p.admin_url("/tokens/demo/refresh"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        bodies += &force_refresh(&p, "demo").await.text().await.unwrap();
         w.provider.set_mode(Mode::InvalidGrant);
-        bodies += &client()
-            .post(p.admin_url("/tokens/demo/refresh"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        bodies += &force_refresh(&p, "demo").await.text().await.unwrap();
         bodies += &get(&p.admin_url("/status")).await.1;
         bodies += &get(&p.admin_url("/metrics")).await.1;
         w.provider.set_mode(Mode::Normal);

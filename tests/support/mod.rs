@@ -309,3 +309,12 @@ impl World {
 pub async fn token_status(p: &Proxy, name: &str) -> serde_json::Value {
     json(&get(&p.admin_url("/status")).await.1)["tokens"][name].clone()
 }
+
+/// `POST /tokens/NAME/refresh` on the admin listener.
+pub async fn force_refresh(p: &Proxy, token: &str) -> reqwest::Response {
+    client()
+        .post(p.admin_url(&format!("/tokens/{token}/refresh")))
+        .send()
+        .await
+        .expect("admin request")
+}
