@@ -99,11 +99,7 @@ async fn readiness_follows_the_credential_and_seed_restores_it_without_restart()
     p.wait_ready(200, Duration::from_secs(10)).await;
     assert_eq!(get(&p.url("/demo/after-seed")).await.0, 200);
     assert_eq!(w.provider.reuse_detected(), 0);
-    assert!(
-        p.log().contains("a new token was stored; resuming"),
-        "{}",
-        p.log()
-    );
+    p.wait_log("a new token was stored; resuming").await;
 
     // A token the provider refuses is not stored.
     let before = std::fs::read_to_string(w.state_dir().join("demo.json")).unwrap();
@@ -411,6 +407,7 @@ async fn one_log_line_per_request_without_query_or_headers() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    p.wait_log("\"message\":\"request\"").await;
     let log = p.log();
     let lines: Vec<serde_json::Value> = log
         .lines()

@@ -224,6 +224,7 @@ async fn misbehaving_upstreams_get_clear_errors_and_nothing_hangs() {
     let r = client().get(p.url("/demo/x")).send().await.unwrap();
     assert_eq!(r.status(), 502);
     assert_eq!(r.headers()["x-tokenproxy-error"], "upstream_unreachable");
+    p.wait_log("upstream request failed").await;
     assert!(
         p.log().contains("NotValidForName") || p.log().contains("not valid for name"),
         "{}",

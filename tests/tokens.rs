@@ -37,7 +37,11 @@ async fn proactive_refresh_across_several_lifetimes_without_client_errors() {
     assert_eq!(w.provider.reuse_detected(), 0);
     // The local API accepts only the newest token, so a request in flight at the
     // moment of a refresh may see a 401 and be resent; the client never sees it.
-    let proactive = p.log().matches("trigger=\"proactive\"").count();
+    let proactive = p
+        .wait_log("trigger=\"proactive\"")
+        .await
+        .matches("trigger=\"proactive\"")
+        .count();
     assert!(
         proactive >= 3,
         "{proactive} proactive refreshes:\n{}",
@@ -153,7 +157,7 @@ async fn endpoint_failure(mode: Mode) {
     w.provider.set_mode(Mode::Normal);
     p.wait_ready(200, Duration::from_secs(15)).await;
     assert_eq!(get(&p.url("/demo/e")).await.0, 200);
-    assert!(p.log().contains("token refresh failed"), "{}", p.log());
+    p.wait_log("token refresh failed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,11 +242,8 @@ async fn invalid_grant_is_terminal_without_a_request_storm() {
             .unwrap()
             .contains("invalid_grant")
     );
-    assert!(
-        p.log().contains("tokenproxy seed demo"),
-        "the log says how to recover:\n{}",
-        p.log()
-    );
+    // The log says how to recover.
+    p.wait_log("tokenproxy seed demo").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,8 +290,11 @@ async fn no_token_appears_in_logs_status_or_error_bodies() {
         bodies += &get(&p.admin_url("/metrics")).await.1;
         w.provider.set_mode(Mode::Normal);
         let _ = std::fs::remove_dir_all(w.state_dir());
-        let log = p.log();
-        assert!(log.contains("token refreshed"), "{log}");
+        p.wait_log("token refreshed").await;
+        let (status, log) = tokio::task::spawn_blocking(move || p.stop_and_log())
+            .await
+            .unwrap();
+        assert!(status.success());
         for token in w.provider.all_tokens() {
             assert!(!log.contains(&token), "{format} log leaks {token}");
             assert!(!bodies.contains(&token), "a response body leaks {token}");
@@ -315,11 +319,7 @@ async fn failed_store_write_keeps_the_token_in_memory_and_retries() {
         200,
         "the new token is used from memory"
     );
-    assert!(
-        p.log().contains("could not store the new token"),
-        "{}",
-        p.log()
-    );
+    p.wait_log("could not store the new token").await;
     let status = json(&get(&p.admin_url("/status")).await.1);
     assert_eq!(status["tokens"]["demo"]["unsaved"], true);
 

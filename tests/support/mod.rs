@@ -93,6 +93,8 @@ pub struct Proxy {
     pub socket: Option<PathBuf>,
     pub admin: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// The thread copying stderr into `log`; it ends at the process's exit.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 pub fn binary() -> &'static str {
@@ -125,7 +127,7 @@ impl Proxy {
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
         let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("tokenproxy listening") {
                     let _ = tx.send(line.clone());
@@ -165,6 +167,7 @@ impl Proxy {
             admin: field("admin"),
             child,
             log,
+            reader: Some(reader),
         }
     }
 
@@ -178,6 +181,23 @@ impl Proxy {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits until the log holds `needle` (lines are written by a thread of their
+    /// own, so they can trail the response that caused them) and returns the log.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the log never said {needle:?}:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Everything the process wrote to stderr so far.
@@ -199,6 +219,17 @@ impl Proxy {
     pub fn stop(mut self) -> ExitStatus {
         self.signal("TERM");
         self.wait()
+    }
+
+    /// Stops the process gracefully and returns everything it ever logged (its log
+    /// writer flushes at exit), for checks that something was never logged.
+    pub fn stop_and_log(mut self) -> (ExitStatus, String) {
+        self.signal("TERM");
+        let status = self.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        (status, self.log())
     }
 
     pub fn wait(&mut self) -> ExitStatus {
