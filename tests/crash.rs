@@ -47,6 +47,17 @@ async fn sigkill_during_refreshes_never_loses_or_reuses_a_refresh_token() {
         let killed_at = Instant::now();
         let _ = p.wait();
         storm.abort();
+        // A refresh the proxy sent just before it died may still reach the provider
+        // and rotate the token; let the provider finish what it received.
+        let mut last = w.provider.token_requests();
+        loop {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            let now = w.provider.token_requests();
+            if now == last && w.provider.token_requests_in_flight() == 0 {
+                break;
+            }
+            last = now;
+        }
         kills += 1;
         persist_us.extend(p.log().lines().filter_map(|l| {
             l.split("persist_us=")

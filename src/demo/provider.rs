@@ -199,6 +199,8 @@ pub struct Provider {
     pub(super) state: Arc<Mutex<State>>,
     pub(super) api_connections: Arc<AtomicU64>,
     pub(super) api_requests: Arc<AtomicU64>,
+    /// Token requests being answered right now.
+    in_flight: Arc<AtomicU64>,
     /// `scheme://localhost:PORT`, the issuer for discovery.
     pub issuer: String,
     /// Where `tokenproxy login` sends the browser (auto-consent, for tests).
@@ -243,6 +245,7 @@ impl Provider {
             })),
             api_connections: Arc::default(),
             api_requests: Arc::default(),
+            in_flight: Arc::default(),
         };
         let p = provider.clone();
         tokio::spawn(serve(
@@ -333,7 +336,20 @@ impl Provider {
         self.lock().last.clone()
     }
 
+    /// Token requests received but not yet answered.
+    pub fn token_requests_in_flight(&self) -> u64 {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     async fn token_endpoint(&self, req: Request<Incoming>) -> Response<FakeBody> {
+        use std::sync::atomic::Ordering;
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let answer = self.answer_token_request(req).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        answer
+    }
+
+    async fn answer_token_request(&self, req: Request<Incoming>) -> Response<FakeBody> {
         if req.uri().path().starts_with("/.well-known/") {
             return self.metadata(req.uri().path());
         }
