@@ -265,18 +265,6 @@ pub enum ClientAuth {
     TlsClientAuth,
 }
 
-impl ClientAuth {
-    pub fn kind(&self) -> ClientAuthKind {
-        match self {
-            ClientAuth::None => ClientAuthKind::None,
-            ClientAuth::Post(_) => ClientAuthKind::Post,
-            ClientAuth::Basic(_) => ClientAuthKind::Basic,
-            ClientAuth::PrivateKeyJwt(_) => ClientAuthKind::PrivateKeyJwt,
-            ClientAuth::TlsClientAuth => ClientAuthKind::TlsClientAuth,
-        }
-    }
-}
-
 /// Where the token endpoint is.
 #[derive(Debug, Clone)]
 pub enum Endpoint {

@@ -308,10 +308,6 @@ impl Provider {
         self.lock().issued
     }
 
-    pub fn current_access_token(&self) -> Option<String> {
-        self.lock().access_current.as_ref().map(|(t, _)| t.clone())
-    }
-
     /// Every access and refresh token issued so far, the initial refresh token included.
     pub fn all_tokens(&self) -> Vec<String> {
         self.lock().all_tokens.clone()

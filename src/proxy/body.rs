@@ -42,10 +42,6 @@ pub struct TooLarge;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ProxyBody {
-    pub fn empty() -> Self {
-        ProxyBody::Full(None)
-    }
-
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
         ProxyBody::Full((!bytes.is_empty()).then_some(bytes))

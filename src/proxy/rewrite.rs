@@ -161,6 +161,17 @@ impl<S: Stream<Item = io::Result<Bytes>> + Unpin> Stream for Rewriting<S> {
     }
 }
 
+/// The lower-case name before any `;parameters` (`Application/JSON; charset=x` →
+/// `application/json`, `br;q=0.5` → `br`).
+fn token_name(value: &str) -> String {
+    value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// JSON or XML, by the response's media type.
 pub fn is_rewritable(headers: &HeaderMap) -> bool {
     let Some(ct) = headers
@@ -169,12 +180,7 @@ pub fn is_rewritable(headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let media = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let media = token_name(ct);
     matches!(
         media.as_str(),
         "application/json" | "application/xml" | "text/xml" | "application/atom+xml"
@@ -220,12 +226,7 @@ pub fn accept_encoding_for_upstream(headers: &mut HeaderMap) {
         .split(',')
         .map(str::trim)
         .filter(|c| {
-            let name = c
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
+            let name = token_name(c);
             matches!(
                 name.as_str(),
                 "gzip" | "x-gzip" | "deflate" | "br" | "identity"
