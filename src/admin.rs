@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -15,9 +15,10 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use crate::config::{Route, RouteUpstream};
+use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::proxy::ProxyBody;
-use crate::token::{TokenSource, Trigger, ms_to_time};
+use crate::token::{TokenSource, Trigger, ms_to_time, rfc3339};
 
 pub struct Admin {
     sources: Vec<Arc<TokenSource>>,
@@ -60,29 +61,33 @@ impl Admin {
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let path = req.uri().path();
-        let resp = match (req.method(), path) {
-            (&Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
-            (&Method::GET, "/readyz") => self.readyz(),
-            (&Method::GET, "/status") => json_response(StatusCode::OK, self.status()),
-            (&Method::GET, "/metrics") => {
+        let endpoint = Endpoint::parse(req.uri().path());
+        let method = req.method();
+        let resp = match endpoint {
+            Endpoint::NotFound => Err(ProxyError::AdminNotFound),
+            e if method != e.method() && !(method == Method::HEAD && e.method() == Method::GET) => {
+                Err(ProxyError::MethodNotAllowed {
+                    method: method.as_str().chars().take(32).collect(),
+                    allow: e.allow(),
+                })
+            }
+            Endpoint::Healthz => Ok(json_response(StatusCode::OK, json!({"status": "ok"}))),
+            Endpoint::Readyz => Ok(self.readyz()),
+            Endpoint::Status => Ok(json_response(StatusCode::OK, self.status())),
+            Endpoint::Metrics => {
                 let mut resp = Response::new(ProxyBody::full(self.metrics.render(&self.sources)));
                 resp.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
                 );
-                resp
+                Ok(resp)
             }
-            (&Method::POST, p) if p.starts_with("/tokens/") && p.ends_with("/refresh") => {
-                let name = &p["/tokens/".len()..p.len() - "/refresh".len()];
-                self.refresh(name).await
-            }
-            _ => json_response(
-                StatusCode::NOT_FOUND,
-                json!({"error": "not_found", "message": "admin endpoints: GET /healthz /readyz /status /metrics, POST /tokens/NAME/refresh"}),
-            ),
+            Endpoint::Refresh(name) => self.refresh(name).await,
         };
-        Ok(resp)
+        Ok(resp.unwrap_or_else(|e| {
+            self.metrics.error("admin", e.code());
+            e.response(None)
+        }))
     }
 
     /// Tokens that some route uses: those must be valid for the proxy to be ready.
@@ -97,7 +102,10 @@ impl Admin {
     fn readyz(&self) -> Response<ProxyBody> {
         let not_ready: Vec<Value> = self
             .routed()
-            .filter(|s| !s.current().valid_for(Duration::ZERO))
+            .filter(|s| {
+                let state = s.current();
+                !state.valid_for(Duration::ZERO) || state.refused
+            })
             .map(|s| json!({"token": s.name(), "state": state_name(s)}))
             .collect();
         if not_ready.is_empty() {
@@ -126,31 +134,71 @@ impl Admin {
         json!({"tokens": tokens, "routes": routes})
     }
 
-    async fn refresh(&self, name: &str) -> Response<ProxyBody> {
+    async fn refresh(&self, name: &str) -> Result<Response<ProxyBody>, ProxyError> {
         let Some(source) = self.sources.iter().find(|s| s.name() == name) else {
-            return json_response(
-                StatusCode::NOT_FOUND,
-                json!({"error": "unknown_token", "message": format!("no token named `{name}` is configured")}),
-            );
+            return Err(ProxyError::UnknownToken(name.chars().take(64).collect()));
         };
         let generation = source.current().generation();
-        match source.refresh(generation, Trigger::Manual).await {
-            Ok(_) => json_response(StatusCode::OK, token_status(source, self.store_kind)),
-            Err(_) => json_response(
-                StatusCode::BAD_GATEWAY,
-                token_status(source, self.store_kind),
-            ),
+        let status = match source.refresh_for_caller(generation, Trigger::Manual).await {
+            Ok(_) => StatusCode::OK,
+            Err(_) => StatusCode::BAD_GATEWAY,
+        };
+        Ok(json_response(status, token_status(source, self.store_kind)))
+    }
+}
+
+/// The admin endpoints, parsed from a path once.
+#[derive(Debug, PartialEq, Eq)]
+enum Endpoint<'a> {
+    Healthz,
+    Readyz,
+    Status,
+    Metrics,
+    Refresh(&'a str),
+    NotFound,
+}
+
+impl<'a> Endpoint<'a> {
+    fn parse(path: &'a str) -> Endpoint<'a> {
+        match path {
+            "/healthz" => Endpoint::Healthz,
+            "/readyz" => Endpoint::Readyz,
+            "/status" => Endpoint::Status,
+            "/metrics" => Endpoint::Metrics,
+            _ => match path
+                .strip_prefix("/tokens/")
+                .and_then(|rest| rest.strip_suffix("/refresh"))
+            {
+                Some(name) if !name.is_empty() && !name.contains('/') => Endpoint::Refresh(name),
+                _ => Endpoint::NotFound,
+            },
+        }
+    }
+
+    fn method(&self) -> Method {
+        match self {
+            Endpoint::Refresh(_) => Method::POST,
+            _ => Method::GET,
+        }
+    }
+
+    fn allow(&self) -> &'static str {
+        match self {
+            Endpoint::Refresh(_) => "POST",
+            _ => "GET, HEAD",
         }
     }
 }
 
-/// `valid`, `refreshing`, `expired`, `failed` (retrying), `needs_login` (terminal)
-/// or `pending` (nothing obtained yet).
+/// `valid`, `refreshing`, `expired`, `failed` (retrying), `needs_login` (terminal),
+/// `refused` (the upstream refused it and no new one could be had) or `pending`
+/// (nothing obtained yet).
 fn state_name(source: &TokenSource) -> &'static str {
     let s = source.current();
     match (&s.failure, s.valid_for(Duration::ZERO)) {
         (Some(f), _) if f.terminal => "needs_login",
         _ if source.is_refreshing() => "refreshing",
+        _ if s.refused => "refused",
         (_, true) => "valid",
         (Some(_), false) => "failed",
         (None, false) if s.record.is_some() => "expired",
@@ -160,7 +208,6 @@ fn state_name(source: &TokenSource) -> &'static str {
 
 fn token_status(source: &TokenSource, store_kind: &str) -> Value {
     let s = source.current();
-    let rfc3339 = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
     let record = s.record.as_ref();
     json!({
         "state": state_name(source),
@@ -182,4 +229,26 @@ fn json_response(status: StatusCode, body: Value) -> Response<ProxyBody> {
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_parses_without_panicking() {
+        assert_eq!(Endpoint::parse("/tokens/a/refresh"), Endpoint::Refresh("a"));
+        for p in [
+            "/tokens/refresh",
+            "/tokens//refresh",
+            "/tokens/a/b/refresh",
+            "/tokens/",
+            "/tokens",
+            "/",
+            "",
+            "/tokens/refresh/refresh/x",
+        ] {
+            assert_eq!(Endpoint::parse(p), Endpoint::NotFound, "{p}");
+        }
+    }
 }

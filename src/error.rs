@@ -1,30 +1,82 @@
-//! Errors that tokenproxy itself answers with, mapped in one place to a status
-//! code, an `x-tokenproxy-error` code and a JSON body.
+//! The one error model: every error tokenproxy answers with, on either listener,
+//! and the one place that maps it to a status code, an `x-tokenproxy-error` code, a
+//! log level, a metric label and a JSON body.
 //!
-//! Bodies name the route and say what to do; they never carry a token, a header
-//! value or a full upstream URL.
+//! Each error says where it came from ([`Source`]) and whether the same request
+//! may succeed later ([`ProxyError::retryable`]), so callers ask the error instead
+//! of matching on strings. Bodies name the route and say what to do; they never
+//! carry a token, a header value or a full upstream URL.
 
 use std::time::Duration;
 
-use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use crate::proxy::ProxyBody;
+
+/// Where an error came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The request itself: fix the client or its configuration.
+    Client,
+    /// No route, or a route that cannot serve this request.
+    Route,
+    /// The token endpoint, or the token it issued.
+    TokenEndpoint,
+    /// The token store.
+    Store,
+    /// The upstream API.
+    Upstream,
+    /// tokenproxy itself: a defect, or a limit of this process.
+    Internal,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Client => "client",
+            Source::Route => "route",
+            Source::TokenEndpoint => "token_endpoint",
+            Source::Store => "store",
+            Source::Upstream => "upstream",
+            Source::Internal => "internal",
+        }
+    }
+}
+
+/// Methods a route answers; sent in `Allow` with a 405.
+const PROXY_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("no route matches this request; tokenproxy forwards only to configured upstreams")]
     NoRoute,
     #[error(
-        "the path leaves the route (a `.` or `..` segment, also percent-encoded) or is not valid"
+        "the path leaves the route (a `.` or `..` segment, also percent-encoded or with `;` parameters), holds NUL, or is not valid"
     )]
     BadPath,
+    #[error(
+        "the Host header is missing a valid authority, or appears more than once; send exactly one Host"
+    )]
+    BadHost,
     #[error(
         "CONNECT is not supported: tokenproxy must see the request to add the token; send plain http:// URLs through it"
     )]
     Connect,
+    #[error("{method} is not allowed here; allowed: {allow}")]
+    MethodNotAllowed { method: String, allow: &'static str },
+    #[error(
+        "the request is framed ambiguously (Content-Length with Transfer-Encoding, or conflicting lengths); send one framing"
+    )]
+    AmbiguousFraming,
+    #[error(
+        "a request header line or the request head is larger than the configured limit (proxy.max_header_line, proxy.max_header_size)"
+    )]
+    HeaderTooLarge,
     #[error("could not read the request body from the client")]
     ClientBody,
+    #[error("the client stopped sending the request body for {}s", .0.as_secs())]
+    ClientTimeout(Duration),
     #[error(
         "this proxy needs a key: send it as configured in [listen] client_key (by default Proxy-Authorization: Bearer <key>)"
     )]
@@ -47,33 +99,60 @@ pub enum ProxyError {
     NoUpstream,
     #[error("no valid access token is available; see the admin /status endpoint")]
     NoValidToken { retry_after: Duration },
+    #[error("tokenproxy failed while handling this request; the failure is logged")]
+    Internal,
+    #[error("every connection is busy (proxy.max_connections); retry shortly")]
+    Overloaded,
+    #[error(
+        "no such admin endpoint; admin endpoints: GET /healthz /readyz /status /metrics, POST /tokens/NAME/refresh"
+    )]
+    AdminNotFound,
+    #[error("no token named `{0}` is configured")]
+    UnknownToken(String),
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::BadPath | ProxyError::ClientBody | ProxyError::Upgrade => {
-                StatusCode::BAD_REQUEST
+            ProxyError::NoRoute | ProxyError::AdminNotFound | ProxyError::UnknownToken(_) => {
+                StatusCode::NOT_FOUND
             }
+            ProxyError::BadPath
+            | ProxyError::BadHost
+            | ProxyError::AmbiguousFraming
+            | ProxyError::ClientBody
+            | ProxyError::Upgrade => StatusCode::BAD_REQUEST,
+            ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::ProxyAuth => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             ProxyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Connect | ProxyError::MethodNotAllowed { .. } => {
+                StatusCode::METHOD_NOT_ALLOWED
+            }
             ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamFailed
             | ProxyError::NoUpstream => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::NoValidToken { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoValidToken { .. } | ProxyError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
-    /// The `x-tokenproxy-error` value and the JSON `error` field.
+    /// The `x-tokenproxy-error` value, the JSON `error` field and the `error` label
+    /// of `errors_total`: a fixed word per kind.
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "no_route",
             ProxyError::BadPath => "bad_path",
+            ProxyError::BadHost => "bad_host",
             ProxyError::Connect => "connect_not_supported",
+            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::AmbiguousFraming => "ambiguous_framing",
+            ProxyError::HeaderTooLarge => "header_too_large",
             ProxyError::ClientBody => "client_body",
+            ProxyError::ClientTimeout(_) => "client_timeout",
             ProxyError::ProxyAuth => "proxy_auth_required",
             ProxyError::Upgrade => "upgrade_not_supported",
             ProxyError::TooLarge => "request_too_large",
@@ -82,6 +161,59 @@ impl ProxyError {
             ProxyError::UpstreamFailed => "upstream_failed",
             ProxyError::NoUpstream => "no_upstream",
             ProxyError::NoValidToken { .. } => "no_valid_token",
+            ProxyError::Internal => "internal",
+            ProxyError::Overloaded => "overloaded",
+            ProxyError::AdminNotFound => "not_found",
+            ProxyError::UnknownToken(_) => "unknown_token",
+        }
+    }
+
+    pub fn source(&self) -> Source {
+        match self {
+            ProxyError::BadPath
+            | ProxyError::BadHost
+            | ProxyError::Connect
+            | ProxyError::MethodNotAllowed { .. }
+            | ProxyError::AmbiguousFraming
+            | ProxyError::HeaderTooLarge
+            | ProxyError::ClientBody
+            | ProxyError::ClientTimeout(_)
+            | ProxyError::ProxyAuth
+            | ProxyError::Upgrade
+            | ProxyError::TooLarge
+            | ProxyError::AdminNotFound
+            | ProxyError::UnknownToken(_) => Source::Client,
+            ProxyError::NoRoute => Source::Route,
+            ProxyError::NoUpstream | ProxyError::NoValidToken { .. } => Source::TokenEndpoint,
+            ProxyError::UpstreamUnreachable
+            | ProxyError::UpstreamTimeout(_)
+            | ProxyError::UpstreamFailed => Source::Upstream,
+            ProxyError::Internal | ProxyError::Overloaded => Source::Internal,
+        }
+    }
+
+    /// Whether sending the same request again, later, may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::ClientTimeout(_)
+                | ProxyError::UpstreamUnreachable
+                | ProxyError::UpstreamTimeout(_)
+                | ProxyError::UpstreamFailed
+                | ProxyError::NoValidToken { .. }
+                | ProxyError::NoUpstream
+                | ProxyError::Internal
+                | ProxyError::Overloaded
+        )
+    }
+
+    /// How loudly the request's log line is written: a client's mistake is routine,
+    /// a failing upstream or token endpoint is worth a look, a defect is an error.
+    pub fn level(&self) -> tracing::Level {
+        match self.source() {
+            Source::Client | Source::Route => tracing::Level::INFO,
+            Source::TokenEndpoint | Source::Upstream => tracing::Level::WARN,
+            Source::Store | Source::Internal => tracing::Level::ERROR,
         }
     }
 
@@ -90,27 +222,111 @@ impl ProxyError {
             "error": self.code(),
             "message": self.to_string(),
             "route": route,
+            "source": self.source().as_str(),
+            "retryable": self.retryable(),
         });
         let mut resp = Response::new(ProxyBody::full(body.to_string()));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert("x-tokenproxy-error", HeaderValue::from_static(self.code()));
-        if let ProxyError::NoValidToken { retry_after } = self {
-            h.insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
-        }
-        if let ProxyError::ProxyAuth = self {
-            h.insert(
-                http::header::PROXY_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"tokenproxy\""),
-            );
-        }
-        if let ProxyError::Connect = self {
-            h.insert(
-                http::header::ALLOW,
-                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-            );
+        match self {
+            ProxyError::NoValidToken { retry_after } => {
+                h.insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+            }
+            ProxyError::Overloaded => {
+                h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::ProxyAuth => {
+                h.insert(
+                    http::header::PROXY_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"tokenproxy\""),
+                );
+            }
+            ProxyError::Connect => {
+                h.insert(ALLOW, HeaderValue::from_static(PROXY_METHODS));
+            }
+            ProxyError::MethodNotAllowed { allow, .. } => {
+                h.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            // The connection's framing can no longer be trusted.
+            ProxyError::AmbiguousFraming
+            | ProxyError::HeaderTooLarge
+            | ProxyError::BadHost
+            | ProxyError::ClientTimeout(_) => {
+                h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         resp
+    }
+
+    /// A method the proxy never forwards (`TRACE` would echo the injected token).
+    pub fn proxy_method(method: &http::Method) -> ProxyError {
+        ProxyError::MethodNotAllowed {
+            method: method.as_str().chars().take(32).collect(),
+            allow: PROXY_METHODS,
+        }
+    }
+}
+
+/// Logs a request's line at the level its outcome deserves.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! log_at {
+    ($level:expr, $($arg:tt)+) => {
+        match $level {
+            tracing::Level::ERROR => tracing::error!($($arg)+),
+            tracing::Level::WARN => tracing::warn!($($arg)+),
+            tracing::Level::INFO => tracing::info!($($arg)+),
+            tracing::Level::DEBUG => tracing::debug!($($arg)+),
+            _ => tracing::trace!($($arg)+),
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_a_distinct_code_and_a_json_body() {
+        let all = [
+            ProxyError::NoRoute,
+            ProxyError::BadPath,
+            ProxyError::BadHost,
+            ProxyError::Connect,
+            ProxyError::proxy_method(&http::Method::TRACE),
+            ProxyError::AmbiguousFraming,
+            ProxyError::HeaderTooLarge,
+            ProxyError::ClientBody,
+            ProxyError::ClientTimeout(Duration::from_secs(1)),
+            ProxyError::ProxyAuth,
+            ProxyError::Upgrade,
+            ProxyError::TooLarge,
+            ProxyError::UpstreamUnreachable,
+            ProxyError::UpstreamTimeout(Duration::from_secs(1)),
+            ProxyError::UpstreamFailed,
+            ProxyError::NoUpstream,
+            ProxyError::NoValidToken {
+                retry_after: Duration::from_secs(2),
+            },
+            ProxyError::Internal,
+            ProxyError::Overloaded,
+            ProxyError::AdminNotFound,
+            ProxyError::UnknownToken("x".into()),
+        ];
+        let mut codes: Vec<_> = all.iter().map(ProxyError::code).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+        for e in &all {
+            let resp = e.response(Some("r"));
+            assert_eq!(resp.status(), e.status());
+            assert_eq!(resp.headers()["x-tokenproxy-error"], e.code());
+            if e.status() == StatusCode::METHOD_NOT_ALLOWED {
+                assert!(resp.headers().contains_key(ALLOW), "{e:?}");
+            }
+        }
     }
 }

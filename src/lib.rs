@@ -66,6 +66,31 @@ pub enum StartError {
     Http(#[from] reqwest::Error),
 }
 
+/// Makes a panic one log line in the configured format (the default hook writes
+/// free text to stderr). Where a panic is caught (a request, a refresh) it is also
+/// answered and counted in `tokenproxy_panics_total`. The hook is process-wide, so
+/// the binary installs it once at start.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_owned());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(
+            panic = %message,
+            location = %location,
+            thread = std::thread::current().name().unwrap_or("-"),
+            "panic: a defect in tokenproxy; please report it with this line"
+        );
+    }));
+}
+
 /// A started instance: its bound addresses and the handle to stop it.
 pub struct Running {
     pub proxy: ListenAddr,
@@ -77,15 +102,20 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, drains in-flight requests, and waits for any refresh in
-    /// progress to finish writing its token.
+    /// Stops accepting and starts no refresh; drains in-flight requests (closing
+    /// what is left after the drain timeout); waits for a refresh in progress to
+    /// finish writing its token; writes a token held only in memory one last time.
     pub async fn shutdown(self) {
+        for source in &self.sources {
+            source.close();
+        }
         self.shutdown.cancel();
         for task in self.servers.into_iter().chain(self.schedulers) {
             let _ = task.await;
         }
         for source in &self.sources {
             source.quiesce().await;
+            source.persist_before_exit().await;
         }
         tracing::info!("stopped");
     }
@@ -144,9 +174,30 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Arc::clone(&metrics),
     ));
     let settings = config.proxy;
+    let fd_limit = server::raise_fd_limit();
+    let max_connections = settings
+        .max_connections
+        .unwrap_or_else(|| server::connections_for(fd_limit));
+    tracing::info!(
+        open_file_limit = fd_limit,
+        max_connections,
+        "connection limits"
+    );
     let limits = server::Limits {
         drain: settings.drain_timeout,
         idle: settings.idle_timeout,
+        max_connections,
+        max_header_line: settings.max_header_line,
+        max_header_size: settings.max_header_size,
+    };
+    // The admin listener serves a scraper and a probe or two.
+    let admin_limits = server::Limits {
+        max_connections: max_connections.min(64),
+        ..limits
+    };
+    let reporting = |label| server::Reporting {
+        metrics: Arc::clone(&metrics),
+        label,
     };
     let caller_key = match &config.listen.client_key {
         None => None,
@@ -165,7 +216,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         proxy::client(tls, &settings),
         settings,
         caller_key,
-        &metrics,
+        Arc::clone(&metrics),
     ));
     let servers = vec![
         tokio::spawn(server::serve(
@@ -173,12 +224,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             move |req| Arc::clone(&proxy).handle(req),
             shutdown.clone(),
             limits,
+            reporting("none"),
         )),
         tokio::spawn(server::serve(
             admin_listener,
             move |req| Arc::clone(&admin).handle(req),
             shutdown.clone(),
-            limits,
+            admin_limits,
+            reporting("admin"),
         )),
     ];
     tracing::info!(proxy = %proxy_at, admin = %admin_addr, "tokenproxy listening");
@@ -234,7 +287,7 @@ fn standalone_source(
 
 /// What was stored, in words (never a token).
 fn stored_summary(name: &str, kind: &str, record: &store::StoredToken) -> String {
-    let expires = humantime::format_rfc3339_seconds(token::ms_to_time(record.expires_at_ms));
+    let expires = token::rfc3339(token::ms_to_time(record.expires_at_ms));
     let mut text = format!(
         "stored token `{name}` (generation {}) in the {kind} store",
         record.generation

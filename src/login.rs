@@ -49,6 +49,8 @@ pub enum LoginError {
     Stdin(std::io::Error),
     #[error(transparent)]
     Store(#[from] SeedError),
+    #[error("the system's random number generator failed; nothing was sent or stored")]
+    Random,
 }
 
 pub struct LoginOptions {
@@ -88,11 +90,19 @@ impl Callback {
     }
 }
 
-fn random_b64(bytes: usize) -> String {
+/// `bytes` random bytes, base64url. A failing RNG fails the login: a PKCE verifier
+/// or a state of zeros would be guessable.
+fn random_b64(bytes: usize) -> Result<String, LoginError> {
+    random_b64_from(bytes, |buf| ring::rand::SystemRandom::new().fill(buf))
+}
+
+fn random_b64_from(
+    bytes: usize,
+    fill: impl FnOnce(&mut [u8]) -> Result<(), ring::error::Unspecified>,
+) -> Result<String, LoginError> {
     let mut buf = vec![0u8; bytes];
-    // The system RNG failing is not something a login can work around.
-    let _ = ring::rand::SystemRandom::new().fill(&mut buf);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+    fill(&mut buf).map_err(|_| LoginError::Random)?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf))
 }
 
 /// The URL a person opens: RFC 6749 §4.1.1 with PKCE S256.
@@ -136,12 +146,12 @@ pub async fn run(source: &TokenSource, opts: &LoginOptions) -> Result<StoredToke
         .and_then(|c| c.resolve().ok())
         .map(|c| c.expose().to_owned())
         .unwrap_or_default();
-    let verifier = random_b64(32);
+    let verifier = random_b64(32)?;
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(ring::digest::digest(
         &ring::digest::SHA256,
         verifier.as_bytes(),
     ));
-    let state = random_b64(16);
+    let state = random_b64(16)?;
 
     let mut redirect = login.redirect_uri.clone();
     let (mut calls, listener) = if opts.manual {
@@ -324,12 +334,14 @@ mod tests {
 
     #[test]
     fn pkce_values_are_long_and_url_safe() {
-        let v = random_b64(32);
+        let v = random_b64(32).unwrap();
         assert_eq!(v.len(), 43);
         assert!(
             v.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         );
-        assert_ne!(v, random_b64(32));
+        assert_ne!(v, random_b64(32).unwrap());
+        let failed = random_b64_from(32, |_| Err(ring::error::Unspecified));
+        assert!(matches!(failed, Err(LoginError::Random)));
     }
 }

@@ -1,6 +1,8 @@
 //! The command line: parse arguments, set up logging, call into the library, and
 //! map outcomes to exit codes (0 ok, 1 runtime error, 2 usage or config error).
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -126,6 +128,7 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _log_writer = init_logging(cli.log_format);
+    tokenproxy::log_panics();
     match cli.command {
         Command::Check { config } => match Config::load(&config_path(config)) {
             Ok(config) => {

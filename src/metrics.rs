@@ -36,6 +36,9 @@ pub struct Metrics {
     request_duration: HistogramVec,
     retries_total: IntCounterVec,
     store_write_errors: IntCounterVec,
+    errors_total: IntCounterVec,
+    panics_total: IntCounter,
+    refresh_interrupted: IntCounterVec,
 }
 
 /// How a `retry_on` answer was handled.
@@ -159,6 +162,24 @@ impl Metrics {
                 "Failed writes of a token record to the store, by token.",
                 &["token"],
             ),
+            errors_total: counter(
+                "tokenproxy_errors_total",
+                "Errors tokenproxy answered itself, by route (\"none\" before routing, \"admin\" on the admin listener) and error code (the x-tokenproxy-error value).",
+                &["route", "error"],
+            ),
+            panics_total: register(
+                &registry,
+                IntCounter::new(
+                    "tokenproxy_panics_total",
+                    "Panics caught while handling a request or refreshing a token (each is a defect; the log has the details).",
+                )
+                .expect("valid metric"),
+            ),
+            refresh_interrupted: counter(
+                "tokenproxy_refresh_interrupted_total",
+                "Refreshes found interrupted at start: an earlier process died between spending a refresh token and storing its successor.",
+                &["token"],
+            ),
             registry,
         };
         let _ = metrics.registry.register(Box::new(
@@ -195,6 +216,19 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// An error tokenproxy answered with (its `x-tokenproxy-error` code).
+    pub fn error(&self, route: &str, code: &str) {
+        self.errors_total.with_label_values(&[route, code]).inc();
+    }
+
+    pub fn panicked(&self) {
+        self.panics_total.inc();
+    }
+
+    pub fn refresh_interrupted(&self, token: &str) {
+        self.refresh_interrupted.with_label_values(&[token]).inc();
+    }
+
     pub fn store_write_error(&self, token: &str) {
         self.store_write_errors.with_label_values(&[token]).inc();
     }
@@ -202,6 +236,7 @@ impl Metrics {
     /// Makes every token's series exist from the start, at zero.
     pub fn declare_token(&self, token: &str) {
         self.store_write_errors.with_label_values(&[token]);
+        self.refresh_interrupted.with_label_values(&[token]);
         self.valid.with_label_values(&[token]);
     }
 

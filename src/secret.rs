@@ -55,6 +55,26 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// `text` with every occurrence of each secret replaced by `[redacted]`: as is,
+/// form-urlencoded and percent-encoded (how a server echoing a request shows it).
+/// Values shorter than 4 characters are not masked: they would mask ordinary text,
+/// and no real credential is that short.
+pub fn mask(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_owned();
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        let form: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let percent =
+            percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
+        for variant in [secret.to_string(), form, percent] {
+            if out.contains(&variant) {
+                out = out.replace(&variant, "[redacted]");
+            }
+        }
+    }
+    out
+}
+
 /// Where a configured secret comes from.
 #[derive(Clone, PartialEq, Eq)]
 pub enum SecretRef {
@@ -74,6 +94,49 @@ pub enum SecretError {
     },
     #[error("{0} is empty")]
     Empty(String),
+    #[error(
+        "secret file {0} is not a regular file (a FIFO, a device or a directory); point the key at a file holding the secret"
+    )]
+    NotRegular(PathBuf),
+    #[error(
+        "secret file {0} is larger than {MAX_SECRET_FILE} bytes; a secret is a short value: check the path"
+    )]
+    TooLarge(PathBuf),
+}
+
+/// The largest secret file read (a PEM chain or a service account key is a few KiB).
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Reads a secret file: only a regular file (a link to one is fine: Kubernetes
+/// mounts Secrets as links), never more than [`MAX_SECRET_FILE`] bytes, and
+/// without blocking on a FIFO.
+fn read_secret_file(path: &std::path::Path) -> Result<String, SecretError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| SecretError::File {
+        path: path.into(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(SecretError::NotRegular(path.into()));
+    }
+    if meta.len() > MAX_SECRET_FILE {
+        return Err(SecretError::TooLarge(path.into()));
+    }
+    let mut text = String::new();
+    file.take(MAX_SECRET_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_SECRET_FILE {
+        return Err(SecretError::TooLarge(path.into()));
+    }
+    Ok(text)
 }
 
 impl SecretRef {
@@ -85,13 +148,7 @@ impl SecretRef {
             SecretRef::Env(var) => {
                 std::env::var(var).map_err(|_| SecretError::EnvMissing(var.clone()))?
             }
-            SecretRef::File(path) => std::fs::read_to_string(path)
-                .map_err(|source| SecretError::File {
-                    path: path.clone(),
-                    source,
-                })?
-                .trim_end()
-                .to_owned(),
+            SecretRef::File(path) => read_secret_file(path)?.trim_end().to_owned(),
         };
         if value.is_empty() {
             return Err(SecretError::Empty(self.to_string()));
@@ -218,6 +275,54 @@ mod tests {
         assert_eq!(r.resolve().unwrap().expose(), "two");
         std::fs::write(&path, "\n").unwrap();
         assert!(matches!(r.resolve(), Err(SecretError::Empty(_))));
+    }
+
+    #[test]
+    fn mask_hides_plain_and_encoded_forms() {
+        let text = "got rt=abc+/def&secret=s3cr%2Ft and abc+/def again, id";
+        let masked = mask(text, &["abc+/def", "s3cr/t", "id"]);
+        assert_eq!(
+            masked,
+            "got rt=[redacted]&secret=[redacted] and [redacted] again, id"
+        );
+    }
+
+    #[test]
+    fn only_small_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; MAX_SECRET_FILE as usize + 1]).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        for (path, expect) in [
+            (big, "larger than"),
+            (PathBuf::from("/dev/zero"), "not a regular file"),
+            (link, "not a regular file"),
+            (fifo, "not a regular file"),
+            (dir.path().to_path_buf(), "not a regular file"),
+        ] {
+            let err = SecretRef::File(path.clone())
+                .resolve()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expect), "{}: {err}", path.display());
+        }
+        let ok = dir.path().join("ok");
+        std::fs::write(&ok, "s3cret\n").unwrap();
+        let linked = dir.path().join("linked");
+        std::os::unix::fs::symlink(&ok, &linked).unwrap();
+        assert_eq!(
+            SecretRef::File(linked).resolve().unwrap().expose(),
+            "s3cret"
+        );
     }
 
     #[test]

@@ -190,6 +190,56 @@ fn bad_configs_exit_2_naming_file_key_and_fix() {
 }
 
 #[test]
+fn listening_beyond_loopback_without_a_client_key_is_warned_about() {
+    let open = format!("[listen]\nproxy = \"0.0.0.0:8080\"\n{GOOD}");
+    let (code, out) = check_text(&open);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning:") && out.contains("listen.proxy") && out.contains("client_key"),
+        "{out}"
+    );
+    let keyed =
+        format!("[listen]\nproxy = \"0.0.0.0:8080\"\nclient_key = {{ env = \"PATH\" }}\n{GOOD}");
+    let (code, out) = check_text(&keyed);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("reachable beyond this host"), "{out}");
+    let (_, out) = check_text(GOOD);
+    assert!(!out.contains("reachable beyond this host"), "{out}");
+}
+
+/// A syntax error on a line with a literal secret names the line and the key but
+/// masks every value (toml's own message quotes the line).
+#[test]
+fn syntax_errors_mask_the_values_they_quote() {
+    for (from, to) in [
+        (
+            "client_secret = \"literal-client-secret\"",
+            "client_secret = \"literal-client-secret\" x",
+        ),
+        (
+            "client_secret = \"literal-client-secret\"",
+            "client_secret = \"literal-client-secret",
+        ),
+        (
+            "refresh_token = \"literal-refresh-token\"",
+            "refresh_token = 'literal-refresh-token' 'x'",
+        ),
+        (
+            "[[routes]]",
+            "[proxy]\nidle_timeout = \"literal-client-secret\"\n[[routes]]",
+        ),
+    ] {
+        let (code, out) = check_text(&GOOD.replacen(from, to, 1));
+        assert_eq!(code, 2, "{out}");
+        assert!(out.contains("line "), "{out}");
+        assert!(
+            !out.contains("literal-client-secret") && !out.contains("literal-refresh-token"),
+            "a secret in the message: {out}"
+        );
+    }
+}
+
+#[test]
 fn missing_config_file_is_a_usage_error() {
     let out = check(Path::new("/nonexistent/tokenproxy.toml"), &[]);
     assert_eq!(out.status.code(), Some(2));

@@ -42,21 +42,33 @@ async fn sigkill_during_refreshes_never_loses_or_reuses_a_refresh_token() {
                 }
             })
         };
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(5..60))).await;
+        // Kill at a random moment once the storm is rotating tokens, so that
+        // every kill lands among refreshes however slow the machine is.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while w.provider.rotations().len() <= before + 1 {
+            assert!(
+                Instant::now() < deadline,
+                "no refresh within 20 s:\n{}",
+                p.log()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..25))).await;
         p.signal("KILL");
         let killed_at = Instant::now();
         let _ = p.wait();
         storm.abort();
         // A refresh the proxy sent just before it died may still reach the provider
-        // and rotate the token; let the provider finish what it received.
-        let mut last = w.provider.token_requests();
-        loop {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-            let now = w.provider.token_requests();
-            if now == last && w.provider.token_requests_in_flight() == 0 {
-                break;
-            }
-            last = now;
+        // and rotate the token. The dead process's connections are closed by the
+        // kernel after what they carried; once the provider has closed every one of
+        // them, it has read and answered every request that was sent.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while w.provider.token_connections_open() > 0 || w.provider.token_requests_in_flight() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the provider kept a dead client's connection"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         kills += 1;
         persist_us.extend(p.log().lines().filter_map(|l| {
@@ -107,7 +119,7 @@ async fn sigkill_during_refreshes_never_loses_or_reuses_a_refresh_token() {
         "a spent refresh token was presented"
     );
     assert!(
-        w.provider.rotations().len() > KILLS,
+        w.provider.rotations().len() > 2 * KILLS,
         "refreshes happened between the kills"
     );
     persist_us.sort_unstable();

@@ -50,29 +50,12 @@ async fn a_broken_state_file_stops_the_token_without_spending_the_configured_one
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_keeps_the_token_in_memory_until_space_returns() {
     let w = World::default().await;
-    let mount = w.dir.path().join("small");
-    std::fs::create_dir_all(&mount).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(&mount)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("cannot mount a small tmpfs here (not root?): skipping the full-disk test");
+    let Some(disk) = SmallDisk::mount(w.dir.path()) else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mount.clone());
-    let state = mount.join("state");
+    };
+    let state = disk.state();
     // Fill the disk, leaving no room for a token record.
-    std::fs::create_dir_all(&state).unwrap();
-    let filler = mount.join("filler");
-    let _ = std::fs::write(&filler, vec![0u8; 64 * 1024]);
+    disk.fill();
     let config = w.config("", "").replace(
         &w.state_dir().display().to_string(),
         &state.display().to_string(),
@@ -95,7 +78,7 @@ async fn a_full_disk_keeps_the_token_in_memory_until_space_returns() {
         "{m}"
     );
 
-    std::fs::remove_file(&filler).unwrap();
+    disk.free();
     let deadline = Instant::now() + Duration::from_secs(10);
     while token_status(&p, "demo").await["unsaved"] == true {
         assert!(Instant::now() < deadline, "never written:\n{}", p.log());
@@ -103,7 +86,36 @@ async fn a_full_disk_keeps_the_token_in_memory_until_space_returns() {
     }
     let stored = std::fs::read_to_string(state.join("demo.json")).unwrap();
     assert!(stored.contains(&w.provider.current_refresh_token().unwrap()));
+    assert_eq!(w.provider.reuse_detected(), 0);
     drop(p);
+}
+
+/// SIGTERM while the newest token could not be stored: one last write is tried,
+/// and when it fails too the exit says loudly what the store holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_an_unsaved_token_writes_it_or_says_so() {
+    let w = World::default().await;
+    let Some(disk) = SmallDisk::mount(w.dir.path()) else {
+        return;
+    };
+    let config = w.config("", "").replace(
+        &w.state_dir().display().to_string(),
+        &disk.state().display().to_string(),
+    );
+    let p = w.spawn(&config);
+    assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    disk.fill();
+    assert_eq!(force_refresh(&p, "demo").await.status(), 200);
+    assert_eq!(token_status(&p, "demo").await["unsaved"], true);
+    let (status, log) = tokio::task::spawn_blocking(move || p.stop_and_log())
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        log.contains("exiting with the newest token unsaved"),
+        "{log}"
+    );
+    assert!(log.contains("tokenproxy login demo"), "{log}");
 }
 
 /// How a fault server misbehaves on every connection.

@@ -122,18 +122,26 @@ async fn malformed_requests_are_refused_before_anything_is_sent() {
         "nothing reached the upstream"
     );
 
-    // Content-Length together with Transfer-Encoding: hyper reads the chunked framing
-    // and drops Content-Length (RFC 9112 §6.3), so the upstream sees one framing
-    // that agrees with the body, and no smuggled second request.
-    let reply = raw(
-        p.addr,
-        "POST /demo/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-    )
-    .await;
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    let echo = json(reply.split("\r\n\r\n").nth(1).unwrap());
-    assert_eq!(echo["body"], "hello");
-    assert!(echo["headers"].get("content-length").is_none(), "{echo}");
+    // Content-Length together with Transfer-Encoding, in either order: refused
+    // and the connection closed, as nginx does; nothing is forwarded.
+    for head in [
+        "Content-Length: 3\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\r\nContent-Length: 3",
+    ] {
+        let reply = raw_all(
+            p.addr,
+            &format!("POST /demo/echo HTTP/1.1\r\nHost: x\r\n{head}\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /demo/smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+        assert!(reply.contains("ambiguous_framing"), "{reply}");
+        assert_eq!(reply.matches("HTTP/1.1").count(), 1, "{reply}");
+    }
+    assert_eq!(
+        w.provider.api_connections(),
+        0,
+        "nothing reached the upstream"
+    );
 
     // A chunked body (no length) over the maximum: kept for a resend, then
     // (replay limit 100) streamed, and counted as it goes.

@@ -303,33 +303,3 @@ async fn no_token_appears_in_logs_status_or_error_bodies() {
         assert!(!log.contains("demo-secret") && !bodies.contains("demo-secret"));
     }
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_store_write_keeps_the_token_in_memory_and_retries() {
-    let w = World::default().await;
-    let p = w.spawn(&w.config("", ""));
-    assert_eq!(get(&p.url("/demo/a")).await.0, 200);
-
-    // A directory where the store writes its temporary file makes the write fail.
-    let blocker = w.state_dir().join(format!("demo.json.tmp{}", p.pid()));
-    std::fs::create_dir(&blocker).unwrap();
-    w.provider.revoke_access();
-    assert_eq!(
-        get(&p.url("/demo/b")).await.0,
-        200,
-        "the new token is used from memory"
-    );
-    p.wait_log("could not store the new token").await;
-    let status = json(&get(&p.admin_url("/status")).await.1);
-    assert_eq!(status["tokens"]["demo"]["unsaved"], true);
-
-    std::fs::remove_dir(&blocker).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while json(&get(&p.admin_url("/status")).await.1)["tokens"]["demo"]["unsaved"] == true {
-        assert!(Instant::now() < deadline, "never stored:\n{}", p.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let stored = std::fs::read_to_string(w.state_dir().join("demo.json")).unwrap();
-    assert!(stored.contains(&w.provider.current_refresh_token().unwrap()));
-    assert_eq!(w.provider.reuse_detected(), 0);
-}

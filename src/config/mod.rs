@@ -113,9 +113,18 @@ pub struct ProxySettings {
     pub replay_body_limit: usize,
     /// Larger request bodies are refused with 413.
     pub max_request_body: Option<u64>,
-    /// A client connection that sends no complete request head for this long (idle
-    /// keep-alive, or headers trickling in) is closed.
+    /// A client connection with no request in flight that sends nothing for this
+    /// long (before its first request, between keep-alive requests, after the
+    /// HTTP/2 preface), or whose request head is still incomplete after it, is closed.
     pub idle_timeout: Duration,
+    /// Longest wait for the next piece of a request body (also after
+    /// `Expect: 100-continue`); then the request fails with 408.
+    pub body_timeout: Duration,
+    /// Open client connections per listener; `None`: sized from the open-file limit.
+    pub max_connections: Option<usize>,
+    /// Longest request header line, and whole request head, in bytes (431 beyond).
+    pub max_header_line: usize,
+    pub max_header_size: usize,
 }
 
 /// The grants, without their data (for presets and labels).
@@ -340,13 +349,23 @@ pub enum Inject {
     },
 }
 
-/// A token made ready for one injection template.
-#[derive(Debug, Clone)]
+/// A token made ready for one injection template. Its `Debug` shows the shape,
+/// never the token.
+#[derive(Clone)]
 pub enum Credential {
     /// Marked sensitive, so HTTP/2 never indexes it and debug output hides it.
     Header(HeaderName, HeaderValue),
     /// `param=value`, form-urlencoded.
     Query(String),
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credential::Header(name, _) => write!(f, "Header({name}: [redacted])"),
+            Credential::Query(_) => f.write_str("Query([redacted])"),
+        }
+    }
 }
 
 impl Inject {
@@ -529,10 +548,62 @@ impl Config {
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             file: file.into(),
-            message: e.to_string().trim_end().to_owned(),
+            message: parse_message(text, &e),
         })?;
         validate::config(raw, file)
     }
+}
+
+/// A TOML error without the values it would quote: the position, the parser's
+/// message with quoted strings masked, and the offending line with every string
+/// literal masked (the line may hold a literal secret).
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let mut message = mask_strings(e.message().trim_end());
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let column = text[line_start..start].chars().count() + 1;
+    message = format!(
+        "line {line_no}, column {column}: {message}\n  | {}",
+        mask_strings(line)
+    );
+    message
+}
+
+/// `text` with the inside of every `"…"` and `'…'` replaced by `…`.
+fn mask_strings(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in text.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' && q == '"' {
+                    escaped = true;
+                } else if c == q {
+                    out.push('…');
+                    out.push(c);
+                    quote = None;
+                }
+            }
+            None => {
+                out.push(c);
+                if c == '"' || c == '\'' {
+                    quote = Some(c);
+                }
+            }
+        }
+    }
+    if quote.is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// `host` lower-cased, without a trailing dot, with `:port` unless it is `default`.

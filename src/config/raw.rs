@@ -86,6 +86,12 @@ pub struct RawProxy {
     pub max_request_body: u64,
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Open client connections per listener at most (0: sized from the open-file limit).
+    pub max_connections: usize,
+    pub max_header_line: usize,
+    pub max_header_size: usize,
 }
 
 impl Default for RawProxy {
@@ -98,6 +104,10 @@ impl Default for RawProxy {
             replay_body_limit: 1024 * 1024,
             max_request_body: 0,
             idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            max_connections: 0,
+            max_header_line: 8 * 1024,
+            max_header_size: 64 * 1024,
         }
     }
 }

@@ -104,6 +104,15 @@ impl Validator<'_> {
             admin: self.addr("listen.admin", &raw.listen.admin)?,
             client_key,
         };
+        if let ListenAddr::Tcp(addr) = &listen.proxy
+            && !addr.ip().is_loopback()
+            && listen.client_key.is_none()
+        {
+            self.warnings.push(format!(
+                "{}: `listen.proxy` = {addr} is reachable beyond this host and [listen] has no client_key: anyone who can connect uses your tokens; set listen.client_key, or listen on 127.0.0.1 or a Unix socket",
+                self.file.display()
+            ));
+        }
         if listen.proxy == ListenAddr::Tcp(listen.admin) && listen.admin.port() != 0 {
             return Err(self.err(
                 "listen.admin",
@@ -139,7 +148,33 @@ impl Validator<'_> {
             max_request_body: (raw.proxy.max_request_body > 0)
                 .then_some(raw.proxy.max_request_body),
             idle_timeout: raw.proxy.idle_timeout,
+            body_timeout: raw.proxy.body_timeout,
+            max_connections: (raw.proxy.max_connections > 0).then_some(raw.proxy.max_connections),
+            max_header_line: raw.proxy.max_header_line,
+            max_header_size: raw.proxy.max_header_size,
         };
+        for (key, value) in [
+            ("proxy.idle_timeout", proxy.idle_timeout),
+            ("proxy.body_timeout", proxy.body_timeout),
+            ("proxy.drain_timeout", proxy.drain_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(self.err(key, "is zero", "give it a duration such as \"60s\""));
+            }
+        }
+        if !(1024..=1024 * 1024).contains(&proxy.max_header_line)
+            || !(8 * 1024..=1024 * 1024).contains(&proxy.max_header_size)
+            || proxy.max_header_line > proxy.max_header_size
+        {
+            return Err(self.err(
+                "proxy.max_header_line",
+                format!(
+                    "max_header_line = {} and max_header_size = {} are out of range",
+                    proxy.max_header_line, proxy.max_header_size
+                ),
+                "keep max_header_line within 1 KiB..1 MiB and max_header_size within 8 KiB..1 MiB, the line no larger than the head (defaults 8192 and 65536)",
+            ));
+        }
         if let Some(ca) = &raw.tls.ca_file
             && !ca.is_file()
         {
@@ -319,9 +354,25 @@ impl Validator<'_> {
             // A client id identifies, it does not authenticate: a literal is fine.
             self.secret(&key("client_id"), id, true)?;
         }
+        // The configured refresh token seeds the store and is read only while the
+        // store holds none: a restart after the seed variable was removed must work.
+        if let Some(rt) = &raw.refresh_token {
+            if rt.is_literal() {
+                self.warnings.push(format!(
+                    "{}: `{}` is a literal secret; prefer {{ env = \"VAR\" }} or {{ file = \"PATH\" }}",
+                    self.file.display(),
+                    key("refresh_token")
+                ));
+            } else if let Err(e) = rt.resolve() {
+                self.warnings.push(format!(
+                    "{}: `{}`: {e}; it is needed only while the store holds no refresh token for `{name}`",
+                    self.file.display(),
+                    key("refresh_token")
+                ));
+            }
+        }
         for (k, s) in [
             ("client_secret", &raw.client_secret),
-            ("refresh_token", &raw.refresh_token),
             ("username", &raw.username),
             ("password", &raw.password),
             ("private_key", &raw.private_key),

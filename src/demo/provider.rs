@@ -27,6 +27,9 @@ pub enum Mode {
     Hang,
     /// 400 `invalid_grant`, as for a revoked refresh token.
     InvalidGrant,
+    /// `invalid_grant` after this many milliseconds (a refusal that arrives while
+    /// another process stores a newer token).
+    InvalidGrantAfter(u64),
     /// 200 without an `access_token`.
     NoAccessToken,
     /// 429 with `Retry-After`.
@@ -37,6 +40,11 @@ pub enum Mode {
     Truncated,
     /// 200 with a 10 MiB body.
     Huge,
+    /// 400 `invalid_request` whose `error_description` quotes the request form
+    /// (refresh token and client secret included), as careless servers do.
+    Echo,
+    /// 500 with an HTML page that quotes the request form and headers.
+    EchoHtml,
 }
 
 /// How `expires_in` appears in token responses.
@@ -201,6 +209,8 @@ pub struct Provider {
     pub(super) api_requests: Arc<AtomicU64>,
     /// Token requests being answered right now.
     in_flight: Arc<AtomicU64>,
+    /// Connections to the token endpoint still open.
+    token_open: Arc<AtomicU64>,
     /// `scheme://localhost:PORT`, the issuer for discovery.
     pub issuer: String,
     /// Where `tokenproxy login` sends the browser (auto-consent, for tests).
@@ -246,12 +256,14 @@ impl Provider {
             api_connections: Arc::default(),
             api_requests: Arc::default(),
             in_flight: Arc::default(),
+            token_open: Arc::default(),
         };
         let p = provider.clone();
         tokio::spawn(serve(
             token_listener,
             token_tls,
             Arc::default(),
+            provider.token_open.clone(),
             move |req| {
                 let p = p.clone();
                 async move { p.token_endpoint(req).await }
@@ -262,6 +274,7 @@ impl Provider {
             api_listener,
             tls,
             provider.api_connections.clone(),
+            Arc::default(),
             move |req| {
                 let p = p.clone();
                 async move { p.api(req).await }
@@ -337,6 +350,12 @@ impl Provider {
         self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Connections to the token endpoint not yet closed. Once a client is gone and
+    /// this is zero, every request it sent has been read and answered.
+    pub fn token_connections_open(&self) -> u64 {
+        self.token_open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     async fn token_endpoint(&self, req: Request<Incoming>) -> Response<FakeBody> {
         use std::sync::atomic::Ordering;
         self.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -370,8 +389,30 @@ impl Provider {
             s.last = Some(received.clone());
             s.mode
         };
+        let echoed = || {
+            let headers: Vec<String> = received
+                .headers
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
+                .collect();
+            format!("{} {}", String::from_utf8_lossy(&body), headers.join("; "))
+        };
         match mode {
             Mode::Normal => {}
+            Mode::Echo => {
+                return json_resp(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "invalid_request", "error_description": format!("cannot use {}", echoed())}),
+                );
+            }
+            Mode::EchoHtml => {
+                let mut r = Response::new(FakeBody::full(format!(
+                    "<html><body><h1>Error</h1><pre>{}</pre></body></html>",
+                    echoed()
+                )));
+                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                return r;
+            }
             Mode::ServerError => {
                 return json_resp(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -388,6 +429,14 @@ impl Provider {
                 return r;
             }
             Mode::Hang => std::future::pending::<()>().await,
+            Mode::InvalidGrantAfter(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                return self.error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "refresh token already used",
+                );
+            }
             Mode::InvalidGrant => {
                 return self.error(
                     StatusCode::BAD_REQUEST,

@@ -108,6 +108,7 @@ pub async fn serve<F, Fut>(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     connections: Arc<AtomicU64>,
+    open: Arc<AtomicU64>,
     handler: F,
 ) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -119,9 +120,19 @@ pub async fn serve<F, Fut>(
             continue;
         };
         connections.fetch_add(1, Ordering::SeqCst);
+        open.fetch_add(1, Ordering::SeqCst);
         let handler = handler.clone();
         let acceptor = acceptor.clone();
+        let open = Arc::clone(&open);
         tokio::spawn(async move {
+            // Counts the connection closed however the task ends.
+            struct Open(Arc<AtomicU64>);
+            impl Drop for Open {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            let _open = Open(open);
             let service = service_fn(move |req| {
                 let h = handler.clone();
                 async move { Ok::<_, Infallible>(h(req).await) }

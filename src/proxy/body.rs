@@ -1,15 +1,21 @@
 //! The one body type the proxy sends and returns, boxed only when transformed.
 //!
-//! Upstream responses and most requests stream through as hyper's `Incoming`.
-//! Requests that may be resent after a refresh are held as `Full` bytes (up to the
-//! replay limit); a request that turned out larger than the limit continues as
-//! `Prefixed`: the chunks already read, then the rest of the stream. A response
-//! whose links are rewritten is a `Stream`.
+//! Upstream responses stream through as hyper's `Incoming`. A client's request body
+//! is a [`ClientBody`]: `Incoming` with a per-read timeout (a client that stops
+//! sending, also after `Expect: 100-continue`, fails its request with 408 instead of
+//! holding a connection and an upstream request open) and the size limit for bodies
+//! of unknown length. Requests that may be resent after a refresh are held as
+//! `Full` bytes (up to the replay limit); a request that turned out larger than the
+//! limit continues as `Prefixed`: the chunks already read, then the rest of the
+//! stream. A response whose links are rewritten is a `Stream`.
 
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -20,24 +26,118 @@ use hyper::body::Incoming;
 pub enum ProxyBody {
     Full(Option<Bytes>),
     Incoming(Incoming),
+    Client(ClientBody),
     Prefixed {
         head: VecDeque<Bytes>,
-        rest: Incoming,
+        rest: ClientBody,
     },
     /// A transformed response body (link rewriting, decompression).
     Stream(Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>),
-    /// A request body of unknown length, cut off (and `hit` set) past `left` bytes.
-    Limited {
-        inner: Box<ProxyBody>,
-        left: u64,
-        hit: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    },
 }
 
-/// The error a [`ProxyBody::Limited`] body ends with.
+/// A client's request body: reads bounded in time, and in size when the length was
+/// not declared up front.
+pub struct ClientBody {
+    inner: Incoming,
+    timeout: Duration,
+    /// Armed while a read waits.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes still allowed, for bodies of unknown length.
+    left: Option<u64>,
+    ended: Arc<AtomicU8>,
+}
+
+/// How a client's body failed, for the response the client gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFault {
+    TooLarge,
+    Stalled,
+}
+
+/// Tells, after a failed upstream request, whether the client's body was the cause.
+#[derive(Clone)]
+pub struct BodyWatch(Arc<AtomicU8>);
+
+impl BodyWatch {
+    pub fn fault(&self) -> Option<BodyFault> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(BodyFault::TooLarge),
+            2 => Some(BodyFault::Stalled),
+            _ => None,
+        }
+    }
+}
+
+impl ClientBody {
+    pub fn new(inner: Incoming, timeout: Duration, limit: Option<u64>) -> (ClientBody, BodyWatch) {
+        let ended = Arc::new(AtomicU8::new(0));
+        (
+            ClientBody {
+                inner,
+                timeout,
+                sleep: None,
+                left: limit,
+                ended: Arc::clone(&ended),
+            },
+            BodyWatch(ended),
+        )
+    }
+
+    fn fail(&mut self, fault: BodyFault) -> BoxError {
+        let code = match fault {
+            BodyFault::TooLarge => 1,
+            BodyFault::Stalled => 2,
+        };
+        self.ended.store(code, Ordering::Release);
+        Box::new(ClientBodyError(fault))
+    }
+}
+
+/// The error a [`ClientBody`] ends with.
 #[derive(Debug, thiserror::Error)]
-#[error("request body over the configured maximum")]
-pub struct TooLarge;
+#[error("request body failed: {0:?}")]
+pub struct ClientBodyError(pub BodyFault);
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(this.fail(BodyFault::Stalled))));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                this.sleep = None;
+                if let (Some(left), Some(data)) = (this.left.as_mut(), frame.data_ref()) {
+                    let n = data.len() as u64;
+                    if n > *left {
+                        return Poll::Ready(Some(Err(this.fail(BodyFault::TooLarge))));
+                    }
+                    *left -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => boxed(other),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -62,28 +162,15 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Incoming(body) => boxed(Pin::new(body).poll_frame(cx)),
+            ProxyBody::Client(body) => Pin::new(body).poll_frame(cx),
             ProxyBody::Prefixed { head, rest } => match head.pop_front() {
                 Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                None => boxed(Pin::new(rest).poll_frame(cx)),
+                None => Pin::new(rest).poll_frame(cx),
             },
             ProxyBody::Stream(s) => s
                 .as_mut()
                 .poll_next(cx)
                 .map(|o| o.map(|r| r.map(Frame::data).map_err(BoxError::from))),
-            ProxyBody::Limited { inner, left, hit } => {
-                let polled = Pin::new(inner.as_mut()).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(frame))) = &polled
-                    && let Some(data) = frame.data_ref()
-                {
-                    let n = data.len() as u64;
-                    if n > *left {
-                        hit.store(true, std::sync::atomic::Ordering::Relaxed);
-                        return Poll::Ready(Some(Err(Box::new(TooLarge))));
-                    }
-                    *left -= n;
-                }
-                polled
-            }
         }
     }
 
@@ -91,9 +178,9 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Incoming(body) => body.is_end_stream(),
+            ProxyBody::Client(body) => body.is_end_stream(),
             ProxyBody::Prefixed { head, rest } => head.is_empty() && rest.is_end_stream(),
             ProxyBody::Stream(_) => false,
-            ProxyBody::Limited { inner, .. } => inner.is_end_stream(),
         }
     }
 
@@ -103,6 +190,7 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             ProxyBody::Incoming(body) => body.size_hint(),
+            ProxyBody::Client(body) => body.size_hint(),
             ProxyBody::Prefixed { head, rest } => {
                 let buffered: u64 = head.iter().map(|b| b.len() as u64).sum();
                 let rest = rest.size_hint();
@@ -113,7 +201,7 @@ impl Body for ProxyBody {
                 }
                 hint
             }
-            ProxyBody::Stream(_) | ProxyBody::Limited { .. } => SizeHint::new(),
+            ProxyBody::Stream(_) => SizeHint::new(),
         }
     }
 }
@@ -128,12 +216,12 @@ pub enum Prepared {
 
 /// Reads `body` into memory if it fits in `limit`; otherwise hands it on as a stream
 /// without losing what was read.
-pub async fn prepare(mut body: Incoming, limit: usize) -> Result<Prepared, hyper::Error> {
+pub async fn prepare(mut body: ClientBody, limit: usize) -> Result<Prepared, BoxError> {
     if body.is_end_stream() {
         return Ok(Prepared::Replayable(Bytes::new()));
     }
     if body.size_hint().lower() > limit as u64 {
-        return Ok(Prepared::Streaming(ProxyBody::Incoming(body)));
+        return Ok(Prepared::Streaming(ProxyBody::Client(body)));
     }
     let mut head = VecDeque::new();
     let mut total = 0usize;

@@ -54,6 +54,9 @@ pub fn to_upstream(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
     headers.remove(header::HOST);
+    // tokenproxy answered the expectation (hyper sends `100 Continue` when the body
+    // is first read); the upstream gets the body without being asked.
+    headers.remove(header::EXPECT);
     for name in CLIENT_IDENTITY {
         headers.remove(name);
     }

@@ -29,7 +29,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub use body::ProxyBody;
+pub use body::{BoxError, ProxyBody};
 pub use rewrite::{Rewriter, rewrite_stream};
 pub use route::{Router, upstream_uri};
 
@@ -73,6 +73,7 @@ pub struct Proxy {
     route_metrics: Vec<RouteMetrics>,
     /// Requests that matched no route.
     unrouted: RouteMetrics,
+    metrics: Arc<Metrics>,
 }
 
 /// What the log line of a request reports besides the response.
@@ -89,7 +90,7 @@ impl Proxy {
         client: HttpsClient,
         settings: ProxySettings,
         client_key: Option<CallerKey>,
-        metrics: &Metrics,
+        metrics: Arc<Metrics>,
     ) -> Proxy {
         Proxy {
             client_key,
@@ -99,6 +100,7 @@ impl Proxy {
                 .map(|r| metrics.route(&r.name))
                 .collect(),
             unrouted: metrics.route("none"),
+            metrics,
             router,
             sources,
             client,
@@ -114,9 +116,9 @@ impl Proxy {
         let method = req.method().clone();
         let mut trace = Trace::default();
         let route_name = |t: &Trace| t.route.map(|i| self.router.routes()[i].name.as_str());
-        let resp = match self.forward(req, &mut trace).await {
-            Ok(resp) => resp,
-            Err(e) => e.response(route_name(&trace)),
+        let (resp, error) = match self.forward(req, &mut trace).await {
+            Ok(resp) => (resp, None),
+            Err(e) => (e.response(route_name(&trace)), Some(e)),
         };
         let elapsed = start.elapsed();
         let metrics = trace
@@ -126,12 +128,18 @@ impl Proxy {
         if let Some(outcome) = trace.retry {
             metrics.retry(outcome);
         }
-        tracing::info!(
+        let route = route_name(&trace).unwrap_or("none");
+        if let Some(e) = &error {
+            self.metrics.error(route, e.code());
+        }
+        crate::log_at!(
+            error.as_ref().map_or(tracing::Level::INFO, ProxyError::level),
             method = %method,
-            route = route_name(&trace).unwrap_or("-"),
+            route,
             status = resp.status().as_u16(),
             duration_ms = elapsed.as_micros() as f64 / 1000.0,
             retried = trace.retry == Some(RetryOutcome::Success) || trace.retry == Some(RetryOutcome::Rejected),
+            error = error.as_ref().map(ProxyError::code),
             "request"
         );
         Ok(resp)
@@ -142,10 +150,14 @@ impl Proxy {
         req: Request<Incoming>,
         trace: &mut Trace,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        if req.method() == Method::CONNECT {
-            return Err(ProxyError::Connect);
+        match *req.method() {
+            Method::CONNECT => return Err(ProxyError::Connect),
+            // TRACE echoes the request, injected token included, back to the caller.
+            Method::TRACE => return Err(ProxyError::proxy_method(req.method())),
+            _ => {}
         }
         let (mut parts, body) = req.into_parts();
+        check_host(&parts.headers)?;
         if let Some(key) = &self.client_key {
             key.check(&mut parts.headers)?;
         }
@@ -177,12 +189,23 @@ impl Proxy {
 
         let state = token(source, route.inject).await?;
 
+        // A body of unknown length is counted as it streams.
+        let limit = self
+            .settings
+            .max_request_body
+            .filter(|_| declared.is_none());
+        let (body, watch) = body::ClientBody::new(body, self.settings.body_timeout, limit);
+        let body_error = |watch: &body::BodyWatch| match watch.fault() {
+            Some(body::BodyFault::TooLarge) => ProxyError::TooLarge,
+            Some(body::BodyFault::Stalled) => ProxyError::ClientTimeout(self.settings.body_timeout),
+            None => ProxyError::ClientBody,
+        };
         let prepared = if route.retry_on.is_empty() {
-            Prepared::Streaming(ProxyBody::Incoming(body))
+            Prepared::Streaming(ProxyBody::Client(body))
         } else {
             body::prepare(body, self.settings.replay_body_limit)
                 .await
-                .map_err(|_| ProxyError::ClientBody)?
+                .map_err(|_| body_error(&watch))?
         };
         let (first, replay) = match prepared {
             Prepared::Replayable(bytes) => {
@@ -190,16 +213,6 @@ impl Proxy {
                 (ProxyBody::full(bytes), Some(again))
             }
             Prepared::Streaming(body) => (body, None),
-        };
-        // A body of unknown length is counted as it streams.
-        let limit_hit = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let first = match (self.settings.max_request_body, declared) {
-            (Some(max), None) => ProxyBody::Limited {
-                inner: Box::new(first),
-                left: max,
-                hit: Arc::clone(&limit_hit),
-            },
-            _ => first,
         };
         if replay
             .as_ref()
@@ -215,9 +228,7 @@ impl Proxy {
             source,
         };
         let (mut resp, mut base_url) = match self.send(&out, &state, parts.headers, first).await {
-            Err(_) if limit_hit.load(std::sync::atomic::Ordering::Relaxed) => {
-                return Err(ProxyError::TooLarge);
-            }
+            Err(_) if watch.fault().is_some() => return Err(body_error(&watch)),
             other => other?,
         };
 
@@ -226,10 +237,13 @@ impl Proxy {
             // works; resend only a request whose body was kept.
             let generation = state.generation();
             let fresh = source
-                .refresh(generation, Trigger::Reactive)
+                .refresh_for_caller(generation, Trigger::Reactive)
                 .await
                 .ok()
                 .filter(|s| s.generation() != generation && s.credential(route.inject).is_some());
+            if fresh.is_none() {
+                source.mark_refused(generation);
+            }
             trace.retry = Some(match (replay, fresh) {
                 (_, None) => RetryOutcome::RefreshFailed,
                 (None, Some(_)) => RetryOutcome::NotReplayable,
@@ -356,7 +370,10 @@ async fn token(source: &Arc<TokenSource>, inject: usize) -> Result<Arc<TokenStat
     if state.credential(inject).is_some() {
         return Ok(state);
     }
-    match source.refresh(state.generation(), Trigger::Reactive).await {
+    match source
+        .refresh_for_caller(state.generation(), Trigger::Reactive)
+        .await
+    {
         Ok(state) if state.credential(inject).is_some() => Ok(state),
         Ok(_) => Err(ProxyError::NoValidToken {
             retry_after: Duration::from_secs(1),
@@ -384,7 +401,10 @@ impl CallerKey {
         } else {
             value
         };
-        if constant_time_eq(value, self.key.expose().as_bytes()) {
+        if bool::from(subtle::ConstantTimeEq::ct_eq(
+            value,
+            self.key.expose().as_bytes(),
+        )) {
             Ok(())
         } else {
             Err(ProxyError::ProxyAuth)
@@ -392,9 +412,29 @@ impl CallerKey {
     }
 }
 
-/// Equal without an early exit, so timing does not tell how much of a key matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Exactly one `Host`, and one that is an authority: a second `Host` or one with
+/// other characters could steer routing, or be reflected into rewritten
+/// `Location` headers.
+fn check_host(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let mut hosts = headers.get_all(HOST).iter();
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        return match headers.contains_key(HOST) {
+            true => Err(ProxyError::BadHost),
+            false => Ok(()),
+        };
+    };
+    let valid = host.to_str().ok().is_some_and(|h| {
+        !h.is_empty()
+            && !h.contains('@')
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b))
+            && h.parse::<http::uri::Authority>().is_ok()
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(ProxyError::BadHost)
+    }
 }
 
 /// A protocol upgrade other than `h2c` (which is ignored: the connection simply

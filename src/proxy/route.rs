@@ -182,20 +182,30 @@ pub fn upstream_uri(
         .map_err(|_| Miss::BadPath)
 }
 
-/// Whether a path has a `.` or `..` segment once percent-decoded (with `\` read as
-/// `/`, as some servers do), or an empty one.
+/// Whether a path could mean another path to some server: an empty segment, a
+/// `.` or `..` segment once percent-decoded (also decoded twice, with `\\` read as
+/// `/`, and with `;parameters` removed as Tomcat does: `..;`), NUL in any encoding,
+/// or percent-encoding that is not UTF-8 (overlong forms of `.` and `/`).
 fn climbs(path: &str) -> bool {
     // An empty segment: some servers fold `//`, so the upstream would see another path.
     if path.contains("//") || path.starts_with('/') {
         return true;
     }
-    if !path.contains('.') && !path.contains('%') {
+    if !path.contains(['.', '%', ';', '\\']) {
         return false;
     }
-    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
-    decoded
-        .split(['/', '\\'])
-        .any(|segment| segment == ".." || segment == ".")
+    let once = percent_encoding::percent_decode_str(path).collect::<Vec<u8>>();
+    let twice = percent_encoding::percent_decode(&once).collect::<Vec<u8>>();
+    [once, twice].iter().any(|decoded| {
+        let Ok(text) = std::str::from_utf8(decoded) else {
+            return true;
+        };
+        text.contains('\0')
+            || text.split(['/', '\\']).any(|segment| {
+                let segment = segment.split(';').next().unwrap_or("");
+                segment == ".." || segment == "." || (segment.is_empty() && text.contains("//"))
+            })
+    })
 }
 
 #[cfg(test)]
@@ -315,10 +325,21 @@ mod tests {
             "/ex/a%5c..%5cb",
             "/ex/./x",
             "/ex//evil.example.com/x",
+            // Tomcat path parameters on a dot segment, plain and encoded.
+            "/ex/..;/other",
+            "/ex/a/..;jsessionid=1/b",
+            "/ex/%2e%2e%3b/x",
+            // NUL, plain-encoded and inside a dot segment.
+            "/ex/.%00./x",
+            "/ex/a%00b",
+            // Double encoding and overlong UTF-8 for `.`.
+            "/ex/%252e%252e/x",
+            "/ex/%c0%ae%c0%ae/x",
         ] {
             assert_eq!(origin(&r, p), Err(Miss::BadPath), "{p}");
         }
         assert!(origin(&r, "/ex/file.v1..json").is_ok());
+        assert!(origin(&r, "/ex/a;v=1/b%20c").is_ok());
     }
 
     #[test]

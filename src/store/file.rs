@@ -1,67 +1,239 @@
 //! The embedded store: one JSON file per token in a private directory.
 //!
-//! Files are `NAME.json`, mode 0600, in a directory of mode 0700. A write goes to a
-//! temporary file that is fsynced, renamed over the record and followed by an fsync of
-//! the directory, so a crash leaves either the old record or the new one. `NAME.lock`
-//! carries an advisory `flock` that serialises refreshes across processes on one host.
-//! Blocking file work runs on tokio's blocking pool.
+//! Files are `NAME.json`, mode 0600, in a directory of mode 0700 that this process
+//! owns. A write goes to a temporary file with an unpredictable name, created
+//! exclusively, that is fsynced, renamed over the record and followed by an fsync of
+//! the directory, so a crash leaves either the old record or the new one.
+//! `NAME.lock` carries an advisory `flock` that serialises refreshes across
+//! processes on one host; `NAME.intent.json` says a refresh token is about to be
+//! spent.
+//!
+//! Nothing in the directory is trusted to be what its name says: every file is
+//! opened without following links (`O_NOFOLLOW`) and without blocking (a FIFO would
+//! hang), and must be a regular file. The directory itself must not be a link, must
+//! belong to this process's user and be writable by nobody else; its parents must
+//! belong to root or to this user. Blocking file work runs on tokio's blocking pool,
+//! each operation with a deadline.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
-use super::{RECORD_VERSION, StoreError, StoreLock, StoredToken, TokenStore};
+use super::{Intent, RECORD_VERSION, StoreError, StoreLock, StoredToken, TokenStore};
+
+/// Longest wait for one read or write of a record.
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Records and intents are small; anything larger is not ours.
+const MAX_RECORD: u64 = 1024 * 1024;
+/// Temporary files older than this, left by a crash, are removed at open.
+const STALE_TMP: Duration = Duration::from_secs(600);
 
 pub struct FileStore {
     dir: PathBuf,
 }
 
 impl FileStore {
-    /// Creates the directory (0700) if needed and tightens its mode if it is wider.
+    /// Creates the directory (0700) if needed, checks who owns it and its parents,
+    /// and tightens its mode if others may read it.
     pub fn open(dir: &Path) -> Result<FileStore, StoreError> {
         let io = |source| StoreError::Io {
             path: dir.into(),
             source,
         };
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io)?;
-        let mode = fs::metadata(dir).map_err(io)?.permissions().mode();
+        if fs::symlink_metadata(dir).is_err() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io)?;
+        }
+        check_directory(dir)?;
+        let mode = fs::symlink_metadata(dir).map_err(io)?.mode();
         if mode & 0o077 != 0 {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
         }
+        remove_stale_temporaries(dir);
         Ok(FileStore { dir: dir.into() })
     }
 
-    fn record_path(&self, token: &str) -> PathBuf {
-        self.dir.join(format!("{token}.json"))
+    fn path(&self, token: &str, suffix: &str) -> PathBuf {
+        self.dir.join(format!("{token}{suffix}"))
     }
 }
 
+fn unsafe_dir(path: &Path, problem: String, fix: String) -> StoreError {
+    StoreError::Unsafe {
+        path: path.into(),
+        problem,
+        fix,
+    }
+}
+
+/// Refuses a state directory that someone else could swap or fill with links.
+fn check_directory(dir: &Path) -> Result<(), StoreError> {
+    let euid = rustix::process::geteuid().as_raw();
+    let io = |source| StoreError::Io {
+        path: dir.into(),
+        source,
+    };
+    let meta = fs::symlink_metadata(dir).map_err(io)?;
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_dir(
+            dir,
+            "the state directory is a symbolic link".into(),
+            "set store.path to the directory the link points to".into(),
+        ));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_dir(
+            dir,
+            "the state path is not a directory".into(),
+            "set store.path to a directory (it is created if missing)".into(),
+        ));
+    }
+    if meta.uid() != euid {
+        return Err(unsafe_dir(
+            dir,
+            format!(
+                "the state directory belongs to uid {}, not to this process (uid {euid}); whoever owns it can read and replace the tokens",
+                meta.uid()
+            ),
+            format!(
+                "chown {euid} {} (and chmod 700), or set store.path to a directory of this user",
+                dir.display()
+            ),
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(
+            dir,
+            format!(
+                "the state directory is writable by others (mode {:o}); they could plant links to read or overwrite the tokens",
+                meta.mode() & 0o7777
+            ),
+            format!("chmod 700 {}", dir.display()),
+        ));
+    }
+    let parent = dir
+        .canonicalize()
+        .map_err(io)?
+        .parent()
+        .map(Path::to_path_buf);
+    let mut ancestor = parent;
+    while let Some(a) = ancestor {
+        let meta = fs::metadata(&a).map_err(|source| StoreError::Io {
+            path: a.clone(),
+            source,
+        })?;
+        if meta.uid() != 0 && meta.uid() != euid {
+            return Err(unsafe_dir(
+                dir,
+                format!(
+                    "its parent {} belongs to uid {}, who could replace the state directory",
+                    a.display(),
+                    meta.uid()
+                ),
+                "put the state directory under a directory owned by root or by this user".into(),
+            ));
+        }
+        let sticky = meta.mode() & 0o1000 != 0;
+        if meta.mode() & 0o022 != 0 && !sticky {
+            tracing::warn!(
+                path = %a.display(),
+                state = %dir.display(),
+                "a parent of the state directory is writable by others without the sticky bit; whoever can write there could replace the state directory. Mount it only into this container, or choose another path"
+            );
+        }
+        ancestor = a.parent().map(Path::to_path_buf);
+    }
+    Ok(())
+}
+
+/// Temporary files a crash left behind (they hold tokens); only old ones, since
+/// another instance may be writing one now.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_tmp = name.to_str().is_some_and(|n| n.contains(".tmp."));
+        let old = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age > STALE_TMP);
+        if is_tmp && old {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Opens a file in the state directory without following a link or blocking on a
+/// FIFO; it must be a regular file.
+fn open_plain(path: &Path, options: &mut OpenOptions) -> std::io::Result<File> {
+    use rustix::fs::OFlags;
+    let flags = (OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC).bits() as i32;
+    let file = options.custom_flags(flags).open(path).map_err(|e| {
+        if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+            std::io::Error::other(
+                "is a symbolic link; tokenproxy does not follow links in its state directory (remove it)",
+            )
+        } else {
+            e
+        }
+    })?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other(
+            "is not a regular file (remove it; tokenproxy writes a new one)",
+        ));
+    }
+    Ok(file)
+}
+
+/// Runs blocking file work with a deadline. A hung call keeps its thread, but the
+/// caller gets an answer.
 async fn blocking<T: Send + 'static>(
+    op: &'static str,
+    path: &Path,
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(StoreError::Io {
-            path: PathBuf::new(),
+    match tokio::time::timeout(OP_TIMEOUT, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(StoreError::Io {
+            path: path.into(),
             source: std::io::Error::other(e),
-        })
-    })
+        }),
+        Err(_) => Err(StoreError::Timeout {
+            path: path.into(),
+            op,
+            after: OP_TIMEOUT,
+        }),
+    }
+}
+
+/// The bytes of a file, or `None` if there is none.
+fn read_small(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.into(),
+        source,
+    };
+    let file = match open_plain(path, OpenOptions::new().read(true)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_RECORD).read_to_end(&mut bytes).map_err(io)?;
+    Ok(Some(bytes))
 }
 
 fn read_record(path: &Path, token: &str) -> Result<Option<StoredToken>, StoreError> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(StoreError::Io {
-                path: path.into(),
-                source,
-            });
-        }
+    let Some(bytes) = read_small(path)? else {
+        return Ok(None);
     };
     let corrupt = |detail: String| StoreError::Corrupt {
         path: path.into(),
@@ -80,36 +252,43 @@ fn read_record(path: &Path, token: &str) -> Result<Option<StoredToken>, StoreErr
         }
         None => return Err(corrupt("no format version".into())),
     }
-    // serde_json's errors name fields and positions, never values.
+    // serde_json's messages quote wrong-typed values, which may be tokens: name the
+    // field instead.
+    if let Some(detail) = super::shape_error(&value) {
+        return Err(corrupt(detail));
+    }
     serde_json::from_value(value)
         .map(Some)
-        .map_err(|e| corrupt(e.to_string()))
+        .map_err(|_| corrupt("not the shape of a token record".into()))
 }
 
-fn write_record(dir: &Path, path: &Path, record: &StoredToken) -> Result<(), StoreError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StoreError::Io { path, source }
+/// Replaces `path` with `bytes` durably: a new temporary file (exclusive, not
+/// following links, an unguessable name), fsync, rename, fsync of the directory.
+fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.into(),
+        source,
     };
-    let bytes =
-        serde_json::to_vec_pretty(record).map_err(|e| io(path)(std::io::Error::other(e)))?;
-    let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("record");
+    let tmp = dir.join(format!("{name}.tmp.{:016x}", fastrand::u64(..)));
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(&bytes)?;
+        let mut file = open_plain(
+            &tmp,
+            OpenOptions::new().write(true).create_new(true).mode(0o600),
+        )?;
+        file.write_all(bytes)?;
         file.sync_all()?;
+        // rename replaces a link named like the record, never its target.
         fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map_err(io(path))
+    result.map_err(io)
 }
 
 #[async_trait::async_trait]
@@ -119,35 +298,87 @@ impl TokenStore for FileStore {
     }
 
     async fn load(&self, token: &str) -> Result<Option<StoredToken>, StoreError> {
-        let path = self.record_path(token);
+        let path = self.path(token, ".json");
         let token = token.to_owned();
-        blocking(move || read_record(&path, &token)).await
+        let p = path.clone();
+        blocking("read", &path, move || read_record(&p, &token)).await
     }
 
     async fn save(&self, token: &str, record: &StoredToken) -> Result<(), StoreError> {
-        let (dir, path, record) = (self.dir.clone(), self.record_path(token), record.clone());
-        blocking(move || write_record(&dir, &path, &record)).await
+        let (dir, path) = (self.dir.clone(), self.path(token, ".json"));
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| StoreError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let p = path.clone();
+        blocking("write", &path, move || write_atomic(&dir, &p, &bytes)).await
     }
 
-    async fn lock(&self, token: &str) -> Result<StoreLock, StoreError> {
-        let path = self.dir.join(format!("{token}.lock"));
-        blocking(move || {
-            let io = |source| StoreError::Io {
-                path: path.clone(),
-                source,
-            };
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io)?;
-            file.lock().map_err(io)?;
-            Ok(StoreLock {
-                _guard: Box::new(file),
-            })
+    async fn lock(&self, token: &str, wait: Duration) -> Result<StoreLock, StoreError> {
+        let path = self.path(token, ".lock");
+        let p = path.clone();
+        let file = blocking("lock", &path, move || {
+            open_plain(
+                &p,
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600),
+            )
+            .map_err(|source| StoreError::Io { path: p, source })
+        })
+        .await?;
+        // flock with LOCK_NB does not block, so it is tried from here, with pauses.
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => {
+                    return Ok(StoreLock {
+                        _guard: Box::new(file),
+                    });
+                }
+                Err(fs::TryLockError::WouldBlock) => {}
+                Err(fs::TryLockError::Error(source)) => {
+                    return Err(StoreError::Io { path, source });
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::LockTimeout { path, waited: wait });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn save_intent(&self, token: &str, intent: &Intent) -> Result<(), StoreError> {
+        let (dir, path) = (self.dir.clone(), self.path(token, ".intent.json"));
+        let bytes = serde_json::to_vec(intent).map_err(|e| StoreError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let p = path.clone();
+        blocking("write", &path, move || write_atomic(&dir, &p, &bytes)).await
+    }
+
+    async fn clear_intent(&self, token: &str) -> Result<(), StoreError> {
+        let path = self.path(token, ".intent.json");
+        let p = path.clone();
+        blocking("write", &path, move || match fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StoreError::Io { path: p, source: e })
+            }
+            _ => Ok(()),
+        })
+        .await
+    }
+
+    async fn load_intent(&self, token: &str) -> Result<Option<Intent>, StoreError> {
+        let path = self.path(token, ".intent.json");
+        let p = path.clone();
+        blocking("read", &path, move || {
+            // An unreadable intent says nothing; it is only ever advice.
+            Ok(read_small(&p)?.and_then(|b| serde_json::from_slice(&b).ok()))
         })
         .await
     }
@@ -208,7 +439,18 @@ mod tests {
             ("{\"generation\": 1", "not JSON"),
             ("{\"version\": 7}", "format version 7"),
             ("{}", "no format version"),
-            ("{\"version\": 1, \"generation\": \"x\"}", "invalid type"),
+            (
+                "{\"version\": 1, \"generation\": \"rt-SECRET\", \"issued_at_ms\": 1, \"expires_at_ms\": 2}",
+                "field `generation` is not a whole number",
+            ),
+            (
+                "{\"version\": 1, \"generation\": 1, \"issued_at_ms\": 1, \"expires_at_ms\": 2, \"refresh_token\": 7}",
+                "field `refresh_token` is not a string",
+            ),
+            (
+                "{\"version\": 1, \"generation\": 1, \"issued_at_ms\": 1, \"expires_at_ms\": 2, \"rt-SECRET-and-more-than-32-chars!\": 1}",
+                "unexpected name",
+            ),
         ] {
             fs::write(tmp.path().join("t.json"), text).unwrap();
             let err = store.load("t").await.unwrap_err();
@@ -218,6 +460,7 @@ mod tests {
                 msg.contains(expect) && msg.contains("tokenproxy seed t"),
                 "{msg}"
             );
+            assert!(!msg.contains("SECRET"), "{msg}");
         }
     }
 
@@ -225,7 +468,7 @@ mod tests {
     async fn lock_excludes_other_holders_until_dropped() {
         let tmp = tempfile::tempdir().unwrap();
         let store = FileStore::open(tmp.path()).unwrap();
-        let held = store.lock("t").await.unwrap();
+        let held = store.lock("t", Duration::from_secs(1)).await.unwrap();
         // A second open file description, as another process would have.
         let other = File::open(tmp.path().join("t.lock")).unwrap();
         assert!(matches!(
@@ -234,5 +477,12 @@ mod tests {
         ));
         drop(held);
         other.try_lock().unwrap();
+        // A holder that does not let go makes the next waiter give up, by name.
+        let err = store
+            .lock("t", Duration::from_millis(100))
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("held the lock"), "{err}");
     }
 }

@@ -35,12 +35,84 @@ pub struct StoredToken {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// What is wrong with the fields of a record read as JSON, naming the field and
+/// never its value (a wrong-typed field may hold a token).
+pub fn shape_error(value: &serde_json::Value) -> Option<String> {
+    let Some(fields) = value.as_object() else {
+        return Some("not a JSON object".into());
+    };
+    for required in ["generation", "issued_at_ms", "expires_at_ms"] {
+        if !fields.contains_key(required) {
+            return Some(format!("field `{required}` is missing"));
+        }
+    }
+    for (name, v) in fields {
+        let ok = match name.as_str() {
+            "version" | "generation" | "issued_at_ms" | "expires_at_ms" => v.is_u64(),
+            "access_token" | "refresh_token" => v.is_string() || v.is_null(),
+            "extra" => v.is_object(),
+            _ => {
+                let shown = name.len() <= 32
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                return Some(match shown {
+                    true => format!("unknown field `{name}`"),
+                    false => "a field with an unexpected name".into(),
+                });
+            }
+        };
+        if !ok {
+            let want = match name.as_str() {
+                "access_token" | "refresh_token" => "a string",
+                "extra" => "an object",
+                _ => "a whole number",
+            };
+            return Some(format!("field `{name}` is not {want}"));
+        }
+    }
+    None
+}
+
+/// Written before a refresh token is spent, so that a start after a crash knows a
+/// refresh was under way: the refresh token of `generation` (by its hash) was about
+/// to be presented. Stale once the record's generation is past it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Intent {
+    pub generation: u64,
+    /// SHA-256 of the refresh token, hex: enough to recognise it, useless to spend.
+    pub refresh_token_sha256: String,
+    pub at_ms: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("{path}: {problem}\n  fix: {fix}")]
+    Unsafe {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
+    #[error(
+        "{path}: the store did not answer within {}s ({op}); is the disk or network file system hung?",
+        .after.as_secs()
+    )]
+    Timeout {
+        path: PathBuf,
+        op: &'static str,
+        after: std::time::Duration,
+    },
+    #[error(
+        "{path}: another process held the lock for more than {}s; it may be hung refreshing the token",
+        .waited.as_secs()
+    )]
+    LockTimeout {
+        path: PathBuf,
+        waited: std::time::Duration,
     },
     #[error(
         "{path} is not a valid token record ({detail}); move it aside and run `tokenproxy seed {token}` to store a refresh token again"
@@ -56,7 +128,7 @@ impl StoreError {
     /// A broken record needs a person: retrying cannot help, and guessing could spend
     /// a rotated refresh token twice.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, StoreError::Corrupt { .. })
+        matches!(self, StoreError::Corrupt { .. } | StoreError::Unsafe { .. })
     }
 }
 
@@ -72,6 +144,11 @@ pub trait TokenStore: Send + Sync {
     async fn load(&self, token: &str) -> Result<Option<StoredToken>, StoreError>;
     /// Durable when it returns `Ok`.
     async fn save(&self, token: &str, record: &StoredToken) -> Result<(), StoreError>;
-    /// Waits until no other process holds the lock for `token`.
-    async fn lock(&self, token: &str) -> Result<StoreLock, StoreError>;
+    /// Waits until no other process holds the lock for `token`, at most `wait`.
+    async fn lock(&self, token: &str, wait: std::time::Duration) -> Result<StoreLock, StoreError>;
+    /// Durable when it returns `Ok`.
+    async fn save_intent(&self, token: &str, intent: &Intent) -> Result<(), StoreError>;
+    async fn load_intent(&self, token: &str) -> Result<Option<Intent>, StoreError>;
+    /// The refresh the intent announced has ended (with new tokens or a refusal).
+    async fn clear_intent(&self, token: &str) -> Result<(), StoreError>;
 }

@@ -42,11 +42,18 @@ pub fn locations(issuer: &Url) -> Vec<Url> {
     vec![rfc8414, oidc]
 }
 
-pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<Metadata, GrantError> {
+/// Fetches the metadata; each request is bounded by `timeout` (a hung discovery
+/// document must not hold a refresh forever).
+pub async fn discover(
+    http: &reqwest::Client,
+    issuer: &Url,
+    timeout: std::time::Duration,
+) -> Result<Metadata, GrantError> {
     let mut last = String::new();
     for url in locations(issuer) {
         let resp = match http
             .get(url.clone())
+            .timeout(timeout)
             .header(http::header::ACCEPT, "application/json")
             .send()
             .await
@@ -61,6 +68,7 @@ pub async fn discover(http: &reqwest::Client, issuer: &Url) -> Result<Metadata, 
             last = format!("{url} answered {}", resp.status());
             continue;
         }
+        // The request's timeout covers reading the body too.
         let v: serde_json::Value = match resp
             .bytes()
             .await

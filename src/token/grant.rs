@@ -199,15 +199,30 @@ pub async fn request(
         .post(url.clone())
         .timeout(cfg.timeout)
         .header(ACCEPT, "application/json");
-    if let Some(b) = basic {
-        req = req.header(AUTHORIZATION, b);
+    if let Some(b) = &basic {
+        req = req.header(AUTHORIZATION, b.clone());
     }
+    let mut header_values = Vec::new();
     for (name, value) in &cfg.headers {
         let value = resolve(value)?;
         let mut hv = http::HeaderValue::try_from(value.expose())
             .map_err(|_| GrantError::Transport(format!("header {name} has an invalid value")))?;
         hv.set_sensitive(true);
         req = req.header(name, hv);
+        header_values.push(value);
+    }
+    // Everything secret this request carries, masked in whatever the server says back.
+    let basic_credentials = basic
+        .as_ref()
+        .and_then(|b| b.to_str().ok())
+        .and_then(|b| b.strip_prefix("Basic "))
+        .map(str::to_owned);
+    let mut secrets: Vec<&str> = owned.iter().map(|(_, v)| v.expose()).collect();
+    secrets.extend(refresh_token.map(Secret::expose));
+    secrets.extend(header_values.iter().map(Secret::expose));
+    secrets.extend(basic_credentials.as_deref());
+    if let Exchange::Code { code, verifier, .. } = exchange {
+        secrets.extend([code, verifier]);
     }
 
     let mut resp = req
@@ -236,7 +251,7 @@ pub async fn request(
             });
         }
     }
-    response::parse(status, &body, retry_after, SystemTime::now())
+    response::parse(status, &body, retry_after, SystemTime::now()).map_err(|e| e.masked(&secrets))
 }
 
 /// RFC 6749 §2.3.1: id and secret are each form-urlencoded before base64.

@@ -24,6 +24,7 @@ mod schedule;
 mod seed;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -31,6 +32,7 @@ use tokio::sync::{Mutex, Notify};
 
 use crate::config::{ClientAuth, Credential, Endpoint, Grant, TokenConfig, Upstream};
 use crate::metrics::Metrics;
+use crate::secret::Secret;
 use crate::store::{RECORD_VERSION, StoreError, StoredToken, TokenStore};
 
 pub use grant::{Exchange, TokenHttp, basic_auth};
@@ -73,9 +75,25 @@ pub struct TokenState {
     /// The record is newer than what the store holds; the scheduler writes it again.
     pub unsaved: bool,
     pub last_refresh: Option<(SystemTime, Trigger)>,
+    /// The upstream refused this token and no new one could be had.
+    pub refused: bool,
 }
 
 impl TokenState {
+    /// The same state, to be changed in a field or two and published.
+    fn copy(&self) -> TokenState {
+        TokenState {
+            record: self.record.clone(),
+            credentials: self.credentials.clone(),
+            upstreams: self.upstreams.clone(),
+            valid_until: self.valid_until,
+            failure: self.failure.clone(),
+            unsaved: self.unsaved,
+            last_refresh: self.last_refresh,
+            refused: self.refused,
+        }
+    }
+
     pub fn generation(&self) -> u64 {
         self.record.as_ref().map_or(0, |r| r.generation)
     }
@@ -106,6 +124,8 @@ pub struct Failure {
     pub message: String,
     pub attempts: u32,
     pub retry_at: Instant,
+    /// When this failure happened, for the sooner retry of an expired token.
+    pub at: Instant,
 }
 
 /// No valid token can be had now; try again after `retry_after`.
@@ -154,10 +174,44 @@ pub struct TokenSource {
     metrics: Arc<Metrics>,
     /// Wakes the scheduler when the state changes under it.
     changed: Notify,
+    /// What a running refresh waits for, to name it when a caller gives up.
+    phase: AtomicU8,
+    /// Set at shutdown: no refresh starts after it.
+    closing: AtomicBool,
+    /// An intent found at start: the previous process died mid-refresh.
+    interrupted: AtomicBool,
+    /// Whether the store's intent was looked at (once, at the first refresh).
+    intent_checked: AtomicBool,
+}
+
+/// What a refresh is doing, for the log line of a caller that stopped waiting.
+#[derive(Clone, Copy)]
+#[repr(u8)]
+enum Phase {
+    Idle,
+    StoreLock,
+    TokenEndpoint,
+    StoreWrite,
+}
+
+impl Phase {
+    fn describe(v: u8) -> &'static str {
+        match v {
+            x if x == Phase::StoreLock as u8 => "the store lock (another process holds it)",
+            x if x == Phase::TokenEndpoint as u8 => {
+                "the token endpoint (or its discovery document)"
+            }
+            x if x == Phase::StoreWrite as u8 => "the store write",
+            _ => "its turn",
+        }
+    }
 }
 
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// While a token is expired and requests wait for it, a refresh is tried this
+/// often even when the backoff would wait longer.
+const EXPIRED_RETRY: Duration = Duration::from_secs(5);
 
 impl TokenSource {
     pub fn new(
@@ -175,7 +229,81 @@ impl TokenSource {
             metadata: tokio::sync::OnceCell::new(),
             metrics,
             changed: Notify::new(),
+            phase: AtomicU8::new(Phase::Idle as u8),
+            closing: AtomicBool::new(false),
+            interrupted: AtomicBool::new(false),
+            intent_checked: AtomicBool::new(false),
         })
+    }
+
+    /// How long a refresh may wait for another process's lock: that holder spends at
+    /// most one token request and one store write.
+    fn lock_wait(&self) -> Duration {
+        self.config.timeout + Duration::from_secs(15)
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    /// [`TokenSource::refresh`] for a caller that cannot wait long (a client
+    /// request, the admin API): gives up after the token request's deadline, with a
+    /// log line naming what the refresh is waiting for. The refresh goes on.
+    pub async fn refresh_for_caller(
+        self: &Arc<Self>,
+        seen: u64,
+        trigger: Trigger,
+    ) -> Result<Arc<TokenState>, Unavailable> {
+        let wait = self.config.timeout;
+        match tokio::time::timeout(wait, self.refresh(seen, trigger)).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    token = self.name(),
+                    waited_s = wait.as_secs(),
+                    waiting_for = Phase::describe(self.phase.load(Ordering::Relaxed)),
+                    "a request stopped waiting for a token; the refresh goes on"
+                );
+                Err(Unavailable {
+                    retry_after: Duration::from_secs(5),
+                })
+            }
+        }
+    }
+
+    /// Stops new refreshes (shutdown); one under way finishes.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+    }
+
+    /// The upstream refused generation `generation` and no new token could be had:
+    /// until a refresh succeeds, the token does not count as ready.
+    pub fn mark_refused(&self, generation: u64) {
+        let cur = self.cell.load_full();
+        if cur.generation() == generation && !cur.refused {
+            self.publish(TokenState {
+                refused: true,
+                ..cur.copy()
+            });
+        }
+    }
+
+    /// At shutdown: writes a token held only in memory one last time, or says
+    /// plainly what the store holds and what to do.
+    pub async fn persist_before_exit(&self) {
+        if !self.cell.load().unsaved {
+            return;
+        }
+        self.persist_again().await;
+        let cur = self.cell.load_full();
+        if cur.unsaved {
+            tracing::error!(
+                token = self.name(),
+                generation = cur.generation(),
+                "exiting with the newest token unsaved: the store still holds an older generation whose refresh token the provider may already have rotated away. If the next start fails with invalid_grant, run `tokenproxy login {name}` or `tokenproxy seed {name}`",
+                name = self.name(),
+            );
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -202,11 +330,18 @@ impl TokenSource {
         trigger: Trigger,
     ) -> Result<Arc<TokenState>, Unavailable> {
         let me = Arc::clone(self);
-        tokio::spawn(async move { me.refresh_in_flight(seen, trigger).await })
-            .await
-            .unwrap_or(Err(Unavailable {
-                retry_after: BACKOFF_BASE,
-            }))
+        match tokio::spawn(async move { me.refresh_in_flight(seen, trigger).await }).await {
+            Ok(result) => result,
+            Err(e) => {
+                if e.is_panic() {
+                    // The panic hook has logged it.
+                    self.metrics.panicked();
+                }
+                Err(Unavailable {
+                    retry_after: BACKOFF_BASE,
+                })
+            }
+        }
     }
 
     /// Whether a refresh (or a store read or write of this token) is under way.
@@ -231,12 +366,29 @@ impl TokenSource {
             return Ok(cur);
         }
         let now = Instant::now();
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(Unavailable {
+                retry_after: BACKOFF_BASE,
+            });
+        }
         if trigger != Trigger::Manual {
             if let Some(f) = &cur.failure
                 && (f.terminal || now < f.retry_at)
             {
-                let retry_after = f.retry_at.saturating_duration_since(now).max(BACKOFF_BASE);
-                return Err(Unavailable { retry_after });
+                // Clients are waiting on an expired token: try again sooner than the
+                // backoff says, at most once per EXPIRED_RETRY.
+                let sooner = f.at + EXPIRED_RETRY;
+                let expired = !cur.valid_for(Duration::ZERO);
+                let waiting = trigger == Trigger::Reactive && expired && !f.terminal;
+                if !(waiting && now >= sooner) {
+                    let next = if waiting {
+                        sooner.min(f.retry_at)
+                    } else {
+                        f.retry_at
+                    };
+                    let retry_after = next.saturating_duration_since(now).max(BACKOFF_BASE);
+                    return Err(Unavailable { retry_after });
+                }
             }
             if let Some(rec) = &cur.record {
                 let earliest =
@@ -271,7 +423,7 @@ impl TokenSource {
                     token = self.name(),
                     trigger = trigger.as_str(),
                     generation = state.generation(),
-                    expires_at = %humantime::format_rfc3339_seconds(ms_to_time(expires_at)),
+                    expires_at = %rfc3339(ms_to_time(expires_at)),
                     duration_ms = elapsed.as_millis() as u64,
                     persist_us = persist.as_micros() as u64,
                     "token refreshed"
@@ -288,11 +440,12 @@ impl TokenSource {
                 };
                 self.metrics.refresh(self.name(), trigger, result, elapsed);
                 let failure = self.failure(&cur, &e);
+                let message = &failure.message;
                 if failure.terminal {
                     tracing::error!(
                         token = self.name(),
                         trigger = trigger.as_str(),
-                        error = %e,
+                        error = %message,
                         "token refresh failed for good; no further attempts. Recover by storing a new refresh token with `tokenproxy seed {name}`; this instance resumes by itself once a new token is stored",
                         name = self.name(),
                     );
@@ -300,7 +453,7 @@ impl TokenSource {
                     tracing::warn!(
                         token = self.name(),
                         trigger = trigger.as_str(),
-                        error = %e,
+                        error = %message,
                         attempt = failure.attempts,
                         retry_in_ms = failure.retry_at.saturating_duration_since(now).as_millis() as u64,
                         "token refresh failed; the current token is served until it expires"
@@ -311,13 +464,8 @@ impl TokenSource {
                     .saturating_duration_since(now)
                     .max(BACKOFF_BASE);
                 self.publish(TokenState {
-                    record: cur.record.clone(),
-                    credentials: cur.credentials.clone(),
-                    upstreams: cur.upstreams.clone(),
-                    valid_until: cur.valid_until,
                     failure: Some(failure),
-                    unsaved: cur.unsaved,
-                    last_refresh: cur.last_refresh,
+                    ..cur.copy()
                 });
                 return Err(Unavailable { retry_after });
             }
@@ -330,8 +478,19 @@ impl TokenSource {
         cur: &TokenState,
         trigger: Trigger,
     ) -> Result<Outcome, RefreshError> {
+        self.set_phase(Phase::StoreLock);
+        let result = self.refresh_locked(cur, trigger).await;
+        self.set_phase(Phase::Idle);
+        result
+    }
+
+    async fn refresh_locked(
+        &self,
+        cur: &TokenState,
+        trigger: Trigger,
+    ) -> Result<Outcome, RefreshError> {
         let name = self.name();
-        let _lock = self.store.lock(name).await?;
+        let _lock = self.store.lock(name, self.lock_wait()).await?;
         let stored = self.store.load(name).await?;
         let newest = match (stored, &cur.record) {
             (Some(s), Some(c)) if c.generation >= s.generation => Some(c.clone()),
@@ -361,9 +520,65 @@ impl TokenSource {
             }
             _ => None,
         };
-        let resp = self
-            .request(Exchange::Grant(refresh_token.as_ref()))
-            .await?;
+        let generation = newest.as_ref().map_or(0, |r| r.generation);
+        if !self.intent_checked.swap(true, Ordering::SeqCst)
+            && let Some(rt) = &refresh_token
+            && let Ok(Some(intent)) = self.store.load_intent(name).await
+            && intent.generation >= generation
+            && intent.refresh_token_sha256 == sha256_hex(rt.expose())
+        {
+            self.interrupted.store(true, Ordering::SeqCst);
+            self.metrics.refresh_interrupted(name);
+            tracing::warn!(
+                token = name,
+                generation,
+                started_at = %rfc3339(ms_to_time(intent.at_ms)),
+                "the previous process stopped in the middle of refreshing this token: the provider may already have rotated the stored refresh token away. Trying it once; providers with a reuse grace period answer with the same new tokens"
+            );
+        }
+        if let Some(rt) = &refresh_token {
+            // Durable before the refresh token is spent: a start after a crash knows.
+            let intent = crate::store::Intent {
+                generation,
+                refresh_token_sha256: sha256_hex(rt.expose()),
+                at_ms: time_to_ms(SystemTime::now()),
+            };
+            self.set_phase(Phase::StoreWrite);
+            // Best effort: a store that cannot take the intent may not take the new
+            // record either, and then the new tokens are served from memory.
+            if let Err(e) = self.store.save_intent(name, &intent).await {
+                self.metrics.store_write_error(name);
+                tracing::warn!(token = name, error = %e, "could not record the refresh about to happen; refreshing anyway");
+            }
+        }
+        self.set_phase(Phase::TokenEndpoint);
+        let resp = match self.request(Exchange::Grant(refresh_token.as_ref())).await {
+            Ok(resp) => resp,
+            Err(e) if e.is_terminal() => {
+                let _ = self.store.clear_intent(name).await;
+                // Refused: maybe because another process spent this refresh token and
+                // stored the next one meanwhile. Adopt that instead of giving up.
+                if let Ok(Some(s)) = self.store.load(name).await
+                    && s.generation > generation
+                {
+                    tracing::info!(
+                        token = name,
+                        generation = s.generation,
+                        "the token endpoint refused a refresh token that another process had already spent; using the token it stored"
+                    );
+                    return Ok(Outcome::Adopted(self.state_from(s, false)));
+                }
+                return Err(e.into());
+            }
+            Err(e) => {
+                // An answer means nothing was issued; no answer may mean the opposite.
+                if !matches!(e, GrantError::Transport(_)) {
+                    let _ = self.store.clear_intent(name).await;
+                }
+                return Err(e.into());
+            }
+        };
+        self.set_phase(Phase::StoreWrite);
         // From here until the record is durable, a crash loses a rotated token.
         let received = Instant::now();
 
@@ -371,7 +586,7 @@ impl TokenSource {
         let lifetime = resp.lifetime.unwrap_or(self.config.default_lifetime);
         let record = StoredToken {
             version: RECORD_VERSION,
-            generation: newest.as_ref().map_or(0, |r| r.generation) + 1,
+            generation: generation + 1,
             access_token: Some(resp.access_token),
             // RFC 6749 §6: no new refresh token means the old one stays valid.
             refresh_token: resp.refresh_token.or(refresh_token),
@@ -379,8 +594,15 @@ impl TokenSource {
             expires_at_ms: time_to_ms(now + lifetime),
             extra: resp.extra,
         };
+        let spent = matches!(self.config.grant, Grant::RefreshToken { .. });
         let unsaved = match self.store.save(name, &record).await {
-            Ok(()) => false,
+            Ok(()) => {
+                self.interrupted.store(false, Ordering::SeqCst);
+                if spent {
+                    let _ = self.store.clear_intent(name).await;
+                }
+                false
+            }
             Err(e) => {
                 self.metrics.store_write_error(name);
                 tracing::error!(token = name, error = %e, "could not store the new token; it is kept in memory and the write is retried");
@@ -423,7 +645,7 @@ impl TokenSource {
         };
         let name = self.name();
         let result = async {
-            let _lock = self.store.lock(name).await?;
+            let _lock = self.store.lock(name, self.lock_wait()).await?;
             match self.store.load(name).await? {
                 Some(s) if s.generation > record.generation => Ok(Some(s)),
                 _ => self.store.save(name, &record).await.map(|()| None),
@@ -464,11 +686,24 @@ impl TokenSource {
         {
             delay = delay.max(ra.min(Duration::from_secs(3600)));
         }
+        // The grant masked what its request carried; mask the tokens held too.
+        let held: Vec<&str> = cur
+            .record
+            .iter()
+            .flat_map(|r| [&r.access_token, &r.refresh_token])
+            .flatten()
+            .map(Secret::expose)
+            .collect();
+        let mut message = crate::secret::mask(&e.to_string(), &held);
+        if e.is_terminal() && self.interrupted.load(Ordering::SeqCst) {
+            message += "; the previous process stopped while spending this refresh token, so the provider has most likely rotated it away: log in again";
+        }
         Failure {
             terminal: e.is_terminal(),
-            message: e.to_string(),
+            message,
             attempts,
             retry_at: Instant::now() + delay,
+            at: Instant::now(),
         }
     }
 
@@ -480,7 +715,9 @@ impl TokenSource {
             Endpoint::Issuer(issuer) => {
                 let meta = self
                     .metadata
-                    .get_or_try_init(|| discovery::discover(&self.http.client, issuer))
+                    .get_or_try_init(|| {
+                        discovery::discover(&self.http.client, issuer, self.config.timeout)
+                    })
                     .await?;
                 let basic = if self.config.client_auth_explicit {
                     basic
@@ -511,6 +748,7 @@ impl TokenSource {
                                 .into(),
                         attempts: 1,
                         retry_at: Instant::now() + BACKOFF_MAX,
+                        at: Instant::now(),
                     });
                     Vec::new()
                 })
@@ -539,6 +777,7 @@ impl TokenSource {
             failure,
             unsaved,
             last_refresh: None,
+            refused: false,
         }
     }
 
@@ -550,20 +789,109 @@ impl TokenSource {
     }
 }
 
+/// SHA-256 of `text`, hex: recognises a refresh token without holding it.
+fn sha256_hex(text: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 pub(crate) fn time_to_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The last millisecond of the year 9999: RFC 3339 has four-digit years, and no
+/// time tokenproxy handles is later (a stored `u64::MAX` reads as this).
+const MAX_MS: u64 = 253_402_300_799_999;
+
+/// A Unix time in milliseconds as a `SystemTime`; total, for any stored value.
 pub(crate) fn ms_to_time(ms: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms.min(MAX_MS))
+}
+
+/// RFC 3339 in seconds, for any time (clamped to the years 1970..=9999).
+pub fn rfc3339(t: SystemTime) -> String {
+    let t = t.clamp(SystemTime::UNIX_EPOCH, ms_to_time(MAX_MS));
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Maps a wall-clock time onto the monotonic clock as seen now.
 fn system_to_instant(t: SystemTime) -> Instant {
     let now = Instant::now();
     match t.duration_since(SystemTime::now()) {
-        Ok(ahead) => now + ahead,
+        // Far enough for any token; `Instant` cannot hold every `SystemTime`.
+        Ok(ahead) => now
+            .checked_add(ahead.min(Duration::from_secs(100 * 365 * 86_400)))
+            .unwrap_or(now),
         Err(behind) => now.checked_sub(behind.duration()).unwrap_or(now),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every type that holds a token prints `[redacted]` in its place.
+    #[test]
+    fn debug_and_display_never_show_a_token() {
+        const AT: &str = "at-SECRET-1234";
+        const RT: &str = "rt-SECRET-5678";
+        let inject_header = crate::config::Inject::parse("Authorization: Bearer {token}").unwrap();
+        let inject_query = crate::config::Inject::parse("?access_token={token}").unwrap();
+        let record = StoredToken {
+            version: RECORD_VERSION,
+            generation: 1,
+            access_token: Some(Secret::new(AT)),
+            refresh_token: Some(Secret::new(RT)),
+            issued_at_ms: 0,
+            expires_at_ms: u64::MAX,
+            extra: Default::default(),
+        };
+        let state = TokenState {
+            record: Some(record.clone()),
+            credentials: vec![
+                inject_header.credential(AT).unwrap(),
+                inject_query.credential(AT).unwrap(),
+            ],
+            failure: Some(Failure {
+                terminal: false,
+                message: "x".into(),
+                attempts: 1,
+                retry_at: Instant::now(),
+                at: Instant::now(),
+            }),
+            ..TokenState::default()
+        };
+        let response = parse_response(
+            http::StatusCode::OK,
+            format!(r#"{{"access_token":"{AT}","refresh_token":"{RT}"}}"#).as_bytes(),
+            None,
+            SystemTime::now(),
+        )
+        .unwrap();
+        let printed = [
+            format!("{state:?}"),
+            format!("{record:?}"),
+            format!("{response:?}"),
+            format!("{:?} {}", Secret::new(AT), Secret::new(AT)),
+            format!("{:?}", state.credentials),
+        ];
+        for text in printed {
+            assert!(!text.contains("SECRET"), "{text}");
+            assert!(text.contains("[redacted]"), "{text}");
+        }
+    }
+
+    #[test]
+    fn any_stored_time_formats_and_converts() {
+        for ms in [0, 1, MAX_MS, MAX_MS + 1, u64::MAX] {
+            let t = ms_to_time(ms);
+            assert!(rfc3339(t).len() >= 20);
+            let _ = system_to_instant(t);
+        }
+        assert_eq!(rfc3339(ms_to_time(u64::MAX)), "9999-12-31T23:59:59Z");
     }
 }

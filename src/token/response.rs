@@ -4,8 +4,14 @@
 //! Accepted: `expires_in` as a number or a string (Entra v1, Exact Online), absent
 //! (Salesforce: the caller falls back to `default_lifetime`), or `expires_on` as epoch
 //! seconds or an RFC 3339 date. Errors are classified by the OAuth `error` field (or
-//! HubSpot's `status`), not the HTTP status: Zoho reports errors with a 200. Error
-//! texts quote the status and the start of a non-JSON body, never a token.
+//! HubSpot's `status`), not the HTTP status: Zoho reports errors with a 200.
+//!
+//! Error texts quote only what is safe: the status, the OAuth `error` code when it
+//! is a plain word, and the `error_description` cut short, without control
+//! characters, and with every secret of the request masked ([`GrantError::masked`]):
+//! a server that echoes the request must not put the refresh token or the client
+//! secret into `/status` or a log line. Bodies that are not JSON (an HTML error
+//! page may echo the request too) are described, never quoted.
 
 use std::time::{Duration, SystemTime};
 
@@ -59,7 +65,66 @@ fn describe(description: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
+/// Longest `error_description` quoted.
+const MAX_DESCRIPTION: usize = 200;
+
+/// The OAuth `error` code when it is a plain word (RFC 6749 §5.2 allows only
+/// printable ASCII without `"` and `\\`; real codes are words), else a placeholder.
+fn safe_code(code: &str) -> String {
+    let plain = !code.is_empty()
+        && code.len() <= 64
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+    if plain {
+        code.to_owned()
+    } else {
+        "(an error code that is not a plain word, not quoted)".to_owned()
+    }
+}
+
+/// A description on one line, cut short.
+fn safe_description(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(MAX_DESCRIPTION)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(MAX_DESCRIPTION).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 impl GrantError {
+    /// The same error with each of `secrets` masked wherever the server's words are
+    /// quoted (see [`crate::secret::mask`]).
+    pub fn masked(self, secrets: &[&str]) -> GrantError {
+        let mask = |t: String| crate::secret::mask(&t, secrets);
+        match self {
+            GrantError::Terminal { code, description } => GrantError::Terminal {
+                code: mask(code),
+                description: description.map(mask),
+            },
+            GrantError::Rejected {
+                status,
+                code,
+                description,
+                retry_after,
+            } => GrantError::Rejected {
+                status,
+                code: mask(code),
+                description: description.map(mask),
+                retry_after,
+            },
+            GrantError::Malformed { status, detail } => GrantError::Malformed {
+                status,
+                detail: mask(detail),
+            },
+            GrantError::Transport(detail) => GrantError::Transport(mask(detail)),
+        }
+    }
+
     pub fn is_terminal(&self) -> bool {
         matches!(self, GrantError::Terminal { .. })
     }
@@ -96,10 +161,7 @@ pub fn parse(
         }));
     }
     let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(text) else {
-        return Err(malformed(format!(
-            "a body that is not a JSON object: {}",
-            quote(text)
-        )));
+        return Err(malformed(describe_body(text)));
     };
 
     let string = |v: &Value| v.as_str().map(str::to_owned);
@@ -113,7 +175,9 @@ pub fn parse(
     if let Some(code) = error {
         let description = ["error_description", "message"]
             .iter()
-            .find_map(|k| fields.get(*k).and_then(string));
+            .find_map(|k| fields.get(*k).and_then(string))
+            .map(|d| safe_description(&d));
+        let code = safe_code(&code);
         let code_lower = code.to_ascii_lowercase();
         if TERMINAL_CODES.contains(&code_lower.as_str()) || code_lower == "bad_refresh_token" {
             return Err(GrantError::Terminal { code, description });
@@ -126,10 +190,9 @@ pub fn parse(
         });
     }
     if !status.is_success() {
-        let names: Vec<&str> = fields.keys().map(String::as_str).collect();
         return Err(GrantError::Rejected {
             status: status.as_u16(),
-            code: format!("no OAuth error code (fields: {})", names.join(", ")),
+            code: format!("no OAuth error code (fields: {})", field_names(&fields)),
             description: None,
             retry_after,
         });
@@ -138,10 +201,9 @@ pub fn parse(
     let access_token = match fields.remove("access_token") {
         Some(Value::String(s)) if !s.is_empty() => Secret::new(s),
         _ => {
-            let names: Vec<&str> = fields.keys().map(String::as_str).collect();
             return Err(malformed(format!(
                 "no access_token (fields: {})",
-                names.join(", ")
+                field_names(&fields)
             )));
         }
     };
@@ -162,15 +224,25 @@ pub fn parse(
     })
 }
 
+/// The longest lifetime tokenproxy believes: a larger `expires_in` (some providers
+/// send "never" as a huge number) is read as this, so the token is still refreshed
+/// once a year and no time arithmetic overflows.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+
 /// `expires_in` (number or numeric string) wins; else `expires_on` (epoch seconds or
-/// a date). A value that cannot be read counts as absent; zero stays zero.
+/// a date). A value that cannot be read counts as absent; zero stays zero; more
+/// than [`MAX_LIFETIME`] is [`MAX_LIFETIME`].
 fn lifetime(fields: &Map<String, Value>, now: SystemTime) -> Option<Duration> {
+    read_lifetime(fields, now).map(|d| d.min(MAX_LIFETIME))
+}
+
+fn read_lifetime(fields: &Map<String, Value>, now: SystemTime) -> Option<Duration> {
     if let Some(secs) = fields.get("expires_in").and_then(seconds) {
         return Some(Duration::from_secs_f64(secs));
     }
     let on = fields.get("expires_on")?;
     let at = match seconds(on) {
-        Some(epoch) => SystemTime::UNIX_EPOCH + Duration::from_secs_f64(epoch),
+        Some(epoch) => SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs_f64(epoch))?,
         None => humantime::parse_rfc3339_weak(on.as_str()?.trim()).ok()?,
     };
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
@@ -182,25 +254,38 @@ fn seconds(v: &Value) -> Option<f64> {
         Value::String(s) => s.trim().parse::<f64>().ok()?,
         _ => return None,
     };
-    (0.0..1e12).contains(&n).then_some(n)
+    // Past 1e15 s (thirty million years) a number is not a time at all.
+    (0.0..1e15).contains(&n).then_some(n)
 }
 
-/// The first characters of a body, on one line, for an error message. A body that
-/// may hold a token (broken JSON, a form-encoded answer) is described, not quoted.
-fn quote(text: &str) -> String {
-    let t = text.trim_start();
-    if t.starts_with(['{', '[']) || t.to_ascii_lowercase().contains("token") {
-        return format!("({} bytes, not quoted: it may hold a token)", text.len());
-    }
-    let mut out: String = text
-        .chars()
-        .take(120)
-        .map(|c| if c.is_control() { ' ' } else { c })
+/// The names of a response's fields, for a message; a name that is not a short
+/// plain word (a server could echo anything as a key) is not quoted.
+fn field_names(fields: &Map<String, Value>) -> String {
+    let names: Vec<String> = fields
+        .keys()
+        .take(20)
+        .map(|k| match k.len() <= 32 {
+            true => safe_code(k),
+            false => "(a long name, not quoted)".to_owned(),
+        })
         .collect();
-    if text.chars().nth(120).is_some() {
-        out.push('…');
-    }
-    format!("\"{}\"", out.trim())
+    names.join(", ")
+}
+
+/// What a body that is not a JSON object is, without quoting it: an error page may
+/// echo the request, secrets included.
+fn describe_body(text: &str) -> String {
+    let t = text.trim_start().to_ascii_lowercase();
+    let kind = if t.starts_with("<!doctype html") || t.starts_with("<html") {
+        "an HTML page"
+    } else if t.starts_with('<') {
+        "an XML body"
+    } else if t.starts_with(['{', '[']) {
+        "JSON that is not a token response object"
+    } else {
+        "a body that is not a JSON object"
+    };
+    format!("{kind} ({} bytes, not quoted)", text.len())
 }
 
 #[cfg(test)]
@@ -234,6 +319,15 @@ mod tests {
         assert_eq!(secs(r#"{"access_token":"a"}"#), None);
         assert_eq!(secs(r#"{"access_token":"a","expires_in":"0"}"#), Some(0));
         assert_eq!(secs(r#"{"access_token":"a","expires_in":"soon"}"#), None);
+        let year = Some(MAX_LIFETIME.as_secs());
+        assert_eq!(
+            secs(r#"{"access_token":"a","expires_in":300000000000}"#),
+            year
+        );
+        assert_eq!(
+            secs(r#"{"access_token":"a","expires_on":"9999999999999"}"#),
+            year
+        );
     }
 
     #[test]
@@ -297,6 +391,33 @@ mod tests {
     }
 
     #[test]
+    fn echoed_secrets_are_masked_and_odd_codes_not_quoted() {
+        let body = r#"{"error":"invalid_request","error_description":"bad request: grant_type=refresh_token&refresh_token=rt-SECRET-1&client_secret=cs%2FSECRET"}"#;
+        let e = err(400, body)
+            .masked(&["rt-SECRET-1", "cs/SECRET"])
+            .to_string();
+        assert!(
+            e.contains("invalid_request") && e.contains("[redacted]"),
+            "{e}"
+        );
+        assert!(!e.contains("SECRET"), "{e}");
+        let e = err(400, r#"{"error":"rt-SECRET-1 was refused"}"#).to_string();
+        assert!(
+            !e.contains("SECRET") && e.contains("not a plain word"),
+            "{e}"
+        );
+        let e = err(400, r#"{"rt-SECRET-1": 1}"#)
+            .masked(&["rt-SECRET-1"])
+            .to_string();
+        assert!(!e.contains("SECRET"), "{e}");
+        let long = format!(
+            r#"{{"error":"x","error_description":"{}"}}"#,
+            "d".repeat(5000)
+        );
+        assert!(err(400, &long).to_string().len() < 400);
+    }
+
+    #[test]
     fn every_rfc_6749_error_code_is_classified() {
         // Terminal: the credential or the client is refused; retrying cannot help.
         for code in ["invalid_grant", "invalid_client", "unauthorized_client"] {
@@ -332,9 +453,9 @@ mod tests {
     fn non_token_bodies_are_named_without_tokens() {
         let e = err(200, "").to_string();
         assert!(e.contains("200") && e.contains("empty body"), "{e}");
-        let e = err(502, "<html><body>Bad Gateway</body></html>").to_string();
+        let e = err(502, "<html><body>Bad Gateway rt=secret-rt</body></html>").to_string();
         assert!(
-            e.contains("502") && e.contains("<html><body>Bad Gateway"),
+            e.contains("502") && e.contains("an HTML page") && !e.contains("secret-rt"),
             "{e}"
         );
         let e = err(
@@ -348,7 +469,7 @@ mod tests {
         );
         let e = err(200, r#"{"access_token": "trunc"#).to_string();
         assert!(
-            e.contains("not a JSON object") && !e.contains("trunc"),
+            e.contains("not a token response") && !e.contains("trunc"),
             "{e}"
         );
         let e = err(200, "access_token=form-encoded&expires=5").to_string();

@@ -196,6 +196,7 @@ mod tests {
                 message: "invalid_grant".into(),
                 attempts: 1,
                 retry_at: std::time::Instant::now(),
+                at: std::time::Instant::now(),
             }),
             ..TokenState::default()
         };

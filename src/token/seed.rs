@@ -52,7 +52,7 @@ impl TokenSource {
             (Some(_), None) => now + self.config.default_lifetime,
             (None, _) => now,
         };
-        let _lock = self.store.lock(self.name()).await?;
+        let _lock = self.store.lock(self.name(), self.lock_wait()).await?;
         let record = StoredToken {
             version: RECORD_VERSION,
             generation: self.next_generation().await?,
@@ -117,7 +117,7 @@ impl TokenSource {
         exchange: Exchange<'_>,
         keep: Option<Secret>,
     ) -> Result<StoredToken, SeedError> {
-        let _lock = self.store.lock(self.name()).await?;
+        let _lock = self.store.lock(self.name(), self.lock_wait()).await?;
         let generation = self.next_generation().await?;
         let now = SystemTime::now();
         let r = self.request(exchange).await?;

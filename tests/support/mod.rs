@@ -108,7 +108,18 @@ impl Proxy {
 
     /// Starts with extra global arguments (such as `--log-format json`).
     pub fn start_args(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Proxy {
-        let mut cmd = Command::new(binary());
+        Proxy::start_cmd(Command::new(binary()), config, args, env)
+    }
+
+    /// Starts under a wrapper command (such as `prlimit --nofile=64:64 --`), which
+    /// must exec the binary so that the process is the proxy itself.
+    pub fn start_wrapped(config: &Path, wrapper: &[&str], env: &[(&str, &str)]) -> Proxy {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(binary());
+        Proxy::start_cmd(cmd, config, &[], env)
+    }
+
+    fn start_cmd(mut cmd: Command, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Proxy {
         cmd.args(args)
             .arg("run")
             .arg("-c")
@@ -317,6 +328,21 @@ pub async fn raw(addr: SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
+/// Sends `request` as written and reads until the server closes the connection.
+pub async fn raw_all(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the connection was not closed: {}",
+        String::from_utf8_lossy(&buf)
+    );
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 impl World {
     /// A config with one token `p` (the TOML body of `[tokens.p]`) and the given
     /// `[[routes]]` tables; `{token_url}`, `{issuer}` and `{api}` (the API's base URL,
@@ -348,4 +374,47 @@ pub async fn force_refresh(p: &Proxy, token: &str) -> reqwest::Response {
         .send()
         .await
         .expect("admin request")
+}
+
+/// A 64 KiB tmpfs for a state directory, to fill up on demand (needs root; `None`
+/// where mounting is not allowed). Unmounted when dropped.
+pub struct SmallDisk {
+    pub mount: PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount(under: &Path) -> Option<SmallDisk> {
+        let mount = under.join("small");
+        std::fs::create_dir_all(&mount).ok()?;
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&mount)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("cannot mount a small tmpfs here (not root?): skipping this test");
+            return None;
+        }
+        std::fs::create_dir_all(mount.join("state")).ok()?;
+        Some(SmallDisk { mount })
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.mount.join("state")
+    }
+
+    /// Takes every free byte: no token record can be written.
+    pub fn fill(&self) {
+        let _ = std::fs::write(self.mount.join("filler"), vec![0u8; 64 * 1024]);
+    }
+
+    pub fn free(&self) {
+        let _ = std::fs::remove_file(self.mount.join("filler"));
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+    }
 }

@@ -1,0 +1,344 @@
+//! A second reading of each HTTP/1 request head, for what hyper repairs silently.
+//!
+//! hyper reads a request with both `Content-Length` and `Transfer-Encoding` by
+//! dropping the length (RFC 9112 §6.3 allows that), so the service never learns the
+//! framing was ambiguous. nginx refuses such requests, and so does tokenproxy: a
+//! smuggling attempt is refused, not repaired. [`Framing`] sees the bytes before
+//! hyper does, parses each head on its own, follows the body framing to find the
+//! next head, and queues one verdict per request. The service takes the verdicts in
+//! order, one per HTTP/1 request; hyper serves a connection's requests one at a time
+//! and in order, so the n-th verdict belongs to the n-th request.
+//!
+//! It does not judge anything hyper already refuses (bad syntax, conflicting
+//! lengths, a final encoding other than `chunked`): where the two readings could
+//! disagree it stops reading and leaves the connection to hyper, which closes it.
+//! HTTP/2 connections (the preface) are passed through.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+/// The HTTP/2 connection preface.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Header count hyper accepts by default.
+const MAX_HEADERS: usize = 100;
+
+/// What the second reading found in one request head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    /// `Content-Length` together with `Transfer-Encoding`.
+    Ambiguous,
+}
+
+/// Verdicts waiting for their requests, shared by the reader and the service.
+#[derive(Default)]
+pub struct Verdicts(Mutex<VecDeque<Verdict>>);
+
+impl Verdicts {
+    fn push(&self, v: Verdict) {
+        if let Ok(mut q) = self.0.lock() {
+            q.push_back(v);
+        }
+    }
+
+    /// The verdict of the next request; `Ok` when the reading stopped.
+    pub fn next(&self) -> Verdict {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut q| q.pop_front())
+            .unwrap_or(Verdict::Ok)
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Reading a head into `head`.
+    Head,
+    /// `n` body bytes left.
+    Fixed(u64),
+    Chunked(Chunk),
+    /// Not reading: HTTP/2, or something hyper will refuse.
+    Off,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Chunk {
+    /// The hex size; `digits` read so far.
+    Size {
+        size: u64,
+        digits: u8,
+    },
+    /// A chunk extension, up to the line's end.
+    Ext {
+        size: u64,
+    },
+    /// The `\n` after the size line.
+    SizeLf {
+        size: u64,
+    },
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// A trailer line of `len` bytes so far (0: the final empty line).
+    Trailer {
+        len: usize,
+    },
+    TrailerLf {
+        len: usize,
+    },
+}
+
+pub struct Framing {
+    phase: Phase,
+    head: Vec<u8>,
+    /// Heads larger than this are left to hyper (which answers 431).
+    max_head: usize,
+    first: bool,
+}
+
+impl Framing {
+    pub fn new(max_head: usize) -> Framing {
+        Framing {
+            phase: Phase::Head,
+            head: Vec::new(),
+            max_head,
+            first: true,
+        }
+    }
+
+    /// Reads `bytes` as they arrive, queueing a verdict per complete head.
+    pub fn feed(&mut self, mut bytes: &[u8], out: &Verdicts) {
+        if self.first && !bytes.is_empty() {
+            // The preface may arrive in pieces; a prefix of it is enough to tell.
+            let n = bytes.len().min(PREFACE.len());
+            if bytes[..n] == PREFACE[..n] {
+                self.phase = Phase::Off;
+            }
+            self.first = false;
+        }
+        while !bytes.is_empty() {
+            match &mut self.phase {
+                Phase::Off => return,
+                Phase::Head => {
+                    let used = self.read_head(bytes, out);
+                    bytes = &bytes[used..];
+                }
+                Phase::Fixed(left) => {
+                    let n = (*left).min(bytes.len() as u64);
+                    *left -= n;
+                    bytes = &bytes[n as usize..];
+                    if *left == 0 {
+                        self.phase = Phase::Head;
+                    }
+                }
+                Phase::Chunked(state) => {
+                    let (used, next) = chunked(*state, bytes);
+                    bytes = &bytes[used..];
+                    self.phase = match next {
+                        Some(Some(s)) => Phase::Chunked(s),
+                        Some(None) => Phase::Head,
+                        None => Phase::Off,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Takes bytes into the head until it ends; returns how many it used.
+    fn read_head(&mut self, bytes: &[u8], out: &Verdicts) -> usize {
+        // Empty lines before a request line are ignored (RFC 9112 §2.2).
+        let mut start = 0;
+        if self.head.is_empty() {
+            while start < bytes.len() && (bytes[start] == b'\r' || bytes[start] == b'\n') {
+                start += 1;
+            }
+        }
+        let before = self.head.len();
+        let searched_from = before.saturating_sub(3);
+        self.head.extend_from_slice(&bytes[start..]);
+        let Some(end) = find_end(&self.head[searched_from..]).map(|e| e + searched_from) else {
+            if self.head.len() > self.max_head {
+                self.phase = Phase::Off;
+            }
+            return bytes.len();
+        };
+        let used = start + (end - before);
+        let head = std::mem::take(&mut self.head);
+        self.phase = self.judge(&head[..end], out);
+        used
+    }
+
+    /// The verdict on one complete head, and how its body is framed.
+    fn judge(&mut self, head: &[u8], out: &Verdicts) -> Phase {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(head) {
+            Ok(httparse::Status::Complete(_)) => {}
+            _ => return Phase::Off,
+        }
+        let mut length: Option<u64> = None;
+        let mut te = false;
+        let mut chunked = false;
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                te = true;
+                chunked = last_coding_is_chunked(h.value);
+            } else if h.name.eq_ignore_ascii_case("content-length") {
+                let Some(n) = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                else {
+                    return Phase::Off;
+                };
+                if length.is_some_and(|l| l != n) {
+                    return Phase::Off;
+                }
+                length = Some(n);
+            }
+        }
+        if te && !chunked {
+            return Phase::Off;
+        }
+        out.push(if te && length.is_some() {
+            Verdict::Ambiguous
+        } else {
+            Verdict::Ok
+        });
+        match (te, length) {
+            (true, _) => Phase::Chunked(Chunk::Size { size: 0, digits: 0 }),
+            (false, Some(n)) if n > 0 => Phase::Fixed(n),
+            _ => Phase::Head,
+        }
+    }
+}
+
+fn find_end(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+}
+
+fn last_coding_is_chunked(value: &[u8]) -> bool {
+    std::str::from_utf8(value).is_ok_and(|v| {
+        v.rsplit(',')
+            .next()
+            .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+    })
+}
+
+/// Follows chunked framing through `bytes`. Returns the bytes used and the next
+/// state: `Some(Some(_))` still in the body, `Some(None)` body done, `None` a
+/// framing error (hyper refuses it; stop reading).
+fn chunked(mut state: Chunk, bytes: &[u8]) -> (usize, Option<Option<Chunk>>) {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        state = match state {
+            Chunk::Size { size, digits } => match (b as char).to_digit(16) {
+                Some(d) if digits < 16 => Chunk::Size {
+                    size: size * 16 + u64::from(d),
+                    digits: digits + 1,
+                },
+                None if digits > 0 && b == b'\r' => Chunk::SizeLf { size },
+                None if digits > 0 && (b == b';' || b == b' ' || b == b'\t') => Chunk::Ext { size },
+                _ => return (i, None),
+            },
+            Chunk::Ext { size } => match b {
+                b'\r' => Chunk::SizeLf { size },
+                b'\n' => return (i, None),
+                _ => Chunk::Ext { size },
+            },
+            Chunk::SizeLf { size } if b == b'\n' => {
+                if size == 0 {
+                    Chunk::Trailer { len: 0 }
+                } else {
+                    Chunk::Data(size)
+                }
+            }
+            Chunk::Data(left) => {
+                let n = (left as usize).min(bytes.len() - i);
+                i += n;
+                let left = left - n as u64;
+                state = if left == 0 {
+                    Chunk::DataCr
+                } else {
+                    Chunk::Data(left)
+                };
+                continue;
+            }
+            Chunk::DataCr if b == b'\r' => Chunk::DataLf,
+            Chunk::DataLf if b == b'\n' => Chunk::Size { size: 0, digits: 0 },
+            Chunk::Trailer { len } => match b {
+                b'\r' => Chunk::TrailerLf { len },
+                b'\n' => return (i, None),
+                _ => Chunk::Trailer { len: len + 1 },
+            },
+            Chunk::TrailerLf { len } if b == b'\n' => {
+                if len == 0 {
+                    return (i + 1, Some(None));
+                }
+                Chunk::Trailer { len: 0 }
+            }
+            _ => return (i, None),
+        };
+        i += 1;
+    }
+    (i, Some(Some(state)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdicts(stream: &[u8], piece: usize) -> Vec<Verdict> {
+        let out = Verdicts::default();
+        let mut f = Framing::new(64 * 1024);
+        for chunk in stream.chunks(piece) {
+            f.feed(chunk, &out);
+        }
+        out.0.lock().unwrap().iter().copied().collect()
+    }
+
+    #[test]
+    fn follows_pipelined_requests_through_every_framing() {
+        let stream = b"\r\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n\
+POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+GET /e HTTP/1.1\r\nHost: x\r\n\r\n";
+        for piece in [1, 2, 3, 7, 64, stream.len()] {
+            assert_eq!(
+                verdicts(stream, piece),
+                [
+                    Verdict::Ok,
+                    Verdict::Ok,
+                    Verdict::Ok,
+                    Verdict::Ambiguous,
+                    Verdict::Ok
+                ],
+                "in pieces of {piece}"
+            );
+        }
+    }
+
+    #[test]
+    fn either_order_of_the_two_framings_is_ambiguous() {
+        let te_first =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n";
+        assert_eq!(verdicts(te_first, 5), [Verdict::Ambiguous]);
+    }
+
+    #[test]
+    fn http2_and_what_hyper_refuses_are_left_alone() {
+        assert!(verdicts(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nGET / HTTP/1.1\r\n\r\n", 4).is_empty());
+        // Conflicting lengths: hyper answers 400 itself.
+        let two = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
+        assert!(verdicts(two, 100).is_empty());
+        // A bad chunk size stops the reading; nothing more is judged.
+        let bad =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nGET / HTTP/1.1\r\n\r\n";
+        assert_eq!(verdicts(bad, 100), [Verdict::Ok]);
+    }
+}

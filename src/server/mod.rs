@@ -1,0 +1,488 @@
+//! Listeners: the accept loop, each connection's lifecycle, and graceful drain,
+//! shared by the proxy and admin ports.
+//!
+//! Listeners are TCP, or (for the proxy) a Unix socket. Connections speak HTTP/1.1
+//! or HTTP/2 (prior knowledge), chosen per connection. Every phase of a connection
+//! has a bound: a head that trickles in (hyper's header timeout), a connection with
+//! nothing in flight that sends nothing, and a client that stops reading (`io`), a
+//! request body that stalls (the proxy's body timeout). At most `max_connections`
+//! are open per listener; past that the oldest idle connection is closed to make
+//! room, and when none is idle the newcomer gets a 503. Running out of file
+//! descriptors pauses accepting with a backoff instead of spinning.
+//!
+//! Each request is checked before its handler sees it (ambiguous framing, header
+//! sizes) and runs under `catch_unwind`: a panic becomes a 500 for that request
+//! alone, is counted, and the connection's other requests go on.
+//! On shutdown the loop stops accepting, in-flight requests get up to the drain
+//! timeout to finish, and then whatever is left is closed.
+
+mod framing;
+mod io;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ListenAddr;
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::proxy::ProxyBody;
+use framing::Verdict;
+use io::{ConnState, Guarded, InFlight};
+
+/// A bound listener: TCP, or a Unix socket (created 0660, for hosts where the
+/// socket's group says who may use the proxy).
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    pub async fn bind(addr: &ListenAddr) -> std::io::Result<Listener> {
+        match addr {
+            ListenAddr::Tcp(a) => TcpListener::bind(a).await.map(Listener::Tcp),
+            ListenAddr::Unix(path) => {
+                // A socket left by a process that died; a live one is still refused
+                // below because connecting to it succeeds.
+                if std::os::unix::net::UnixStream::connect(path).is_err() {
+                    let _ = std::fs::remove_file(path);
+                }
+                let listener = UnixListener::bind(path)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+                Ok(Listener::Unix(listener, path.clone()))
+            }
+        }
+    }
+
+    /// What to print and connect to.
+    pub fn local(&self) -> std::io::Result<ListenAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map(ListenAddr::Tcp),
+            Listener::Unix(_, path) => Ok(ListenAddr::Unix(path.clone())),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// How a listener treats its connections.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Until the in-flight requests are dropped at shutdown.
+    pub drain: Duration,
+    /// A connection with nothing in flight that sends nothing for this long is
+    /// closed; so is one whose request head is still incomplete after it, and one
+    /// whose client has not taken any of its response for it.
+    pub idle: Duration,
+    /// Open connections at most; see the module documentation.
+    pub max_connections: usize,
+    /// One header line (name, `: ` and value) at most, in bytes.
+    pub max_header_line: usize,
+    /// The whole request head at most, in bytes.
+    pub max_header_size: usize,
+}
+
+/// What `serve` reports to and how it labels its errors.
+#[derive(Clone)]
+pub struct Reporting {
+    pub metrics: Arc<Metrics>,
+    /// The `route` label of errors this layer answers (`none` or `admin`).
+    pub label: &'static str,
+}
+
+/// The open connections of one listener.
+#[derive(Default)]
+struct Registry {
+    conns: Mutex<BTreeMap<u64, Arc<ConnState>>>,
+    /// Notified when the last connection closes.
+    empty: Notify,
+}
+
+impl Registry {
+    fn len(&self) -> usize {
+        self.conns.lock().map_or(0, |c| c.len())
+    }
+
+    fn insert(&self, state: &Arc<ConnState>) {
+        if let Ok(mut c) = self.conns.lock() {
+            c.insert(state.serial, Arc::clone(state));
+        }
+    }
+
+    fn remove(&self, serial: u64) {
+        if let Ok(mut c) = self.conns.lock() {
+            c.remove(&serial);
+            if c.is_empty() {
+                self.empty.notify_waiters();
+            }
+        }
+    }
+
+    /// Asks the oldest connection with nothing in flight (and not already asked) to
+    /// close. Returns whether there was one.
+    fn evict_idle(&self) -> bool {
+        let Ok(c) = self.conns.lock() else {
+            return false;
+        };
+        match c.values().find(|s| s.is_idle() && !s.evict.is_cancelled()) {
+            Some(s) => {
+                s.evict.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+pub async fn serve<F, Fut>(
+    listener: Listener,
+    handler: F,
+    shutdown: CancellationToken,
+    limits: Limits,
+    cx: Reporting,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.idle)
+        .max_buf_size(limits.max_header_size.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
+    let registry = Arc::new(Registry::default());
+    let force = CancellationToken::new();
+    let mut serial = 0u64;
+    let mut backoff = Duration::ZERO;
+    let mut last_refusal_log: Option<tokio::time::Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = accept(&listener) => accepted,
+        };
+        let stream = match accepted {
+            Ok(stream) => {
+                backoff = Duration::ZERO;
+                stream
+            }
+            Err(e) if is_out_of_fds(&e) => {
+                // Closing an idle connection gives a descriptor back.
+                registry.evict_idle();
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                tracing::warn!(
+                    error = %e,
+                    open_connections = registry.len(),
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "accept failed: out of file descriptors; raise the limit (LimitNOFILE, ulimit -n) or lower proxy.max_connections"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => continue,
+                }
+            }
+            Err(e) => {
+                // A connection that went away while queued, and the like.
+                tracing::debug!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        if registry.len() >= limits.max_connections && !registry.evict_idle() {
+            cx.metrics.error(cx.label, ProxyError::Overloaded.code());
+            let now = tokio::time::Instant::now();
+            if last_refusal_log.is_none_or(|t| now - t >= Duration::from_secs(1)) {
+                last_refusal_log = Some(now);
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "connection refused with 503: every connection is busy (proxy.max_connections)"
+                );
+            }
+            tokio::spawn(refuse(stream));
+            continue;
+        }
+        serial += 1;
+        let state = ConnState::new(serial);
+        registry.insert(&state);
+        let service = {
+            let state = Arc::clone(&state);
+            let (handler, cx) = (handler.clone(), cx.clone());
+            service_fn(move |req: Request<Incoming>| {
+                // Taken now, in request order: hyper calls this once per request, in turn.
+                let guard = state.begin();
+                let verdict = if req.version() == Version::HTTP_2 {
+                    Verdict::Ok
+                } else {
+                    state.verdicts.next()
+                };
+                handle(req, guard, verdict, handler.clone(), limits, cx.clone())
+            })
+        };
+        let conn = match stream {
+            Stream::Tcp(s) => {
+                let _ = s.set_nodelay(true);
+                let io = Guarded::new(s, Arc::clone(&state), limits.idle, limits.max_header_size);
+                builder.serve_connection(TokioIo::new(Box::pin(io) as BoxIo), service)
+            }
+            Stream::Unix(s) => {
+                let io = Guarded::new(s, Arc::clone(&state), limits.idle, limits.max_header_size);
+                builder.serve_connection(TokioIo::new(Box::pin(io) as BoxIo), service)
+            }
+        }
+        .into_owned();
+        let (registry, shutdown, force) = (Arc::clone(&registry), shutdown.clone(), force.clone());
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = shutdown.cancelled() => None,
+                _ = state.evict.cancelled() => None,
+            };
+            let result = match ended {
+                Some(r) => Some(r),
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        r = conn.as_mut() => Some(r),
+                        _ = force.cancelled() => None,
+                    }
+                }
+            };
+            if let Some(Err(e)) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            registry.remove(state.serial);
+        });
+    }
+    drop(listener);
+    let drained = async {
+        loop {
+            let empty = registry.empty.notified();
+            if registry.len() == 0 {
+                return;
+            }
+            empty.await;
+        }
+    };
+    if tokio::time::timeout(limits.drain, drained).await.is_err() {
+        tracing::warn!(
+            timeout_s = limits.drain.as_secs(),
+            open_connections = registry.len(),
+            "drain timed out; closing the remaining connections"
+        );
+        force.cancel();
+    }
+}
+
+type BoxIo = Pin<Box<dyn IoStream>>;
+
+trait IoStream: AsyncRead + AsyncWrite + Send {}
+impl<T: AsyncRead + AsyncWrite + Send> IoStream for T {}
+
+/// One request: checked, then handled under `catch_unwind`, its response body
+/// holding the connection's in-flight mark until it has been sent.
+async fn handle<F, Fut>(
+    req: Request<Incoming>,
+    guard: InFlight,
+    verdict: Verdict,
+    handler: F,
+    limits: Limits,
+    cx: Reporting,
+) -> Result<Response<Tracked>, Infallible>
+where
+    F: Fn(Request<Incoming>) -> Fut,
+    Fut: Future<Output = Result<Response<ProxyBody>, Infallible>>,
+{
+    let resp = match check_head(&req, verdict, &limits) {
+        Err(e) => {
+            cx.metrics.error(cx.label, e.code());
+            crate::log_at!(
+                e.level(),
+                method = %req.method(),
+                status = e.status().as_u16(),
+                error = e.code(),
+                "request refused"
+            );
+            e.response(None)
+        }
+        Ok(()) => match AssertUnwindSafe(handler(req)).catch_unwind().await {
+            Ok(Ok(resp)) => resp,
+            Err(_) => {
+                // The panic hook has logged it.
+                cx.metrics.panicked();
+                cx.metrics.error(cx.label, ProxyError::Internal.code());
+                ProxyError::Internal.response(None)
+            }
+        },
+    };
+    Ok(resp.map(|body| Tracked {
+        body,
+        _guard: guard,
+        metrics: cx.metrics,
+    }))
+}
+
+/// What hyper lets through but tokenproxy refuses before a handler sees it.
+fn check_head(
+    req: &Request<Incoming>,
+    verdict: Verdict,
+    limits: &Limits,
+) -> Result<(), ProxyError> {
+    if verdict == Verdict::Ambiguous {
+        return Err(ProxyError::AmbiguousFraming);
+    }
+    let mut total = 0;
+    for (name, value) in req.headers() {
+        let line = name.as_str().len() + 2 + value.len();
+        if line > limits.max_header_line {
+            return Err(ProxyError::HeaderTooLarge);
+        }
+        total += line + 2;
+    }
+    if total > limits.max_header_size {
+        return Err(ProxyError::HeaderTooLarge);
+    }
+    Ok(())
+}
+
+/// A response body that ends the request's in-flight mark when it is dropped and
+/// turns a panic while producing it into an error for this response alone.
+pub struct Tracked {
+    body: ProxyBody,
+    _guard: InFlight,
+    metrics: Arc<Metrics>,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = crate::proxy::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut this.body).poll_frame(cx)))
+        {
+            Ok(polled) => polled,
+            Err(_) => {
+                this.metrics.panicked();
+                this.body = ProxyBody::full(Bytes::new());
+                Poll::Ready(Some(Err("response body failed".into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Answers a connection there is no room for, without reading from it.
+async fn refuse(stream: Stream) {
+    let e = ProxyError::Overloaded;
+    let body = serde_json::json!({"error": e.code(), "message": e.to_string(), "route": null, "source": e.source().as_str(), "retryable": true}).to_string();
+    let text = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-tokenproxy-error: {}\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        e.code(),
+        body.len()
+    );
+    let write = async move {
+        match stream {
+            Stream::Tcp(mut s) => s.write_all(text.as_bytes()).await,
+            Stream::Unix(mut s) => s.write_all(text.as_bytes()).await,
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
+fn is_out_of_fds(e: &std::io::Error) -> bool {
+    // EMFILE (this process) and ENFILE (the whole system).
+    matches!(e.raw_os_error(), Some(24) | Some(23))
+}
+
+/// Raises the soft limit of open files to the hard limit and returns the limit in
+/// force, so that `max_connections` can be sized from it.
+pub fn raise_fd_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    let soft = limit.current.unwrap_or(u64::MAX);
+    if limit.current != limit.maximum {
+        let wanted = limit.maximum;
+        limit.current = wanted;
+        match setrlimit(Resource::Nofile, limit) {
+            Ok(()) => return wanted.unwrap_or(u64::MAX),
+            Err(e) => tracing::warn!(error = %e, soft, "cannot raise the open-file limit"),
+        }
+    }
+    soft
+}
+
+/// The default `max_connections` for an open-file limit: each proxied request may
+/// hold a client and an upstream connection, and some descriptors stay for the
+/// listeners, the store, token requests and logs.
+pub fn connections_for(fd_limit: u64) -> usize {
+    const RESERVED: u64 = 64;
+    let usable = fd_limit.saturating_sub(RESERVED) / 2;
+    usable.clamp(16, 65_536) as usize
+}
+
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Stream> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Tcp(s)),
+        Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops tokenproxy");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+    }
+}

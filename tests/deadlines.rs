@@ -1,0 +1,286 @@
+//! Every wait has a deadline, and the token lifecycle survives what used to strand
+//! it: a hung lock holder or discovery document, a refusal after a lost race, a
+//! crash in the middle of a refresh, a long backoff while clients wait.
+
+mod support;
+
+use std::fs::File;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn sha256_hex(text: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Writes a token record as another process would.
+fn write_record(w: &World, generation: u64, access: &str, refresh: &str, valid_ms: u64) {
+    std::fs::create_dir_all(w.state_dir()).unwrap();
+    let now = now_ms();
+    std::fs::write(
+        w.state_dir().join("demo.json"),
+        serde_json::json!({
+            "version": 1,
+            "generation": generation,
+            "access_token": access,
+            "refresh_token": refresh,
+            "issued_at_ms": now,
+            "expires_at_ms": now + valid_ms,
+        })
+        .to_string(),
+    )
+    .unwrap();
+}
+
+/// Another process holds the store lock and never lets go: a request gets a 503
+/// with `Retry-After` within the token timeout, and the log names the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_lock_holder_gives_clients_a_timely_503() {
+    let w = World::default().await;
+    std::fs::create_dir_all(w.state_dir()).unwrap();
+    let held = File::create(w.state_dir().join("demo.lock")).unwrap();
+    held.lock().unwrap();
+    let p = w.spawn(&w.config("", "timeout = \"2s\""));
+    let started = Instant::now();
+    let r = client()
+        .get(p.url("/demo/x"))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    p.wait_log("store lock").await;
+    drop(held);
+}
+
+/// A discovery document that never answers: bounded by the token timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_discovery_document_gives_clients_a_timely_503() {
+    let w = World::default().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let config = w.config("", "timeout = \"2s\"").replace(
+        &format!("token_url = \"{}\"", w.provider.token_url),
+        &format!("issuer = \"{issuer}\""),
+    );
+    let p = w.spawn(&config);
+    let started = Instant::now();
+    let r = client()
+        .get(p.url("/demo/x"))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let status = token_status(&p, "demo").await;
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("timed out")
+            || p.log().contains("stopped waiting"),
+        "{status}\n{}",
+        p.log()
+    );
+}
+
+/// `invalid_grant` after a lost race is not terminal: another process stored a
+/// newer token meanwhile, and it is adopted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_grant_after_a_lost_race_adopts_the_winners_token() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config("", ""));
+    assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    w.provider.set_mode(Mode::InvalidGrantAfter(1500));
+    let refresh = {
+        let url = p.admin_url("/tokens/demo/refresh");
+        tokio::spawn(async move { client().post(url).send().await.unwrap().status() })
+    };
+    // While the refusal is on its way, "another process" stores generation 7.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.provider.token_requests_in_flight() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the refresh never reached the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    write_record(&w, 7, "at-from-the-winner", "rt-from-the-winner", 60_000);
+    assert_eq!(refresh.await.unwrap(), 200);
+    let status = token_status(&p, "demo").await;
+    assert_eq!(status["generation"], 7, "{status}");
+    assert_eq!(status["state"], "valid", "{status}");
+    p.wait_ready(200, Duration::from_secs(5)).await;
+    p.wait_log("another process had already spent").await;
+}
+
+/// A start that finds an intent for the stored refresh token knows the previous
+/// process died mid-refresh: it says so, counts it, tries the token once, and
+/// when that fails says why a login is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_refresh_is_reported_at_the_next_start() {
+    for provider_still_accepts in [true, false] {
+        let w = World::default().await;
+        write_record(&w, 3, "at-old", "demo-refresh-0", 0);
+        std::fs::write(
+            w.state_dir().join("demo.intent.json"),
+            serde_json::json!({
+                "generation": 3,
+                "refresh_token_sha256": sha256_hex("demo-refresh-0"),
+                "at_ms": now_ms(),
+            })
+            .to_string(),
+        )
+        .unwrap();
+        if !provider_still_accepts {
+            // The dead process's request reached the provider, which rotated.
+            w.provider
+                .reset_refresh_token("rotated-by-the-dead-process");
+        }
+        let p = w.spawn(&w.config("", ""));
+        p.wait_log("stopped in the middle of refreshing").await;
+        let metrics = get(&p.admin_url("/metrics")).await.1;
+        assert!(
+            metrics.contains(r#"tokenproxy_refresh_interrupted_total{token="demo"} 1"#),
+            "{metrics}"
+        );
+        if provider_still_accepts {
+            p.wait_ready(200, Duration::from_secs(10)).await;
+        } else {
+            p.wait_ready(503, Duration::from_secs(10)).await;
+            let status = token_status(&p, "demo").await;
+            assert_eq!(status["state"], "needs_login", "{status}");
+            assert!(
+                status["last_error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("log in again"),
+                "{status}"
+            );
+        }
+        if provider_still_accepts {
+            assert!(!w.state_dir().join("demo.intent.json").exists());
+        }
+    }
+}
+
+/// After a long `Retry-After`, an expired token with clients waiting is tried again
+/// within seconds, and the `Retry-After` they get says when.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_clients_get_a_sooner_retry_than_a_long_backoff() {
+    let w = World::default().await;
+    w.provider.set_mode(Mode::RateLimited(600));
+    let p = w.spawn(&w.config("", ""));
+    p.wait_log("token refresh failed").await;
+    let r = client().get(p.url("/demo/x")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        retry <= 5,
+        "Retry-After {retry} s while a retry comes sooner"
+    );
+    w.provider.set_mode(Mode::Normal);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if get(&p.url("/demo/x")).await.0 == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no retry within 20 s:\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A token the upstream refuses and that cannot be refreshed is not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_that_cannot_be_refreshed_is_not_ready() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config("", ""));
+    assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    p.wait_ready(200, Duration::from_secs(5)).await;
+    w.provider.set_mode(Mode::ServerError);
+    w.provider.revoke_access();
+    assert_eq!(get(&p.url("/demo/x")).await.0, 401);
+    p.wait_ready(503, Duration::from_secs(5)).await;
+    assert_eq!(token_status(&p, "demo").await["state"], "refused");
+    w.provider.set_mode(Mode::Normal);
+    assert_eq!(force_refresh(&p, "demo").await.status(), 200);
+    p.wait_ready(200, Duration::from_secs(5)).await;
+}
+
+/// A restart after the seed variable was removed works while the store holds a
+/// refresh token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_variable_is_needed_only_while_the_store_is_empty() {
+    let w = World::default().await;
+    let config = w.config("", "");
+    let p = w.spawn(&config);
+    assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    drop(p);
+    let path = w.dir.path().join("no-seed.toml");
+    std::fs::write(&path, &config).unwrap();
+    let p = Proxy::start_wrapped(&path, &["env", "-u", "DEMO_REFRESH_TOKEN"], &[]);
+    assert_eq!(get(&p.url("/demo/y")).await.0, 200);
+    assert_eq!(w.provider.reuse_detected(), 0);
+}
+
+/// In-flight requests still open after the drain timeout are closed, and the
+/// process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_left_after_the_drain_timeout_are_closed() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config("[proxy]\ndrain_timeout = \"1s\"\n", ""));
+    assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    let slow = {
+        let url = p.url("/demo/slow?ms=30000");
+        tokio::spawn(async move { client().get(url).send().await.map(|r| r.status()) })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.provider.api_requests() < 2 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    let (status, log) = tokio::task::spawn_blocking(move || p.stop_and_log())
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(log.contains("drain timed out"), "{log}");
+    assert!(slow.await.unwrap().is_err(), "the slow request was cut off");
+}

@@ -1,0 +1,401 @@
+//! What an attacker or a careless operator tried, and what now holds: strict
+//! protocol reading, no secret in any echo, no panic on odd input, and bounded
+//! connections.
+
+mod support;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::*;
+
+/// Reads whatever arrives until the peer closes; `None` if it has not closed
+/// within `within`.
+async fn read_until_closed(s: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut buf = Vec::new();
+    match tokio::time::timeout(within, s.read_to_end(&mut buf)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&buf).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_is_refused_so_the_token_is_never_echoed() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config("", ""));
+    let reply = raw(
+        p.addr,
+        "TRACE /demo/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 405"), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("\r\nallow: get, head"),
+        "{reply}"
+    );
+    assert!(reply.contains("method_not_allowed"), "{reply}");
+    assert_eq!(w.provider.api_connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_hosts_and_dot_segments_are_refused_before_forwarding() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config("", ""));
+    let line = |n: usize| format!("X-Big: {}", "a".repeat(n));
+    let cases: Vec<(String, &str)> = vec![
+        // One header line over 8 KiB; a head over 64 KiB in lines under 8 KiB.
+        (line(9 * 1024), "431"),
+        (
+            (0..10)
+                .map(|_| line(7 * 1024))
+                .collect::<Vec<_>>()
+                .join("\r\n"),
+            "431",
+        ),
+        // Two Host headers; a Host that is no authority (reflected into Location).
+        ("Host: y".into(), "400"),
+    ];
+    for (extra, status) in &cases {
+        let reply = raw(
+            p.addr,
+            &format!("GET /demo/echo HTTP/1.1\r\nHost: x\r\n{extra}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status}")),
+            "{}…\n→ {reply}",
+            &extra[..extra.len().min(40)]
+        );
+    }
+    for host in ["x\"><script>", "a b", "user@x", ""] {
+        let reply = raw(
+            p.addr,
+            &format!("GET /demo/redirect HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{host}\n→ {reply}");
+        assert!(!reply.contains("<script>"), "{reply}");
+    }
+    for path in [
+        "/demo/..;/x",
+        "/demo/%2e%2e%3b/x",
+        "/demo/.%00./x",
+        "/demo/a%00b",
+        "/demo/%252e%252e/x",
+    ] {
+        let reply = raw(
+            p.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{path}\n→ {reply}");
+    }
+    assert_eq!(w.provider.api_connections(), 0, "nothing was forwarded");
+    // Limits are configurable: a larger line passes with a larger limit.
+    let p2 = w.spawn(&w.config("[proxy]\nmax_header_line = 16384\n", ""));
+    let reply = raw(
+        p2.addr,
+        &format!(
+            "GET /demo/echo HTTP/1.1\r\nHost: x\r\n{}\r\nConnection: close\r\n\r\n",
+            line(9 * 1024)
+        ),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_is_answered_here_and_not_forwarded() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config("", ""));
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"POST /demo/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 100"), "{head}");
+    s.write_all(b"hello").await.unwrap();
+    let rest = read_until_closed(&mut s, Duration::from_secs(10))
+        .await
+        .expect("answered");
+    assert!(rest.contains("HTTP/1.1 200"), "{rest}");
+    let echo = json(rest.split("\r\n\r\n").last().unwrap());
+    assert_eq!(echo["body"], "hello");
+    assert!(echo["headers"].get("expect").is_none(), "{echo}");
+}
+
+/// A token endpoint that echoes the request (in `error_description`, or in an HTML
+/// page) must not put the refresh token or the client secret anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_echoes_are_masked_everywhere() {
+    use tokenproxy::demo::Mode;
+    let w = World::default().await;
+    let p = w.spawn(&w.config("", ""));
+    assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    let mut seen = String::new();
+    for mode in [Mode::Echo, Mode::EchoHtml] {
+        w.provider.set_mode(mode);
+        let r = force_refresh(&p, "demo").await;
+        assert_eq!(r.status(), 502);
+        let body = r.text().await.unwrap();
+        assert!(
+            json(&body)["last_error"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+        seen += &body;
+        seen += &get(&p.admin_url("/status")).await.1;
+    }
+    assert!(seen.contains("invalid_request"), "{seen}");
+    assert!(seen.contains("an HTML page"), "{seen}");
+    w.provider.set_mode(Mode::Normal);
+    let (status, log) = tokio::task::spawn_blocking(move || p.stop_and_log())
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        log.contains("[redacted]"),
+        "the echo was masked, not dropped: {log}"
+    );
+    let mut secrets = w.provider.all_tokens();
+    secrets.extend(["demo-secret".into(), "demo-refresh-0".into()]);
+    for secret in secrets {
+        assert!(!seen.contains(&secret), "a response shows {secret}: {seen}");
+        assert!(!log.contains(&secret), "the log shows {secret}");
+    }
+}
+
+/// A lifetime of thousands of years once panicked the log line and `/status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_lifetimes_are_clamped_and_everything_still_answers() {
+    let mut opts = ProviderOptions::default();
+    opts.extra
+        .insert("expires_in".into(), serde_json::json!(300_000_000_000u64));
+    let w = World::new(opts).await;
+    let p = w.spawn(&w.config("", ""));
+    assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    let status = token_status(&p, "demo").await;
+    let expires = status["expires_at"].as_str().unwrap().to_owned();
+    let year: i32 = expires[..4].parse().unwrap();
+    let now: i32 = tokenproxy::token::rfc3339(std::time::SystemTime::now())[..4]
+        .parse()
+        .unwrap();
+    assert!(
+        year == now || year == now + 1,
+        "clamped to a year: {expires}"
+    );
+    assert_eq!(get(&p.admin_url("/metrics")).await.0, 200);
+    let (status, log) = tokio::task::spawn_blocking(move || p.stop_and_log())
+        .await
+        .unwrap();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("panic"), "{log}");
+}
+
+/// A record with an expiry of `u64::MAX` ms once panicked every `/status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_times_at_the_edge_format_without_panicking() {
+    let w = World::default().await;
+    std::fs::create_dir_all(w.state_dir()).unwrap();
+    std::fs::write(
+        w.state_dir().join("demo.json"),
+        format!(
+            r#"{{"version":1,"generation":4,"access_token":"at-stored","refresh_token":"demo-refresh-0","issued_at_ms":0,"expires_at_ms":{}}}"#,
+            u64::MAX
+        ),
+    )
+    .unwrap();
+    let p = w.spawn(&w.config("", ""));
+    let status = token_status(&p, "demo").await;
+    assert_eq!(status["expires_at"], "9999-12-31T23:59:59Z", "{status}");
+    assert_eq!(get(&p.admin_url("/metrics")).await.0, 200);
+    let (_, log) = tokio::task::spawn_blocking(move || p.stop_and_log())
+        .await
+        .unwrap();
+    assert!(!log.contains("panic"), "{log}");
+}
+
+/// Connections that send nothing, stop in a body, stop after the HTTP/2 preface or
+/// after `Expect: 100-continue` are closed within the configured time; a normal
+/// request is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_stalled_connections_are_closed() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config(
+        "[proxy]\nidle_timeout = \"1s\"\nbody_timeout = \"1s\"\n",
+        "",
+    ));
+    let openers: [&[u8]; 5] = [
+        b"",
+        b"POST /demo/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"POST /demo/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        b"GET /demo/x HTTP/1.1\r\nHost: x\r\n\r\n",
+    ];
+    let mut conns = Vec::new();
+    for (i, opener) in openers.iter().enumerate() {
+        for addr in [p.addr, p.admin] {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(opener).await.unwrap();
+            conns.push((i, addr, s));
+        }
+    }
+    // Served meanwhile.
+    assert_eq!(get(&p.url("/demo/ok")).await.0, 200);
+    for (i, addr, mut s) in conns {
+        // Generous for a loaded machine; without the timers they stay open for minutes.
+        let got = read_until_closed(&mut s, Duration::from_secs(15)).await;
+        let got = got.unwrap_or_else(|| panic!("opener {i} to {addr} is still open"));
+        // The proxy answers a stalled body with 408.
+        if (i == 1 || i == 3) && addr == p.addr {
+            assert!(got.contains("408"), "opener {i}: {got}");
+        }
+    }
+    let metrics = get(&p.admin_url("/metrics")).await.1;
+    assert!(
+        metrics.contains(r#"tokenproxy_errors_total{error="client_timeout",route="demo"}"#),
+        "{metrics}"
+    );
+}
+
+/// With every connection slot taken by silent clients, a real request still gets
+/// in: the oldest idle connection makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_cannot_lock_out_real_clients() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config("[proxy]\nmax_connections = 20\n", ""));
+    let mut silent = Vec::new();
+    for _ in 0..60 {
+        silent.push(TcpStream::connect(p.addr).await.unwrap());
+    }
+    for _ in 0..5 {
+        let (status, _) = get(&p.url("/demo/ok")).await;
+        assert_eq!(status, 200);
+    }
+    // The first silent connections were closed to make room.
+    let mut closed = 0;
+    for s in silent.iter_mut().take(20) {
+        if read_until_closed(s, Duration::from_secs(5)).await.is_some() {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 20);
+}
+
+/// When every slot holds a request in flight, a newcomer gets a 503 at once and
+/// the requests in flight finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_slots_refuse_newcomers_without_starving_accepted_ones() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config("[proxy]\nmax_connections = 16\n", ""));
+    let slow: Vec<_> = (0..16)
+        .map(|_| {
+            let url = p.url("/demo/slow?ms=3000");
+            tokio::spawn(async move { get(&url).await.0 })
+        })
+        .collect();
+    // Wait until all sixteen are in flight at the API.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while w.provider.api_requests() < 16 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow requests never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let reply = raw(p.addr, "GET /demo/x HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(reply.contains("overloaded"), "{reply}");
+    for s in slow {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+    assert_eq!(get(&p.url("/demo/after")).await.0, 200);
+}
+
+/// Out of file descriptors: accepting pauses with a log line, and the proxy
+/// serves again once the clients let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_file_descriptors_is_survived() {
+    let w = World::default().await;
+    // A slot limit above what the descriptors allow, so accept() itself fails.
+    let config = w.config("[proxy]\nmax_connections = 5000\n", "");
+    let path = w.dir.path().join("fd.toml");
+    std::fs::write(&path, &config).unwrap();
+    let p = Proxy::start_wrapped(&path, &["prlimit", "--nofile=64:64", "--"], &[]);
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        match TcpStream::connect(p.addr).await {
+            Ok(s) => held.push(s),
+            Err(_) => break,
+        }
+    }
+    p.wait_log("out of file descriptors").await;
+    drop(held);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = client()
+            .get(p.url("/demo/ok"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ok {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never served again:\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The soft open-file limit is raised to the hard limit at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soft_file_limit_is_raised_to_the_hard_limit() {
+    let w = World::default().await;
+    let path = w.dir.path().join("rl.toml");
+    std::fs::write(&path, w.config("", "")).unwrap();
+    let p = Proxy::start_wrapped(&path, &["prlimit", "--nofile=100:4000", "--"], &[]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", p.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<&str> = line
+        .split_whitespace()
+        .filter(|w| w.parse::<u64>().is_ok())
+        .collect();
+    assert_eq!(numbers, ["4000", "4000"], "{line}");
+    assert!(p.log().contains("max_connections=1968"), "{}", p.log());
+}
+
+/// A corrupt record is named by its wrong field, never by the value in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_record_names_the_field_not_its_value() {
+    let w = World::default().await;
+    std::fs::create_dir_all(w.state_dir()).unwrap();
+    std::fs::write(
+        w.state_dir().join("demo.json"),
+        r#"{"version":1,"generation":"rt-LEAKED-1234","issued_at_ms":1,"expires_at_ms":2}"#,
+    )
+    .unwrap();
+    let p = w.spawn(&w.config("", ""));
+    p.wait_ready(503, Duration::from_secs(10)).await;
+    let status = get(&p.admin_url("/status")).await.1;
+    assert!(status.contains("field `generation`"), "{status}");
+    let (_, log) = tokio::task::spawn_blocking(move || p.stop_and_log())
+        .await
+        .unwrap();
+    assert!(log.contains("field `generation`"), "{log}");
+    assert!(
+        !status.contains("LEAKED") && !log.contains("LEAKED"),
+        "{status}\n{log}"
+    );
+}
