@@ -160,7 +160,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             let mut input = String::new();
-            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut input) {
+            // Before the runtime starts: nothing else waits on this thread.
+            #[allow(clippy::disallowed_methods)]
+            let stdin = std::io::stdin();
+            if let Err(e) = std::io::Read::read_to_string(&mut stdin.lock(), &mut input) {
                 eprintln!("error: cannot read standard input: {e}");
                 return ExitCode::from(2);
             }

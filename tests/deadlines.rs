@@ -50,6 +50,8 @@ async fn a_hung_lock_holder_gives_clients_a_timely_503() {
     let w = World::default().await;
     std::fs::create_dir_all(w.state_dir()).unwrap();
     let held = File::create(w.state_dir().join("demo.lock")).unwrap();
+    // Free, so it cannot wait.
+    #[allow(clippy::disallowed_methods)]
     held.lock().unwrap();
     let p = w.spawn(&w.config("", "timeout = \"2s\""));
     let started = Instant::now();

@@ -12,6 +12,8 @@ use std::time::Duration;
 use support::*;
 
 /// Runs `tokenproxy run` expecting it to refuse to start; returns its stderr.
+/// Blocking, on the test's own thread.
+#[allow(clippy::disallowed_methods)]
 fn refused_start(config_path: &Path) -> String {
     let mut child = Command::new(binary())
         .args(["run", "-c"])

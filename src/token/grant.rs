@@ -265,28 +265,14 @@ pub fn basic_auth(id: &str, secret: &str) -> http::HeaderValue {
     value
 }
 
-/// Seconds or an HTTP date.
+/// Seconds or an HTTP date (RFC 9110 §10.2.3).
 fn parse_retry_after(text: &str) -> Option<Duration> {
-    if let Ok(secs) = text.trim().parse::<u64>() {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let at = humantime::parse_rfc3339_weak(text)
-        .ok()
-        .or_else(|| httpdate(text))?;
+    let at = httpdate::parse_http_date(text).ok()?;
     at.duration_since(SystemTime::now()).ok()
-}
-
-fn httpdate(text: &str) -> Option<SystemTime> {
-    // "Sun, 06 Nov 1994 08:49:37 GMT" → "1994-11-06T08:49:37Z"
-    let parts: Vec<&str> = text.split_whitespace().collect();
-    let [_, day, month, year, time, "GMT"] = parts[..] else {
-        return None;
-    };
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let m = MONTHS.iter().position(|x| *x == month)? + 1;
-    humantime::parse_rfc3339(&format!("{year}-{m:02}-{day:0>2}T{time}Z")).ok()
 }
 
 /// The error chain of a failed request, without the URL's query (reqwest puts the
@@ -331,7 +317,12 @@ mod tests {
     fn retry_after_seconds_and_dates() {
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), None); // in the past
-        assert!(httpdate("Sun, 06 Nov 1994 08:49:37 GMT").is_some());
+        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let got = parse_retry_after(&soon).unwrap();
+        assert!(
+            got > Duration::from_secs(100) && got <= Duration::from_secs(120),
+            "{got:?}"
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -243,6 +243,9 @@ impl Proxy {
         (status, self.log())
     }
 
+    /// Waits for the exit (up to 15 s). Blocking: call it from `spawn_blocking` or
+    /// a plain test.
+    #[allow(clippy::disallowed_methods)]
     pub fn wait(&mut self) -> ExitStatus {
         for _ in 0..300 {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
