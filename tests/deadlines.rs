@@ -286,3 +286,37 @@ async fn connections_left_after_the_drain_timeout_are_closed() {
     assert!(log.contains("drain timed out"), "{log}");
     assert!(slow.await.unwrap().is_err(), "the slow request was cut off");
 }
+
+/// Once shutdown began, no refresh starts: a closed source answers without asking
+/// the token endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_refresh_starts_after_shutdown_began() {
+    use std::sync::Arc;
+    use tokenproxy::token::{TokenHttp, TokenSource, Trigger};
+    let w = World::default().await;
+    let text = w.config("", "").replace(
+        "client_secret = { env = \"DEMO_CLIENT_SECRET\" }\nrefresh_token = { env = \"DEMO_REFRESH_TOKEN\" }",
+        "client_secret = \"demo-secret\"\nrefresh_token = \"demo-refresh-0\"",
+    );
+    let mut config = tokenproxy::config::Config::parse(&text, "t.toml".as_ref()).unwrap();
+    let store = Arc::new(tokenproxy::store::FileStore::open(&w.state_dir()).unwrap());
+    let roots = tokenproxy::tls::roots(None).unwrap();
+    let http = TokenHttp::new(roots, Duration::from_secs(5)).unwrap();
+    let source = TokenSource::new(
+        config.tokens.remove(0),
+        store,
+        http,
+        Arc::new(tokenproxy::metrics::Metrics::new()),
+    );
+    assert!(source.refresh(0, Trigger::Reactive).await.is_ok());
+    assert_eq!(w.provider.token_requests(), 1);
+    source.close();
+    for trigger in [Trigger::Reactive, Trigger::Manual, Trigger::Proactive] {
+        assert!(source.refresh(1, trigger).await.is_err());
+    }
+    assert_eq!(
+        w.provider.token_requests(),
+        1,
+        "no token request after close"
+    );
+}

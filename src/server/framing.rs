@@ -145,7 +145,8 @@ impl Framing {
         }
     }
 
-    /// Takes bytes into the head until it ends; returns how many it used.
+    /// Takes bytes into the head until it ends; returns how many it used. A head
+    /// that arrives whole (the common case) is judged where it lies, without a copy.
     fn read_head(&mut self, bytes: &[u8], out: &Verdicts) -> usize {
         // Empty lines before a request line are ignored (RFC 9112 §2.2).
         let mut start = 0;
@@ -153,63 +154,67 @@ impl Framing {
             while start < bytes.len() && (bytes[start] == b'\r' || bytes[start] == b'\n') {
                 start += 1;
             }
+            if let Some(end) = find_end(&bytes[start..]) {
+                self.phase = judge(&bytes[start..start + end], out);
+                return start + end;
+            }
         }
         let before = self.head.len();
-        let searched_from = before.saturating_sub(3);
         self.head.extend_from_slice(&bytes[start..]);
-        let Some(end) = find_end(&self.head[searched_from..]).map(|e| e + searched_from) else {
+        let Some(end) =
+            find_end(&self.head[before.saturating_sub(3)..]).map(|e| e + before.saturating_sub(3))
+        else {
             if self.head.len() > self.max_head {
                 self.phase = Phase::Off;
             }
             return bytes.len();
         };
-        let used = start + (end - before);
-        let head = std::mem::take(&mut self.head);
-        self.phase = self.judge(&head[..end], out);
-        used
+        self.phase = judge(&self.head[..end], out);
+        self.head.clear();
+        start + (end - before)
     }
+}
 
-    /// The verdict on one complete head, and how its body is framed.
-    fn judge(&mut self, head: &[u8], out: &Verdicts) -> Phase {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            _ => return Phase::Off,
-        }
-        let mut length: Option<u64> = None;
-        let mut te = false;
-        let mut chunked = false;
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                te = true;
-                chunked = last_coding_is_chunked(h.value);
-            } else if h.name.eq_ignore_ascii_case("content-length") {
-                let Some(n) = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                else {
-                    return Phase::Off;
-                };
-                if length.is_some_and(|l| l != n) {
-                    return Phase::Off;
-                }
-                length = Some(n);
+/// The verdict on one complete head, and how its body is framed.
+fn judge(head: &[u8], out: &Verdicts) -> Phase {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Phase::Off,
+    }
+    let mut length: Option<u64> = None;
+    let mut te = false;
+    let mut chunked = false;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te = true;
+            chunked = last_coding_is_chunked(h.value);
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let Some(n) = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            else {
+                return Phase::Off;
+            };
+            if length.is_some_and(|l| l != n) {
+                return Phase::Off;
             }
+            length = Some(n);
         }
-        if te && !chunked {
-            return Phase::Off;
-        }
-        out.push(if te && length.is_some() {
-            Verdict::Ambiguous
-        } else {
-            Verdict::Ok
-        });
-        match (te, length) {
-            (true, _) => Phase::Chunked(Chunk::Size { size: 0, digits: 0 }),
-            (false, Some(n)) if n > 0 => Phase::Fixed(n),
-            _ => Phase::Head,
-        }
+    }
+    if te && !chunked {
+        return Phase::Off;
+    }
+    out.push(if te && length.is_some() {
+        Verdict::Ambiguous
+    } else {
+        Verdict::Ok
+    });
+    match (te, length) {
+        (true, _) => Phase::Chunked(Chunk::Size { size: 0, digits: 0 }),
+        (false, Some(n)) if n > 0 => Phase::Fixed(n),
+        _ => Phase::Head,
     }
 }
 
