@@ -157,6 +157,26 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     }
 }
 
+impl<S> Guarded<S> {
+    /// A write that made no progress arms the send timer; one that did disarms it.
+    fn timed_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Pending if self.write_timer.expired(self.idle, cx) => {
+                Poll::Ready(Err(timed_out("client stopped reading")))
+            }
+            Poll::Pending => Poll::Pending,
+            ready => {
+                self.write_timer.armed = false;
+                ready
+            }
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -164,18 +184,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, data) {
-            Poll::Pending => {
-                if this.write_timer.expired(this.idle, cx) {
-                    return Poll::Ready(Err(timed_out("client stopped reading")));
-                }
-                Poll::Pending
-            }
-            ready => {
-                this.write_timer.armed = false;
-                ready
-            }
-        }
+        let polled = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.timed_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -184,18 +194,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending => {
-                if this.write_timer.expired(this.idle, cx) {
-                    return Poll::Ready(Err(timed_out("client stopped reading")));
-                }
-                Poll::Pending
-            }
-            ready => {
-                this.write_timer.armed = false;
-                ready
-            }
-        }
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.timed_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {

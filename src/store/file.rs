@@ -61,6 +61,20 @@ impl FileStore {
     fn path(&self, token: &str, suffix: &str) -> PathBuf {
         self.dir.join(format!("{token}{suffix}"))
     }
+
+    /// Writes `value` as JSON to `path`, durably.
+    async fn write_json(
+        &self,
+        path: PathBuf,
+        value: &impl serde::Serialize,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let (dir, p) = (self.dir.clone(), path.clone());
+        blocking("write", &path, move || write_atomic(&dir, &p, &bytes)).await
+    }
 }
 
 fn unsafe_dir(path: &Path, problem: String, fix: String) -> StoreError {
@@ -305,13 +319,7 @@ impl TokenStore for FileStore {
     }
 
     async fn save(&self, token: &str, record: &StoredToken) -> Result<(), StoreError> {
-        let (dir, path) = (self.dir.clone(), self.path(token, ".json"));
-        let bytes = serde_json::to_vec_pretty(record).map_err(|e| StoreError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        let p = path.clone();
-        blocking("write", &path, move || write_atomic(&dir, &p, &bytes)).await
+        self.write_json(self.path(token, ".json"), record).await
     }
 
     async fn lock(&self, token: &str, wait: Duration) -> Result<StoreLock, StoreError> {
@@ -352,13 +360,8 @@ impl TokenStore for FileStore {
     }
 
     async fn save_intent(&self, token: &str, intent: &Intent) -> Result<(), StoreError> {
-        let (dir, path) = (self.dir.clone(), self.path(token, ".intent.json"));
-        let bytes = serde_json::to_vec(intent).map_err(|e| StoreError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        let p = path.clone();
-        blocking("write", &path, move || write_atomic(&dir, &p, &bytes)).await
+        self.write_json(self.path(token, ".intent.json"), intent)
+            .await
     }
 
     async fn clear_intent(&self, token: &str) -> Result<(), StoreError> {
