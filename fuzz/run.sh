@@ -9,7 +9,7 @@ seconds="${1:-60}"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build -O
-for target in config token_response route rewrite; do
+for target in config token_response route rewrite framing; do
   mkdir -p "corpus/$target"
   echo "fuzzing $target for ${seconds}s"
   cargo fuzz run -O "$target" "corpus/$target" "seeds/$target" -- -max_total_time="$seconds" 2>&1 | grep -E '^(Done|#[0-9]+ +DONE)|ERROR|SUMMARY|panicked' || true

@@ -76,3 +76,24 @@ pub fn rewrite(body: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<u8>) {
         .replace_bytes(body);
     (streamed, whole)
 }
+
+/// The HTTP/1 framing reader on any byte stream: it never panics, and where the
+/// stream is cut into reads does not change its verdicts.
+pub fn framing(data: &[u8]) {
+    use crate::server::framing::{Framing, Verdicts};
+    let Some((&cut, stream)) = data.split_first() else {
+        return;
+    };
+    let read = |pieces: &[&[u8]]| {
+        let out = Verdicts::default();
+        let mut f = Framing::new(64 * 1024);
+        for p in pieces {
+            f.feed(p, &out);
+        }
+        std::iter::from_fn(|| out.take()).collect::<Vec<_>>()
+    };
+    let at = usize::from(cut).min(stream.len());
+    let whole = read(&[stream]);
+    let split = read(&[&stream[..at], &stream[at..]]);
+    assert_eq!(whole, split, "cut at {at}");
+}

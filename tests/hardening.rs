@@ -399,3 +399,27 @@ async fn a_corrupt_record_names_the_field_not_its_value() {
         "{status}\n{log}"
     );
 }
+
+/// An HTTP/2 connection that goes quiet after its request is closed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_after_their_requests() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let w = World::default().await;
+    let p = w.spawn(&w.config("[proxy]\nidle_timeout = \"1s\"\n", ""));
+    let stream = TcpStream::connect(p.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/demo/h2", p.addr))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await.unwrap();
+    // Quiet from here on: the server ends the connection.
+    let ended = tokio::time::timeout(Duration::from_secs(15), conn).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection is still open");
+}

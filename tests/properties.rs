@@ -33,6 +33,48 @@ proptest! {
     }
 
     #[test]
+    fn framing_verdicts_do_not_depend_on_where_reads_end(
+        cut in any::<u8>(),
+        requests in proptest::collection::vec(
+            (
+                "GET|POST|PUT",
+                proptest::option::of(0u8..20),
+                any::<bool>(),
+                proptest::collection::vec(1u8..12, 0..3),
+            ),
+            1..4,
+        ),
+    ) {
+        // Well-formed pipelines of fixed, chunked and ambiguous requests.
+        let mut stream = vec![cut];
+        for (method, length, chunked, chunks) in &requests {
+            let mut head = format!("{method} /x HTTP/1.1\r\nHost: x\r\n");
+            if let Some(n) = length {
+                head += &format!("Content-Length: {n}\r\n");
+            }
+            if *chunked {
+                head += "Transfer-Encoding: chunked\r\n";
+            }
+            head += "\r\n";
+            stream.extend_from_slice(head.as_bytes());
+            if *chunked {
+                for c in chunks {
+                    stream.extend_from_slice(format!("{c:x}\r\n{}\r\n", "a".repeat(*c as usize)).as_bytes());
+                }
+                stream.extend_from_slice(b"0\r\n\r\n");
+            } else if let Some(n) = length {
+                stream.extend(std::iter::repeat_n(b'b', *n as usize));
+            }
+        }
+        fuzzing::framing(&stream);
+    }
+
+    #[test]
+    fn framing_never_panics_on_any_bytes(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+        fuzzing::framing(&data);
+    }
+
+    #[test]
     fn token_response_parsing_never_panics(status in 100u16..600, body in proptest::collection::vec(any::<u8>(), 0..400)) {
         fuzzing::token_response(status, &body);
     }

@@ -43,11 +43,12 @@ impl Verdicts {
 
     /// The verdict of the next request; `Ok` when the reading stopped.
     pub fn next(&self) -> Verdict {
-        self.0
-            .lock()
-            .ok()
-            .and_then(|mut q| q.pop_front())
-            .unwrap_or(Verdict::Ok)
+        self.take().unwrap_or(Verdict::Ok)
+    }
+
+    /// The next verdict queued, if any.
+    pub fn take(&self) -> Option<Verdict> {
+        self.0.lock().ok().and_then(|mut q| q.pop_front())
     }
 }
 
@@ -94,7 +95,8 @@ pub struct Framing {
     head: Vec<u8>,
     /// Heads larger than this are left to hyper (which answers 431).
     max_head: usize,
-    first: bool,
+    /// While undecided: how many bytes of the HTTP/2 preface have arrived.
+    preface: Option<usize>,
 }
 
 impl Framing {
@@ -103,20 +105,34 @@ impl Framing {
             phase: Phase::Head,
             head: Vec::new(),
             max_head,
-            first: true,
+            preface: Some(0),
         }
     }
 
     /// Reads `bytes` as they arrive, queueing a verdict per complete head.
-    pub fn feed(&mut self, mut bytes: &[u8], out: &Verdicts) {
-        if self.first && !bytes.is_empty() {
-            // The preface may arrive in pieces; a prefix of it is enough to tell.
-            let n = bytes.len().min(PREFACE.len());
-            if bytes[..n] == PREFACE[..n] {
-                self.phase = Phase::Off;
+    pub fn feed(&mut self, bytes: &[u8], out: &Verdicts) {
+        if let Some(matched) = self.preface {
+            // Undecided while the bytes so far are a prefix of the HTTP/2 preface
+            // (`P` may also start `POST`): the preface arrives in pieces too.
+            let want = &PREFACE[matched..];
+            let n = bytes.len().min(want.len());
+            if bytes[..n] == want[..n] {
+                if matched + n == PREFACE.len() {
+                    self.preface = None;
+                    self.phase = Phase::Off;
+                } else {
+                    self.preface = Some(matched + n);
+                }
+                return;
             }
-            self.first = false;
+            // HTTP/1 after all: read what was held back, then the rest.
+            self.preface = None;
+            self.read(&PREFACE[..matched], out);
         }
+        self.read(bytes, out);
+    }
+
+    fn read(&mut self, mut bytes: &[u8], out: &Verdicts) {
         while !bytes.is_empty() {
             match &mut self.phase {
                 Phase::Off => return,
@@ -325,6 +341,15 @@ GET /e HTTP/1.1\r\nHost: x\r\n\r\n";
                 ],
                 "in pieces of {piece}"
             );
+        }
+    }
+
+    #[test]
+    fn a_method_starting_like_the_http2_preface_is_read_as_http1() {
+        let stream =
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        for piece in [1, 2, 3, stream.len()] {
+            assert_eq!(verdicts(stream, piece), [Verdict::Ambiguous], "{piece}");
         }
     }
 

@@ -16,7 +16,7 @@
 //! On shutdown the loop stops accepting, in-flight requests get up to the drain
 //! timeout to finish, and then whatever is left is closed.
 
-mod framing;
+pub(crate) mod framing;
 mod io;
 
 use std::collections::BTreeMap;
