@@ -295,7 +295,7 @@ async fn busy_slots_refuse_newcomers_without_starving_accepted_ones() {
     let p = w.spawn(&w.config("[proxy]\nmax_connections = 16\n", ""));
     let slow: Vec<_> = (0..16)
         .map(|_| {
-            let url = p.url("/demo/slow?ms=3000");
+            let url = p.url("/demo/slow?ms=8000");
             tokio::spawn(async move { get(&url).await.0 })
         })
         .collect();
