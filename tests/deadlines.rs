@@ -144,6 +144,39 @@ async fn invalid_grant_after_a_lost_race_adopts_the_winners_token() {
     p.wait_log("another process had already spent").await;
 }
 
+/// A write is fenced by the generation seen under the lock: a process that ignored
+/// the lock and stored a newer token during this refresh is not overwritten; its
+/// token is adopted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_record_stored_during_a_refresh_is_not_overwritten() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config("", ""));
+    assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    w.provider.set_mode(Mode::SlowOk(1500));
+    let refresh = {
+        let url = p.admin_url("/tokens/demo/refresh");
+        tokio::spawn(async move { client().post(url).send().await.unwrap().status() })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.provider.token_requests_in_flight() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the refresh never reached the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    write_record(&w, 9, "at-from-elsewhere", "rt-from-elsewhere", 60_000);
+    assert_eq!(refresh.await.unwrap(), 200);
+    let stored = std::fs::read_to_string(w.state_dir().join("demo.json")).unwrap();
+    assert!(
+        stored.contains("rt-from-elsewhere"),
+        "overwritten: {stored}"
+    );
+    assert_eq!(token_status(&p, "demo").await["generation"], 9);
+    p.wait_log("the store moved on while this refresh ran")
+        .await;
+}
+
 /// A start that finds an intent for the stored refresh token knows the previous
 /// process died mid-refresh: it says so, counts it, tries the token once, and
 /// when that fails says why a login is needed.

@@ -30,6 +30,8 @@ pub enum Mode {
     /// `invalid_grant` after this many milliseconds (a refusal that arrives while
     /// another process stores a newer token).
     InvalidGrantAfter(u64),
+    /// A normal answer after this many milliseconds.
+    SlowOk(u64),
     /// 200 without an `access_token`.
     NoAccessToken,
     /// 429 with `Retry-After`.
@@ -399,6 +401,7 @@ impl Provider {
         };
         match mode {
             Mode::Normal => {}
+            Mode::SlowOk(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
             Mode::Echo => {
                 return json_resp(
                     StatusCode::BAD_REQUEST,

@@ -21,7 +21,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::{Intent, RECORD_VERSION, StoreError, StoreLock, StoredToken, TokenStore};
+use super::{Held, Intent, RECORD_VERSION, StoreError, StoredToken, TokenStore};
 
 /// Longest wait for one read or write of a record.
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,7 +62,8 @@ impl FileStore {
         self.dir.join(format!("{token}{suffix}"))
     }
 
-    /// Writes `value` as JSON to `path`, durably.
+    /// Writes `value` as JSON to `path`, durably (for intents; records are written
+    /// under the lock, through [`Held`]).
     async fn write_json(
         &self,
         path: PathBuf,
@@ -305,6 +306,46 @@ fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError>
     result.map_err(io)
 }
 
+/// The flock on `NAME.lock`, and the record it guards.
+struct FileHeld {
+    dir: PathBuf,
+    record: PathBuf,
+    token: String,
+    /// Closing the file releases the flock.
+    _lock: File,
+}
+
+#[async_trait::async_trait]
+impl Held for FileHeld {
+    async fn load(&mut self) -> Result<Option<StoredToken>, StoreError> {
+        let (path, token) = (self.record.clone(), self.token.clone());
+        blocking("read", &self.record, move || read_record(&path, &token)).await
+    }
+
+    async fn save(&mut self, record: &StoredToken, seen: Option<u64>) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| StoreError::Io {
+            path: self.record.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let (dir, path, token) = (self.dir.clone(), self.record.clone(), self.token.clone());
+        blocking("write", &self.record, move || {
+            // Under the flock only a process that ignores it could have written.
+            if let Some(seen) = seen {
+                let stored = read_record(&path, &token)?.map_or(0, |r| r.generation);
+                if stored != seen {
+                    return Err(StoreError::Fenced {
+                        token,
+                        seen,
+                        stored,
+                    });
+                }
+            }
+            write_atomic(&dir, &path, &bytes)
+        })
+        .await
+    }
+}
+
 #[async_trait::async_trait]
 impl TokenStore for FileStore {
     fn kind(&self) -> &'static str {
@@ -318,11 +359,7 @@ impl TokenStore for FileStore {
         blocking("read", &path, move || read_record(&p, &token)).await
     }
 
-    async fn save(&self, token: &str, record: &StoredToken) -> Result<(), StoreError> {
-        self.write_json(self.path(token, ".json"), record).await
-    }
-
-    async fn lock(&self, token: &str, wait: Duration) -> Result<StoreLock, StoreError> {
+    async fn lock(&self, token: &str, wait: Duration) -> Result<Box<dyn Held>, StoreError> {
         let path = self.path(token, ".lock");
         let p = path.clone();
         let file = blocking("lock", &path, move || {
@@ -343,9 +380,12 @@ impl TokenStore for FileStore {
         loop {
             match file.try_lock() {
                 Ok(()) => {
-                    return Ok(StoreLock {
-                        _guard: Box::new(file),
-                    });
+                    return Ok(Box::new(FileHeld {
+                        dir: self.dir.clone(),
+                        record: self.path(token, ".json"),
+                        token: token.to_owned(),
+                        _lock: file,
+                    }));
                 }
                 Err(fs::TryLockError::WouldBlock) => {}
                 Err(fs::TryLockError::Error(source)) => {
@@ -410,18 +450,22 @@ mod tests {
         let dir = tmp.path().join("state");
         let store = FileStore::open(&dir).unwrap();
         assert!(store.load("t").await.unwrap().is_none());
-        store.save("t", &record(3)).await.unwrap();
+        let mut held = store.lock("t", Duration::from_secs(1)).await.unwrap();
+        held.save(&record(3), Some(0)).await.unwrap();
+        drop(held);
         let back = store.load("t").await.unwrap().unwrap();
         assert_eq!(back.generation, 3);
         assert_eq!(back.refresh_token.unwrap().expose(), "rt");
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&dir.join("t.json")), 0o600);
-        // Only the record remains: no temporary files left behind.
-        let names: Vec<_> = fs::read_dir(&dir)
+        // Only the record (and the lock file) remain: no temporary files left behind.
+        let mut names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name())
+            .filter(|n| n != "t.lock")
             .collect();
+        names.sort();
         assert_eq!(names, vec![std::ffi::OsString::from("t.json")]);
     }
 
@@ -465,6 +509,33 @@ mod tests {
             );
             assert!(!msg.contains("SECRET"), "{msg}");
         }
+    }
+
+    #[tokio::test]
+    async fn writes_are_fenced_by_the_generation_seen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::open(tmp.path()).unwrap();
+        let mut held = store.lock("t", Duration::from_secs(1)).await.unwrap();
+        held.save(&record(1), Some(0)).await.unwrap();
+        // A writer that saw generation 0 (its lease lapsed) cannot overwrite 1.
+        let err = held.save(&record(2), Some(0)).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Fenced {
+                    seen: 0,
+                    stored: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(held.load().await.unwrap().unwrap().generation, 1);
+        held.save(&record(2), Some(1)).await.unwrap();
+        // A person's seed replaces whatever is there, even a corrupt record.
+        fs::write(tmp.path().join("t.json"), "{").unwrap();
+        held.save(&record(9), None).await.unwrap();
+        assert_eq!(held.load().await.unwrap().unwrap().generation, 9);
     }
 
     #[tokio::test]

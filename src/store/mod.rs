@@ -107,6 +107,14 @@ pub enum StoreError {
         after: std::time::Duration,
     },
     #[error(
+        "the store holds generation {stored} of token `{token}`, not {seen}: another process refreshed it meanwhile"
+    )]
+    Fenced {
+        token: String,
+        seen: u64,
+        stored: u64,
+    },
+    #[error(
         "{path}: another process held the lock for more than {}s; it may be hung refreshing the token",
         .waited.as_secs()
     )]
@@ -132,20 +140,32 @@ impl StoreError {
     }
 }
 
-/// Held while a token is being refreshed; dropping it releases the lock.
-pub struct StoreLock {
-    _guard: Box<dyn Send + Sync>,
+/// A token's lock, held: the record is read and written through it. Dropping it
+/// releases the lock. On a shared store the lock is a lease that ends with its
+/// holder, so a write is fenced by the generation the holder saw.
+#[async_trait::async_trait]
+pub trait Held: Send {
+    /// The record as stored now, read under the lock.
+    async fn load(&mut self) -> Result<Option<StoredToken>, StoreError>;
+    /// Writes `record` durably (durable when it returns `Ok`). With `seen`, only if
+    /// the stored generation is still `seen` (0: no record); otherwise
+    /// [`StoreError::Fenced`]: another process refreshed meanwhile. `None` replaces
+    /// whatever is there (`seed` and `login`, a person's deliberate act).
+    async fn save(&mut self, record: &StoredToken, seen: Option<u64>) -> Result<(), StoreError>;
 }
 
 #[async_trait::async_trait]
 pub trait TokenStore: Send + Sync {
     /// `file`, `postgres` or `redis`, for status output.
     fn kind(&self) -> &'static str;
+    /// The record as stored now, without the lock (to pick up others' writes).
     async fn load(&self, token: &str) -> Result<Option<StoredToken>, StoreError>;
-    /// Durable when it returns `Ok`.
-    async fn save(&self, token: &str, record: &StoredToken) -> Result<(), StoreError>;
     /// Waits until no other process holds the lock for `token`, at most `wait`.
-    async fn lock(&self, token: &str, wait: std::time::Duration) -> Result<StoreLock, StoreError>;
+    async fn lock(
+        &self,
+        token: &str,
+        wait: std::time::Duration,
+    ) -> Result<Box<dyn Held>, StoreError>;
     /// Durable when it returns `Ok`.
     async fn save_intent(&self, token: &str, intent: &Intent) -> Result<(), StoreError>;
     async fn load_intent(&self, token: &str) -> Result<Option<Intent>, StoreError>;

@@ -490,8 +490,10 @@ impl TokenSource {
         trigger: Trigger,
     ) -> Result<Outcome, RefreshError> {
         let name = self.name();
-        let _lock = self.store.lock(name, self.lock_wait()).await?;
-        let stored = self.store.load(name).await?;
+        let mut held = self.store.lock(name, self.lock_wait()).await?;
+        let stored = held.load().await?;
+        // The write below is fenced by what the store holds now.
+        let seen = stored.as_ref().map_or(0, |s| s.generation);
         let newest = match (stored, &cur.record) {
             (Some(s), Some(c)) if c.generation >= s.generation => Some(c.clone()),
             (Some(s), _) => {
@@ -558,8 +560,8 @@ impl TokenSource {
                 let _ = self.store.clear_intent(name).await;
                 // Refused: maybe because another process spent this refresh token and
                 // stored the next one meanwhile. Adopt that instead of giving up.
-                if let Ok(Some(s)) = self.store.load(name).await
-                    && s.generation > generation
+                if let Ok(Some(s)) = held.load().await
+                    && s.generation > seen
                 {
                     tracing::info!(
                         token = name,
@@ -595,7 +597,22 @@ impl TokenSource {
             extra: resp.extra,
         };
         let spent = matches!(self.config.grant, Grant::RefreshToken { .. });
-        let unsaved = match self.store.save(name, &record).await {
+        let unsaved = match held.save(&record, Some(seen)).await {
+            Err(StoreError::Fenced { stored, .. }) => {
+                // Another process refreshed while this one's lease had lapsed: its
+                // record is the chain's newest. Adopt it; this answer is discarded.
+                tracing::warn!(
+                    token = name,
+                    seen,
+                    stored,
+                    "the store moved on while this refresh ran (the lock had lapsed); using the stored token and discarding this one"
+                );
+                if let Some(s) = held.load().await?.filter(|s| s.generation > seen) {
+                    return Ok(Outcome::Adopted(self.state_from(s, false)));
+                }
+                self.metrics.store_write_error(name);
+                true
+            }
             Ok(()) => {
                 self.interrupted.store(false, Ordering::SeqCst);
                 if spent {
@@ -645,10 +662,13 @@ impl TokenSource {
         };
         let name = self.name();
         let result = async {
-            let _lock = self.store.lock(name, self.lock_wait()).await?;
-            match self.store.load(name).await? {
+            let mut held = self.store.lock(name, self.lock_wait()).await?;
+            match held.load().await? {
                 Some(s) if s.generation > record.generation => Ok(Some(s)),
-                _ => self.store.save(name, &record).await.map(|()| None),
+                stored => {
+                    let seen = stored.map_or(0, |s| s.generation);
+                    held.save(&record, Some(seen)).await.map(|()| None)
+                }
             }
         }
         .await;

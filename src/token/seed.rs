@@ -52,17 +52,17 @@ impl TokenSource {
             (Some(_), None) => now + self.config.default_lifetime,
             (None, _) => now,
         };
-        let _lock = self.store.lock(self.name(), self.lock_wait()).await?;
+        let mut held = self.store.lock(self.name(), self.lock_wait()).await?;
         let record = StoredToken {
             version: RECORD_VERSION,
-            generation: self.next_generation().await?,
+            generation: next_generation(held.as_mut()).await?,
             access_token: given.access_token,
             refresh_token: Some(given.refresh_token),
             issued_at_ms: time_to_ms(now),
             expires_at_ms: time_to_ms(expires),
             extra: given.extra,
         };
-        self.store.save(self.name(), &record).await?;
+        held.save(&record, None).await?;
         Ok(record)
     }
 
@@ -100,16 +100,6 @@ impl TokenSource {
         Ok(())
     }
 
-    /// One more than the stored generation. A corrupt record is exactly what
-    /// seeding repairs: it does not block it.
-    async fn next_generation(&self) -> Result<u64, SeedError> {
-        match self.store.load(self.name()).await {
-            Ok(stored) => Ok(stored.map_or(0, |s| s.generation) + 1),
-            Err(e) if e.is_terminal() => Ok(1),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// One token request, and its result stored under the store's lock; nothing is
     /// stored when the request fails.
     async fn obtain_and_store(
@@ -117,8 +107,8 @@ impl TokenSource {
         exchange: Exchange<'_>,
         keep: Option<Secret>,
     ) -> Result<StoredToken, SeedError> {
-        let _lock = self.store.lock(self.name(), self.lock_wait()).await?;
-        let generation = self.next_generation().await?;
+        let mut held = self.store.lock(self.name(), self.lock_wait()).await?;
+        let generation = next_generation(held.as_mut()).await?;
         let now = SystemTime::now();
         let r = self.request(exchange).await?;
         let record = StoredToken {
@@ -130,8 +120,19 @@ impl TokenSource {
             expires_at_ms: time_to_ms(now + r.lifetime.unwrap_or(self.config.default_lifetime)),
             extra: r.extra,
         };
-        self.store.save(self.name(), &record).await?;
+        // A person's act: it replaces whatever is stored.
+        held.save(&record, None).await?;
         Ok(record)
+    }
+}
+
+/// One more than the stored generation. A corrupt record is exactly what seeding
+/// repairs: it does not block it.
+async fn next_generation(held: &mut dyn crate::store::Held) -> Result<u64, SeedError> {
+    match held.load().await {
+        Ok(stored) => Ok(stored.map_or(0, |s| s.generation) + 1),
+        Err(e) if e.is_terminal() => Ok(1),
+        Err(e) => Err(e.into()),
     }
 }
 
