@@ -47,7 +47,9 @@ inject = "Authorization: Zoho-oauthtoken {{token}}"
 /// A token source holding a valid token from the in-process provider.
 async fn source(provider: &Provider, config: &mut Config) -> Arc<TokenSource> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let tokenproxy::config::StoreConfig::File { path } = &config.store;
+    let tokenproxy::config::StoreConfig::File { path } = &config.store else {
+        unreachable!("the bench config uses the file store")
+    };
     let store = Arc::new(FileStore::open(path).expect("store"));
     let http = TokenHttp::new(
         Arc::new(rustls::RootCertStore::empty()),

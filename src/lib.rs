@@ -4,7 +4,8 @@
 //! - `config`: the TOML schema and its validation into types that cannot be wrong;
 //! - `secret`: secret values that never print, and references to where they live;
 //! - `tls`: the trust store shared by the upstream client and the token client;
-//! - `store`: durable token records (`TokenStore`, the embedded file store);
+//! - `store`: durable token records (`TokenStore`: the embedded file store, the
+//!   shared PostgreSQL store), each written under its lock and fenced by generation;
 //! - `token`: token sources, the lock-free current token, single-flight refresh,
 //!   the refresh scheduler, token endpoint requests and response parsing;
 //! - `proxy`: routing, header rules, forwarding, retry after a refresh;
@@ -129,7 +130,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let roots = tls::roots(config.tls.ca_file.as_deref())?;
     let tls = tls::client_config(Arc::clone(&roots), None)?;
-    let store = open_store(&config)?;
+    let store = open_store(&config, &roots).await?;
     let metrics = Arc::new(metrics::Metrics::new());
     let http = TokenHttp::new(roots, config.proxy.connect_timeout)?;
     let sources: Vec<Arc<TokenSource>> = config
@@ -245,9 +246,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
-fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StoreError> {
+async fn open_store(
+    config: &Config,
+    roots: &Arc<rustls::RootCertStore>,
+) -> Result<Arc<dyn TokenStore>, StartError> {
     Ok(match &config.store {
         StoreConfig::File { path } => Arc::new(FileStore::open(path)?),
+        StoreConfig::Postgres { url, lease } => {
+            let url = url.resolve().map_err(|e| StoreError::Database {
+                op: "configure",
+                detail: format!("store.url: {e}"),
+            })?;
+            let tls = tls::client_config(Arc::clone(roots), None)?;
+            Arc::new(store::PgStore::open(&url, tls, *lease).await?)
+        }
     })
 }
 
@@ -265,12 +277,12 @@ pub enum BootstrapError {
 }
 
 /// A token source of its own, on the configured store, for a one-off command.
-fn standalone_source(
+async fn standalone_source(
     mut config: Config,
     name: &str,
 ) -> Result<(Arc<TokenSource>, &'static str), BootstrapError> {
     let roots = tls::roots(config.tls.ca_file.as_deref()).map_err(StartError::from)?;
-    let store = open_store(&config).map_err(StartError::from)?;
+    let store = open_store(&config, &roots).await?;
     let kind = store.kind();
     let http = TokenHttp::new(roots, config.proxy.connect_timeout).map_err(StartError::from)?;
     let index = config
@@ -314,7 +326,7 @@ pub async fn seed(
     input: &str,
     verify: bool,
 ) -> Result<String, BootstrapError> {
-    let (source, kind) = standalone_source(config, name)?;
+    let (source, kind) = standalone_source(config, name).await?;
     let record = source.seed(input, verify).await?;
     Ok(format!(
         "{}{}
@@ -335,7 +347,7 @@ pub async fn login(
     opts: login::LoginOptions,
 ) -> Result<String, BootstrapError> {
     let file = config.file.clone();
-    let (source, kind) = standalone_source(config, name)?;
+    let (source, kind) = standalone_source(config, name).await?;
     let record = login::run(&source, &opts).await?;
     Ok(format!(
         "{}

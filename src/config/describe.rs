@@ -18,6 +18,13 @@ impl Config {
             StoreConfig::File { path } => {
                 let _ = writeln!(out, "store: file {}", path.display());
             }
+            StoreConfig::Postgres { url, lease } => {
+                let _ = writeln!(
+                    out,
+                    "store: postgres, url from {url}, lease {}",
+                    humantime::format_duration(*lease)
+                );
+            }
         }
         let _ = writeln!(out, "tokens:");
         for t in &self.tokens {

@@ -98,7 +98,16 @@ pub struct Tls {
 
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
-    File { path: PathBuf },
+    File {
+        path: PathBuf,
+    },
+    /// Shared by every instance that names the same database.
+    Postgres {
+        url: SecretRef,
+        /// A lock holder that stops renewing loses the lock after this long; longer
+        /// than any token request's deadline.
+        lease: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -59,6 +59,11 @@ pub struct RawTls {
 pub struct RawStore {
     pub kind: String,
     pub path: PathBuf,
+    /// Shared stores: where the server is.
+    pub url: Option<SecretRef>,
+    /// Shared stores: how long a lock outlives a holder that stopped renewing it.
+    #[serde(with = "humantime_serde")]
+    pub lease: Option<Duration>,
 }
 
 impl Default for RawStore {
@@ -66,6 +71,8 @@ impl Default for RawStore {
         RawStore {
             kind: "file".into(),
             path: "./tokenproxy-state".into(),
+            url: None,
+            lease: None,
         }
     }
 }

@@ -18,6 +18,11 @@ use super::{
 };
 use crate::secret::SecretRef;
 
+/// A shared store's lock lease when none is written.
+const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// How much longer than a token request the lease must be (a store write, a pause).
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
+
 pub fn config(raw: RawConfig, file: &Path) -> Result<Config, ConfigError> {
     Validator {
         file,
@@ -121,14 +126,44 @@ impl Validator<'_> {
             ));
         }
         let store = match raw.store.kind.as_str() {
-            "file" => StoreConfig::File {
-                path: raw.store.path,
-            },
+            "file" => {
+                if raw.store.url.is_some() || raw.store.lease.is_some() {
+                    return Err(self.err(
+                        "store.url",
+                        "url and lease are for shared stores",
+                        "set kind = \"postgres\", or remove them",
+                    ));
+                }
+                StoreConfig::File {
+                    path: raw.store.path,
+                }
+            }
+            "postgres" => {
+                let Some(url) = raw.store.url else {
+                    return Err(self.err(
+                        "store.url",
+                        "a postgres store needs a URL",
+                        "add url = { env = \"TOKENPROXY_STORE_URL\" } holding postgres://user:password@host:5432/database",
+                    ));
+                };
+                self.secret("store.url", &url, false)?;
+                StoreConfig::Postgres {
+                    url,
+                    lease: raw.store.lease.unwrap_or(DEFAULT_LEASE),
+                }
+            }
+            "redis" => {
+                return Err(self.err(
+                    "store.kind",
+                    "the redis store is not built yet",
+                    "use kind = \"postgres\" to share tokens between instances, or \"file\"",
+                ));
+            }
             other => {
                 return Err(self.err(
                     "store.kind",
                     format!("`{other}` is not a supported store"),
-                    "use kind = \"file\"",
+                    "use kind = \"file\" or \"postgres\"",
                 ));
             }
         };
@@ -211,6 +246,25 @@ impl Validator<'_> {
                 ));
             }
             routes.push(route);
+        }
+        if let StoreConfig::Postgres { lease, .. } = &store {
+            // A lock holder must finish its token request well inside its lease, or a
+            // second instance could spend the same refresh token.
+            for t in &tokens {
+                if *lease < t.timeout + LEASE_MARGIN {
+                    return Err(self.err(
+                        "store.lease",
+                        format!(
+                            "{} is not longer than tokens.{}.timeout ({}) plus {}",
+                            humantime::format_duration(*lease),
+                            t.name,
+                            humantime::format_duration(t.timeout),
+                            humantime::format_duration(LEASE_MARGIN)
+                        ),
+                        "raise store.lease or lower the token's timeout",
+                    ));
+                }
+            }
         }
         Ok(Config {
             file: self.file.into(),

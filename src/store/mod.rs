@@ -2,10 +2,15 @@
 //!
 //! A [`TokenStore`] keeps one [`StoredToken`] record per token name and offers a
 //! per-token lock that spans processes: whoever refreshes a token holds the lock,
-//! re-reads the record, and refreshes only if nobody did meanwhile. The store does
-//! not decide anything about tokens; the token engine (`crate::token`) does.
+//! re-reads the record, and refreshes only if nobody did meanwhile; the write goes
+//! through the held lock and is fenced by the generation read under it. The store
+//! does not decide anything about tokens; the token engine (`crate::token`) does.
+//!
+//! `file`: one host, `flock`. `postgres`: any number of hosts, a row lock that is a
+//! lease (see `postgres`).
 
 mod file;
+mod postgres;
 
 use std::path::PathBuf;
 
@@ -14,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::secret::Secret;
 
 pub use file::FileStore;
+pub use postgres::{PgStore, SCHEMA_VERSION};
 
 /// The version written by this build; older or newer records are refused, never guessed at.
 pub const RECORD_VERSION: u32 = 1;
@@ -106,6 +112,10 @@ pub enum StoreError {
         op: &'static str,
         after: std::time::Duration,
     },
+    #[error("database ({op}): {detail}")]
+    Database { op: &'static str, detail: String },
+    #[error("database schema: {0}")]
+    Schema(String),
     #[error(
         "the store holds generation {stored} of token `{token}`, not {seen}: another process refreshed it meanwhile"
     )]
@@ -136,7 +146,10 @@ impl StoreError {
     /// A broken record needs a person: retrying cannot help, and guessing could spend
     /// a rotated refresh token twice.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, StoreError::Corrupt { .. } | StoreError::Unsafe { .. })
+        matches!(
+            self,
+            StoreError::Corrupt { .. } | StoreError::Unsafe { .. } | StoreError::Schema(_)
+        )
     }
 }
 

@@ -74,6 +74,9 @@ pub struct TokenState {
     pub failure: Option<Failure>,
     /// The record is newer than what the store holds; the scheduler writes it again.
     pub unsaved: bool,
+    /// The generation the store is known to hold (the record's own once saved): the
+    /// fence for writing an unsaved record later.
+    durable: u64,
     pub last_refresh: Option<(SystemTime, Trigger)>,
     /// The upstream refused this token and no new one could be had.
     pub refused: bool,
@@ -89,6 +92,7 @@ impl TokenState {
             valid_until: self.valid_until,
             failure: self.failure.clone(),
             unsaved: self.unsaved,
+            durable: self.durable,
             last_refresh: self.last_refresh,
             refused: self.refused,
         }
@@ -626,10 +630,11 @@ impl TokenSource {
                 true
             }
         };
-        Ok(Outcome::Refreshed(
-            self.state_from(record, unsaved),
-            received.elapsed(),
-        ))
+        let mut state = self.state_from(record, unsaved);
+        if unsaved {
+            state.durable = seen;
+        }
+        Ok(Outcome::Refreshed(state, received.elapsed()))
     }
 
     /// After a terminal failure: adopts a record that a person stored meanwhile
@@ -663,21 +668,31 @@ impl TokenSource {
         let name = self.name();
         let result = async {
             let mut held = self.store.lock(name, self.lock_wait()).await?;
+            // Written only over the generation it was made from; if the store moved
+            // on meanwhile, its record wins.
             match held.load().await? {
-                Some(s) if s.generation > record.generation => Ok(Some(s)),
-                stored => {
-                    let seen = stored.map_or(0, |s| s.generation);
-                    held.save(&record, Some(seen)).await.map(|()| None)
-                }
+                Some(s) if s.generation != cur.durable => Ok(Some(s)),
+                _ => match held.save(&record, Some(cur.durable)).await {
+                    Err(StoreError::Fenced { .. }) => held.load().await,
+                    other => other.map(|()| None),
+                },
             }
         }
         .await;
         match result {
             Ok(newer) => {
-                tracing::info!(
-                    token = name,
-                    "stored the token that could not be written before"
-                );
+                match &newer {
+                    Some(s) => tracing::warn!(
+                        token = name,
+                        generation = s.generation,
+                        "while this token could not be stored, another process stored generation {}; using it and discarding this one",
+                        s.generation
+                    ),
+                    None => tracing::info!(
+                        token = name,
+                        "stored the token that could not be written before"
+                    ),
+                }
                 let record = newer.unwrap_or(record);
                 let state = TokenState {
                     last_refresh: cur.last_refresh,
@@ -751,6 +766,7 @@ impl TokenSource {
     }
 
     fn state_from(&self, record: StoredToken, unsaved: bool) -> TokenState {
+        let generation = record.generation;
         let mut failure = None;
         let credentials = match &record.access_token {
             Some(token) => {
@@ -796,6 +812,7 @@ impl TokenSource {
             valid_until,
             failure,
             unsaved,
+            durable: generation,
             last_refresh: None,
             refused: false,
         }
