@@ -26,6 +26,7 @@ pub struct Admin {
     /// Per route: name, prefix, upstream host, token index; for `/status`.
     routes: Vec<(String, Option<String>, String, usize)>,
     store_kind: &'static str,
+    store_health: Arc<crate::store::StoreHealth>,
 }
 
 impl Admin {
@@ -33,6 +34,7 @@ impl Admin {
         sources: Vec<Arc<TokenSource>>,
         routes: &[Route],
         store_kind: &'static str,
+        store_health: Arc<crate::store::StoreHealth>,
         metrics: Arc<Metrics>,
     ) -> Admin {
         let routes = routes
@@ -54,6 +56,7 @@ impl Admin {
             metrics,
             routes,
             store_kind,
+            store_health,
         }
     }
 
@@ -131,7 +134,14 @@ impl Admin {
                 json!({"name": name, "prefix": prefix, "upstream_host": host, "token": self.sources[*token].name()})
             })
             .collect();
-        json!({"tokens": tokens, "routes": routes})
+        let (up, last_error) = self.store_health.get();
+        let store = json!({
+            "kind": self.store_kind,
+            "up": up,
+            "last_error": last_error.as_ref().map(|(_, e)| e),
+            "last_error_at": last_error.map(|(at, _)| rfc3339(at)),
+        });
+        json!({"tokens": tokens, "routes": routes, "store": store})
     }
 
     async fn refresh(&self, name: &str) -> Result<Response<ProxyBody>, ProxyError> {

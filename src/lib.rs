@@ -130,8 +130,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let roots = tls::roots(config.tls.ca_file.as_deref())?;
     let tls = tls::client_config(Arc::clone(&roots), None)?;
-    let store = open_store(&config, &roots).await?;
     let metrics = Arc::new(metrics::Metrics::new());
+    let (store, store_health) =
+        store::Observed::new(open_store(&config, &roots).await?, Arc::clone(&metrics));
+    let store: Arc<dyn TokenStore> = store;
     let http = TokenHttp::new(roots, config.proxy.connect_timeout)?;
     let sources: Vec<Arc<TokenSource>> = config
         .tokens
@@ -172,6 +174,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         sources.clone(),
         &config.routes,
         store.kind(),
+        store_health,
         Arc::clone(&metrics),
     ));
     let settings = config.proxy;

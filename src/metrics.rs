@@ -39,6 +39,8 @@ pub struct Metrics {
     errors_total: IntCounterVec,
     panics_total: IntCounter,
     refresh_interrupted: IntCounterVec,
+    store_up: prometheus::IntGauge,
+    store_operations: IntCounterVec,
 }
 
 /// How a `retry_on` answer was handled.
@@ -180,8 +182,26 @@ impl Metrics {
                 "Refreshes found interrupted at start: an earlier process died between spending a refresh token and storing its successor.",
                 &["token"],
             ),
+            store_up: register(
+                &registry,
+                prometheus::IntGauge::new(
+                    "tokenproxy_store_up",
+                    "1 while the token store answered its last operation.",
+                )
+                .expect("valid metric"),
+            ),
+            store_operations: counter(
+                "tokenproxy_store_operations_total",
+                "Token store operations by op (load, lock, save, intent) and result (success, error).",
+                &["op", "result"],
+            ),
             registry,
         };
+        for op in ["load", "lock", "save", "intent"] {
+            for result in ["success", "error"] {
+                metrics.store_operations.with_label_values(&[op, result]);
+            }
+        }
         let _ = metrics.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::new(
                 std::process::id() as i32,
@@ -219,6 +239,14 @@ impl Metrics {
     /// An error tokenproxy answered with (its `x-tokenproxy-error` code).
     pub fn error(&self, route: &str, code: &str) {
         self.errors_total.with_label_values(&[route, code]).inc();
+    }
+
+    pub fn store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
+    }
+
+    pub fn store_operation(&self, op: &str, result: &str) {
+        self.store_operations.with_label_values(&[op, result]).inc();
     }
 
     pub fn panicked(&self) {

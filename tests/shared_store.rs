@@ -233,6 +233,8 @@ struct OwnServer {
     bin: String,
     dir: tempfile::TempDir,
     url: String,
+    /// The server's options (port, socket directory, address).
+    opts: String,
 }
 
 impl OwnServer {
@@ -251,10 +253,15 @@ impl OwnServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .map(|l| l.local_addr().unwrap().port())
             .unwrap();
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1",
+            dir.path().display()
+        );
         let server = OwnServer {
             bin,
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
             dir,
+            opts,
         };
         assert!(
             std::process::Command::new("chown")
@@ -272,10 +279,6 @@ impl OwnServer {
             "postgres",
             "--auth=trust",
         ]);
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1",
-            server.dir.path().display()
-        );
         let log = server.dir.path().join("log").display().to_string();
         server.pg(&[
             "pg_ctl",
@@ -284,7 +287,7 @@ impl OwnServer {
             "-l",
             &log,
             "-o",
-            &opts,
+            &server.opts,
             "-w",
             "start",
         ]);
@@ -309,6 +312,25 @@ impl OwnServer {
             .unwrap();
         let log = std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default();
         assert!(status.success(), "{args:?} failed:\n{log}");
+    }
+
+    fn stop(&self) {
+        self.pg(&["pg_ctl", "-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+
+    fn start_again(&self) {
+        let log = self.dir.path().join("log").display().to_string();
+        self.pg(&[
+            "pg_ctl",
+            "-D",
+            &self.data(),
+            "-l",
+            &log,
+            "-o",
+            &self.opts,
+            "-w",
+            "start",
+        ]);
     }
 
     fn restart(&self) {
@@ -391,4 +413,55 @@ async fn a_store_restart_loses_nothing() {
         w.provider.current_refresh_token(),
         "the newest refresh token is stored"
     );
+}
+
+/// While the store is down, the token in memory keeps serving; `/status` and
+/// `/metrics` say the store is unreachable, and say so no more once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_is_reported_and_tokens_keep_serving() {
+    let Some(server) = tokio::task::spawn_blocking(OwnServer::start).await.unwrap() else {
+        return;
+    };
+    let w = World::new(short_lived(60.0)).await;
+    let p = w.spawn_with(
+        &shared_config(&w, ""),
+        &[("TP_STORE_URL", server.url.as_str())],
+    );
+    assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    tokio::task::block_in_place(|| server.stop());
+    assert_eq!(force_refresh(&p, "demo").await.status(), 502);
+    let status = json(&get(&p.admin_url("/status")).await.1);
+    assert_eq!(status["store"]["up"], false, "{status}");
+    assert!(status["store"]["last_error"].as_str().is_some(), "{status}");
+    assert!(
+        get(&p.admin_url("/metrics"))
+            .await
+            .1
+            .contains("tokenproxy_store_up 0")
+    );
+    assert_eq!(
+        get(&p.url("/demo/still")).await.0,
+        200,
+        "the token in memory serves"
+    );
+    p.wait_ready(200, Duration::from_secs(5)).await;
+    tokio::task::block_in_place(|| server.start_again());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while force_refresh(&p, "demo").await.status() != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "no refresh after the store came back:\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = json(&get(&p.admin_url("/status")).await.1);
+    assert_eq!(status["store"]["up"], true, "{status}");
+    assert!(
+        get(&p.admin_url("/metrics"))
+            .await
+            .1
+            .contains("tokenproxy_store_up 1")
+    );
+    assert_eq!(w.provider.reuse_detected(), 0);
 }

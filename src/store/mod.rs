@@ -10,6 +10,7 @@
 //! lease (see `postgres`).
 
 mod file;
+mod observed;
 mod postgres;
 
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::secret::Secret;
 
 pub use file::FileStore;
+pub use observed::{Observed, StoreHealth};
 pub use postgres::{PgStore, SCHEMA_VERSION};
 
 /// The version written by this build; older or newer records are refused, never guessed at.
