@@ -465,3 +465,47 @@ async fn an_unreachable_store_is_reported_and_tokens_keep_serving() {
     );
     assert_eq!(w.provider.reuse_detected(), 0);
 }
+
+/// A refresh on one instance reaches the others through the store's notifications
+/// at once, not at their own refresh time, and costs them no token request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_instances_pick_a_new_token_up_at_once() {
+    let Some(url) = database().await else { return };
+    let w = World::new(short_lived(600.0)).await;
+    let config = shared_config(&w, "");
+    let env = [("TP_STORE_URL", url.as_str())];
+    let a = w.spawn_with(&config, &env);
+    let b = w.spawn_with(&config, &env);
+    assert_eq!(get(&a.url("/demo/x")).await.0, 200);
+    assert_eq!(get(&b.url("/demo/x")).await.0, 200);
+    let before = w.provider.token_requests();
+    let generation = token_status(&a, "demo").await["generation"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(force_refresh(&a, "demo").await.status(), 200);
+    let refreshed = Instant::now();
+    loop {
+        let seen = token_status(&b, "demo").await["generation"]
+            .as_u64()
+            .unwrap();
+        if seen == generation + 1 {
+            break;
+        }
+        assert!(
+            refreshed.elapsed() < Duration::from_secs(10),
+            "B still holds generation {seen}:\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("picked up {:?} after the refresh", refreshed.elapsed());
+    assert_eq!(
+        w.provider.token_requests(),
+        before + 1,
+        "B made no token request"
+    );
+    b.wait_log("picked up the token another instance stored")
+        .await;
+    // B serves with the new token (the provider accepts only the current one).
+    assert_eq!(get(&b.url("/demo/y")).await.0, 200);
+}

@@ -186,4 +186,10 @@ pub trait TokenStore: Send + Sync {
     async fn load_intent(&self, token: &str) -> Result<Option<Intent>, StoreError>;
     /// The refresh the intent announced has ended (with new tokens or a refusal).
     async fn clear_intent(&self, token: &str) -> Result<(), StoreError>;
+    /// Names of tokens another process stored a new record for, as they are
+    /// written (`*`: anything may have changed, after a reconnection). `None` for a
+    /// store that cannot tell; instances then see new records at their next refresh.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        None
+    }
 }

@@ -128,6 +128,10 @@ impl TokenStore for Observed {
         record(&self.metrics, &self.health, "intent", &r);
         r
     }
+
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        self.inner.changes()
+    }
 }
 
 struct ObservedHeld {

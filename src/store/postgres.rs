@@ -12,6 +12,12 @@
 //! lock cannot overwrite a newer generation. Nothing uses session-level advisory
 //! locks, which silently stop protecting once a pooled connection is reused.
 //!
+//! Pick-up: a refresh's transaction sends `NOTIFY tokenproxy_tokens, '<name>'`,
+//! delivered at its commit; every instance `LISTEN`s on a connection of its own and
+//! passes the name on ([`TokenStore::changes`]), so the others adopt the new token at
+//! once instead of at their own refresh time. After a lost connection it reconnects
+//! with backoff and announces `*` (look at everything), the polling fallback.
+//!
 //! Schema: created on first start, serialised between instances by a transaction
 //! advisory lock; `tokenproxy_schema.version` is checked, and an unknown version or
 //! a `tokenproxy_tokens` without the expected columns is refused by name.
@@ -63,7 +69,12 @@ CREATE TABLE IF NOT EXISTS tokenproxy_intents (
 pub struct PgStore {
     pool: Pool,
     lease: Duration,
+    changes: tokio::sync::broadcast::Sender<String>,
+    listener: JoinHandle<()>,
 }
+
+/// The channel refreshes notify on.
+const CHANNEL: &str = "tokenproxy_tokens";
 
 fn db(op: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
     move |e| StoreError::Database {
@@ -102,8 +113,8 @@ impl PgStore {
             })?;
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
         let manager = Manager::from_config(
-            config,
-            tls,
+            config.clone(),
+            tls.clone(),
             ManagerConfig {
                 // A connection comes back from a lock holder that may have been cut
                 // off mid-transaction: whatever it left open ends here.
@@ -121,7 +132,14 @@ impl PgStore {
                 op: "configure",
                 detail: e.to_string(),
             })?;
-        let store = PgStore { pool, lease };
+        let (changes, _) = tokio::sync::broadcast::channel(64);
+        let listener = tokio::spawn(listen(config, tls, changes.clone()));
+        let store = PgStore {
+            pool,
+            lease,
+            changes,
+            listener,
+        };
         store.prepare_schema().await?;
         Ok(store)
     }
@@ -181,6 +199,49 @@ impl PgStore {
             }
         }
         tx.commit().await.map_err(db("create schema"))
+    }
+}
+
+/// Forwards the names in `NOTIFY tokenproxy_tokens` to `changes`, reconnecting
+/// with backoff (1 s doubling to 30 s) and announcing `*` after each (re)connection.
+async fn listen(
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    changes: tokio::sync::broadcast::Sender<String>,
+) {
+    use futures_util::StreamExt;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match config.connect(tls.clone()).await {
+            Ok((client, mut connection)) => {
+                let forward = changes.clone();
+                let driver = tokio::spawn(async move {
+                    let mut messages =
+                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(Ok(message)) = messages.next().await {
+                        if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                            let _ = forward.send(n.payload().to_owned());
+                        }
+                    }
+                });
+                if client
+                    .batch_execute(&format!("LISTEN {CHANNEL}"))
+                    .await
+                    .is_ok()
+                {
+                    backoff = Duration::from_secs(1);
+                    // Whatever changed while no one was listening.
+                    let _ = changes.send("*".into());
+                }
+                let _ = driver.await;
+                tracing::debug!("store notifications: connection ended; reconnecting");
+            }
+            Err(e) => {
+                tracing::debug!(error = %error_text(&e), retry_in_s = backoff.as_secs(), "store notifications: cannot connect");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -325,6 +386,16 @@ impl TokenStore for PgStore {
             .map_err(db("write intent"))?;
         Ok(())
     }
+
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        Some(self.changes.subscribe())
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
 }
 
 /// A locked row: the transaction that holds it, and the task that renews it.
@@ -400,8 +471,12 @@ impl Held for PgHeld {
                 stored: u64::try_from(stored).unwrap_or(0),
             });
         }
+        client
+            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.token])
+            .await
+            .map_err(db("write"))?;
         if self.open {
-            // Durable, and the lock released, in one step.
+            // Durable, the others told, and the lock released, in one step.
             client.batch_execute("COMMIT").await.map_err(db("write"))?;
             self.open = false;
             self.renew.abort();

@@ -658,6 +658,39 @@ impl TokenSource {
         }
     }
 
+    /// The store's announcements of new records, where it makes them.
+    pub(crate) fn store_changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        self.store.changes()
+    }
+
+    /// Adopts a newer, valid record another instance stored, without the lock (a
+    /// read). Skipped while a refresh runs here: it re-reads under the lock anyway.
+    async fn pick_up(&self) {
+        let Ok(_flight) = self.flight.try_lock() else {
+            return;
+        };
+        let cur = self.cell.load_full();
+        let Ok(Some(stored)) = self.store.load(self.name()).await else {
+            return;
+        };
+        if stored.generation <= cur.generation() || cur.unsaved {
+            return;
+        }
+        let state = self.state_from(stored, false);
+        if !state.valid_for(Duration::ZERO) {
+            return;
+        }
+        tracing::info!(
+            token = self.name(),
+            generation = state.generation(),
+            "picked up the token another instance stored"
+        );
+        self.publish(TokenState {
+            last_refresh: cur.last_refresh,
+            ..state
+        });
+    }
+
     /// Writes a record that could not be stored earlier, unless the store moved on.
     async fn persist_again(&self) {
         let _flight = self.flight.lock().await;

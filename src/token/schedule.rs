@@ -33,6 +33,7 @@ enum Action {
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(source: Arc<TokenSource>, shutdown: CancellationToken) {
+    let mut changes = source.store_changes();
     let _ = source.refresh(0, Trigger::Startup).await;
     loop {
         let state = source.current().clone();
@@ -40,6 +41,14 @@ pub async fn run(source: Arc<TokenSource>, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = source.changed.notified() => continue,
+            changed = next_change(&mut changes) => {
+                // Another instance stored a new record (or, after a reconnection,
+                // may have): adopt it now rather than at this instance's refresh time.
+                if changed.is_none_or(|name| name == "*" || name == source.name()) {
+                    source.pick_up().await;
+                }
+                continue;
+            }
             _ = tokio::time::sleep(delay) => {}
         }
         match action {
@@ -48,6 +57,25 @@ pub async fn run(source: Arc<TokenSource>, shutdown: CancellationToken) {
             }
             Action::Persist => source.persist_again().await,
             Action::Reload => source.reload().await,
+        }
+    }
+}
+
+/// The next change the store announces: `Some(name)`, or `None` when some were
+/// missed (look at everything). Never resolves for a store that cannot tell.
+async fn next_change(
+    changes: &mut Option<tokio::sync::broadcast::Receiver<String>>,
+) -> Option<String> {
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(rx) = changes else {
+        return std::future::pending().await;
+    };
+    match rx.recv().await {
+        Ok(name) => Some(name),
+        Err(RecvError::Lagged(_)) => None,
+        Err(RecvError::Closed) => {
+            *changes = None;
+            std::future::pending().await
         }
     }
 }
