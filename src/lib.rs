@@ -253,7 +253,22 @@ async fn open_store(
     config: &Config,
     roots: &Arc<rustls::RootCertStore>,
 ) -> Result<Arc<dyn TokenStore>, StartError> {
-    Ok(match &config.store {
+    let keys = match &config.store_keys {
+        None => None,
+        Some((current, previous)) => {
+            let key = |r: &secret::SecretRef| {
+                r.resolve()
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| store::Key::parse(s.expose()))
+                    .map_err(|e| StoreError::Encryption(format!("{r}: {e}")))
+            };
+            Some(store::Keys {
+                current: key(current)?,
+                previous: previous.iter().map(key).collect::<Result<_, _>>()?,
+            })
+        }
+    };
+    let inner: Arc<dyn TokenStore> = match &config.store {
         StoreConfig::File { path } => Arc::new(FileStore::open(path)?),
         StoreConfig::Postgres { url, lease } => {
             let url = url.resolve().map_err(|e| StoreError::Database {
@@ -263,7 +278,8 @@ async fn open_store(
             let tls = tls::client_config(Arc::clone(roots), None)?;
             Arc::new(store::PgStore::open(&url, tls, *lease).await?)
         }
-    })
+    };
+    Ok(store::Encrypted::new(inner, keys))
 }
 
 /// Why `tokenproxy seed` or `tokenproxy login` failed.

@@ -509,3 +509,29 @@ async fn other_instances_pick_a_new_token_up_at_once() {
     // B serves with the new token (the provider accepts only the current one).
     assert_eq!(get(&b.url("/demo/y")).await.0, 200);
 }
+
+/// Encrypted at rest: the raw row holds no token, and the instance works as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_table_holds_no_token_in_clear_with_an_encryption_key() {
+    let Some(url) = database().await else { return };
+    let w = World::default().await;
+    let config = shared_config(&w, "").replace(
+        "lease = \"15s\"",
+        "lease = \"15s\"\nencryption_key = { env = \"TP_KEY\" }",
+    );
+    let key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    let p = w.spawn_with(&config, &[("TP_STORE_URL", url.as_str()), ("TP_KEY", key)]);
+    assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    assert_eq!(force_refresh(&p, "demo").await.status(), 200);
+    assert_eq!(get(&p.url("/demo/y")).await.0, 200);
+    let row = query_one(
+        &url,
+        "SELECT concat_ws(' ', access_token, refresh_token, extra::text) FROM tokenproxy_tokens WHERE name = 'demo'",
+    )
+    .await
+    .unwrap();
+    assert!(row.starts_with("enc:v1:"), "{row}");
+    for token in w.provider.all_tokens() {
+        assert!(!row.contains(&token), "the row holds {token} in clear");
+    }
+}

@@ -198,3 +198,53 @@ async fn secret_files_are_bounded_and_regular() {
     assert!(r.text().await.unwrap().contains("not a regular file"));
     assert!(p.peak_rss_kib() < 200 * 1024, "{} KiB", p.peak_rss_kib());
 }
+
+const KEY_A: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+const KEY_B: &str = "f0e0d0c0b0a090807060504030201000f0e0d0c0b0a090807060504030201000";
+
+/// With an encryption key the record on disk holds no token; a rotated key still
+/// reads it; without the right key the token stops with an error naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_encrypted_at_rest_with_a_rotatable_key() {
+    let w = World::default().await;
+    let keyed = |top: &str| {
+        w.config("", "").replace(
+            &format!("[store]\npath = \"{}\"", w.state_dir().display()),
+            &format!("[store]\npath = \"{}\"\n{top}", w.state_dir().display()),
+        )
+    };
+    let first = keyed("encryption_key = { env = \"TP_KEY\" }");
+    let p = w.spawn_with(&first, &[("TP_KEY", KEY_A)]);
+    assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    drop(p);
+    let raw = std::fs::read_to_string(w.state_dir().join("demo.json")).unwrap();
+    assert!(raw.contains("enc:v1:"), "{raw}");
+    for token in w.provider.all_tokens() {
+        assert!(!raw.contains(&token), "the record holds {token} in clear");
+    }
+    // Rotated: B encrypts, A still opens the stored record (no refresh needed).
+    let rotated = keyed(
+        "encryption_key = { env = \"TP_KEY\" }\nprevious_encryption_keys = [{ env = \"TP_OLD\" }]",
+    );
+    let requests = w.provider.token_requests();
+    let p = w.spawn_with(&rotated, &[("TP_KEY", KEY_B), ("TP_OLD", KEY_A)]);
+    assert_eq!(get(&p.url("/demo/y")).await.0, 200);
+    assert_eq!(
+        w.provider.token_requests(),
+        requests,
+        "the stored token was read"
+    );
+    drop(p);
+    // Without the key that encrypted it: stopped by name, nothing garbled sent.
+    let p = w.spawn(&w.config("", ""));
+    p.wait_ready(503, Duration::from_secs(10)).await;
+    let status = token_status(&p, "demo").await;
+    assert_eq!(status["state"], "needs_login", "{status}");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("store.encryption_key"),
+        "{status}"
+    );
+}

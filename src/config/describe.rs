@@ -26,6 +26,13 @@ impl Config {
                 );
             }
         }
+        if let Some((_, previous)) = &self.store_keys {
+            let _ = writeln!(
+                out,
+                "store: tokens encrypted at rest (AES-256-GCM) with store.encryption_key, {} previous key(s) accepted",
+                previous.len()
+            );
+        }
         let _ = writeln!(out, "tokens:");
         for t in &self.tokens {
             let _ = writeln!(out, "  {}:", t.name);

@@ -52,6 +52,8 @@ pub struct Config {
     pub listen: Listen,
     pub tls: Tls,
     pub store: StoreConfig,
+    /// Keys for the tokens at rest: the current one, then older ones (read at start).
+    pub store_keys: Option<(SecretRef, Vec<SecretRef>)>,
     pub proxy: ProxySettings,
     pub tokens: Vec<TokenConfig>,
     pub routes: Vec<Route>,

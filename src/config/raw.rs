@@ -64,6 +64,10 @@ pub struct RawStore {
     /// Shared stores: how long a lock outlives a holder that stopped renewing it.
     #[serde(with = "humantime_serde")]
     pub lease: Option<Duration>,
+    /// AES-256 key (64 hex digits or base64) for the tokens at rest, any store kind.
+    pub encryption_key: Option<SecretRef>,
+    /// Keys that encrypted earlier records, still accepted for reading.
+    pub previous_encryption_keys: Vec<SecretRef>,
 }
 
 impl Default for RawStore {
@@ -73,6 +77,8 @@ impl Default for RawStore {
             path: "./tokenproxy-state".into(),
             url: None,
             lease: None,
+            encryption_key: None,
+            previous_encryption_keys: Vec::new(),
         }
     }
 }

@@ -167,6 +167,40 @@ impl Validator<'_> {
                 ));
             }
         };
+        let store_keys = match raw.store.encryption_key {
+            None if raw.store.previous_encryption_keys.is_empty() => None,
+            None => {
+                return Err(self.err(
+                    "store.previous_encryption_keys",
+                    "previous keys without a current store.encryption_key",
+                    "add encryption_key (the key that encrypts new writes)",
+                ));
+            }
+            Some(key) => {
+                let all = std::iter::once(("store.encryption_key".to_owned(), &key)).chain(
+                    raw.store
+                        .previous_encryption_keys
+                        .iter()
+                        .enumerate()
+                        .map(|(i, k)| (format!("store.previous_encryption_keys[{i}]"), k)),
+                );
+                for (name, k) in all {
+                    self.secret(&name, k, false)?;
+                    let text = k
+                        .resolve()
+                        .map(|s| s.expose().to_owned())
+                        .unwrap_or_default();
+                    if let Err(e) = crate::store::Key::parse(&text) {
+                        return Err(self.err(
+                            name,
+                            format!("not an AES-256 key: {e}"),
+                            "write 32 random bytes as 64 hex digits: openssl rand -hex 32",
+                        ));
+                    }
+                }
+                Some((key, raw.store.previous_encryption_keys))
+            }
+        };
         if raw.proxy.replay_body_limit > 64 * 1024 * 1024 {
             return Err(self.err(
                 "proxy.replay_body_limit",
@@ -273,6 +307,7 @@ impl Validator<'_> {
                 ca_file: raw.tls.ca_file,
             },
             store,
+            store_keys,
             proxy,
             tokens,
             routes,

@@ -9,6 +9,7 @@
 //! `file`: one host, `flock`. `postgres`: any number of hosts, a row lock that is a
 //! lease (see `postgres`).
 
+mod encrypted;
 mod file;
 mod observed;
 mod postgres;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 
+pub use encrypted::{Encrypted, Key, Keys};
 pub use file::FileStore;
 pub use observed::{Observed, StoreHealth};
 pub use postgres::{PgStore, SCHEMA_VERSION};
@@ -118,6 +120,8 @@ pub enum StoreError {
     Database { op: &'static str, detail: String },
     #[error("database schema: {0}")]
     Schema(String),
+    #[error("encryption at rest: {0}")]
+    Encryption(String),
     #[error(
         "the store holds generation {stored} of token `{token}`, not {seen}: another process refreshed it meanwhile"
     )]
@@ -150,7 +154,10 @@ impl StoreError {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            StoreError::Corrupt { .. } | StoreError::Unsafe { .. } | StoreError::Schema(_)
+            StoreError::Corrupt { .. }
+                | StoreError::Unsafe { .. }
+                | StoreError::Schema(_)
+                | StoreError::Encryption(_)
         )
     }
 }
