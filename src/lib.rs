@@ -282,6 +282,29 @@ async fn open_store(
     Ok(store::Encrypted::new(inner, keys))
 }
 
+/// For `tokenproxy check`: whether the configured store can be used, in words,
+/// changing nothing (the file store's directory is checked if it exists; a
+/// PostgreSQL server is connected to and its schema read).
+pub async fn probe_store(config: &Config) -> Result<String, StartError> {
+    match &config.store {
+        StoreConfig::File { path } => Ok(if path.exists() {
+            FileStore::check(path)?;
+            format!("{}: usable", path.display())
+        } else {
+            format!("{}: created at the first start", path.display())
+        }),
+        StoreConfig::Postgres { url, .. } => {
+            let url = url.resolve().map_err(|e| StoreError::Database {
+                op: "configure",
+                detail: format!("store.url: {e}"),
+            })?;
+            let roots = tls::roots(config.tls.ca_file.as_deref())?;
+            let tls = tls::client_config(roots, None)?;
+            Ok(store::PgStore::probe(&url, tls).await?)
+        }
+    }
+}
+
 /// Why `tokenproxy seed` or `tokenproxy login` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {

@@ -133,7 +133,13 @@ fn main() -> ExitCode {
         Command::Check { config } => match Config::load(&config_path(config)) {
             Ok(config) => {
                 print!("{}", config.describe());
-                ExitCode::SUCCESS
+                // The store is part of what must work: reachable, and a schema this
+                // build knows (exit 1 otherwise: the configuration itself is valid).
+                runtime(async {
+                    let text = tokenproxy::probe_store(&config).await?;
+                    println!("store check: {text}");
+                    Ok::<(), tokenproxy::StartError>(())
+                })
             }
             Err(e) => {
                 eprintln!("error: {e}");

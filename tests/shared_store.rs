@@ -535,3 +535,41 @@ async fn the_table_holds_no_token_in_clear_with_an_encryption_key() {
         assert!(!row.contains(&token), "the row holds {token} in clear");
     }
 }
+
+/// `check` connects to the store: reachable with its schema, or an error and exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_the_store() {
+    let Some(url) = database().await else { return };
+    let w = World::default().await;
+    let path = w.dir.path().join("check.toml");
+    std::fs::write(&path, shared_config(&w, "")).unwrap();
+    let check = |url: &str| {
+        std::process::Command::new(binary())
+            .args(["check", "-c"])
+            .arg(&path)
+            .env("TP_STORE_URL", url)
+            .env("DEMO_CLIENT_SECRET", "s")
+            .output()
+            .unwrap()
+    };
+    let out = check(&url);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("store check: reachable; no tokenproxy tables yet"),
+        "{text}"
+    );
+    let p = w.spawn_with(&shared_config(&w, ""), &[("TP_STORE_URL", url.as_str())]);
+    drop(p);
+    let out = check(&url);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("schema version 1"));
+    // Nobody listens there.
+    let out = check("postgres://postgres@127.0.0.1:1/none");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("database (connect)"), "{err}");
+}

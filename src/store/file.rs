@@ -58,6 +58,11 @@ impl FileStore {
         Ok(FileStore { dir: dir.into() })
     }
 
+    /// Checks an existing directory as `open` would, changing nothing.
+    pub fn check(dir: &Path) -> Result<(), StoreError> {
+        check_directory(dir)
+    }
+
     fn path(&self, token: &str, suffix: &str) -> PathBuf {
         self.dir.join(format!("{token}{suffix}"))
     }

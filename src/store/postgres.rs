@@ -144,6 +144,50 @@ impl PgStore {
         Ok(store)
     }
 
+    /// For `tokenproxy check`: connects and reports the schema, changing nothing.
+    pub async fn probe(url: &Secret, tls: rustls::ClientConfig) -> Result<String, StoreError> {
+        let config: tokio_postgres::Config =
+            url.expose().parse().map_err(|_| StoreError::Database {
+                op: "configure",
+                detail: "store.url is not a PostgreSQL URL".into(),
+            })?;
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+        let (client, conn) = tokio::time::timeout(Duration::from_secs(10), config.connect(tls))
+            .await
+            .map_err(|_| StoreError::Database {
+                op: "connect",
+                detail: "no answer within 10 s".into(),
+            })?
+            .map_err(db("connect"))?;
+        let driver = tokio::spawn(conn);
+        let exists: bool = client
+            .query_one("SELECT to_regclass('tokenproxy_schema') IS NOT NULL", &[])
+            .await
+            .map_err(db("check schema"))?
+            .get(0);
+        let text = if exists {
+            let versions: Vec<i32> = client
+                .query("SELECT version FROM tokenproxy_schema", &[])
+                .await
+                .map_err(db("check schema"))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            match versions.as_slice() {
+                [SCHEMA_VERSION] => format!("reachable; schema version {SCHEMA_VERSION}"),
+                other => {
+                    return Err(StoreError::Schema(format!(
+                        "tokenproxy_schema holds version {other:?}; this tokenproxy knows version {SCHEMA_VERSION}"
+                    )));
+                }
+            }
+        } else {
+            "reachable; no tokenproxy tables yet (created at the first start)".to_owned()
+        };
+        driver.abort();
+        Ok(text)
+    }
+
     async fn client(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
     }
