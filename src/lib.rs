@@ -276,7 +276,7 @@ async fn open_store(
                 detail: format!("store.url: {e}"),
             })?;
             let tls = tls::client_config(Arc::clone(roots), None)?;
-            Arc::new(store::PgStore::open(&url, tls, *lease).await?)
+            Arc::new(store::PgStore::open(&url, tls, *lease, config.tokens.len()).await?)
         }
     };
     Ok(store::Encrypted::new(inner, keys))

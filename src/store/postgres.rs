@@ -100,11 +100,13 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
 }
 
 impl PgStore {
-    /// Connects, creates the schema if missing and checks it.
+    /// Connects, creates the schema if missing and checks it. `tokens`: how many
+    /// tokens may hold a lock (a connection each) at once.
     pub async fn open(
         url: &Secret,
         tls: rustls::ClientConfig,
         lease: Duration,
+        tokens: usize,
     ) -> Result<PgStore, StoreError> {
         let config: tokio_postgres::Config =
             url.expose().parse().map_err(|_| StoreError::Database {
@@ -121,8 +123,10 @@ impl PgStore {
                 recycling_method: RecyclingMethod::Custom("ROLLBACK".into()),
             },
         );
+        // A lock holds a connection for a whole token request; reads and intents
+        // need a few more.
         let pool = Pool::builder(manager)
-            .max_size(8)
+            .max_size(4 + 2 * tokens)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_secs(10)))
             .create_timeout(Some(Duration::from_secs(10)))
