@@ -170,20 +170,9 @@ impl PgStore {
             .map_err(db("check schema"))?
             .get(0);
         let text = if exists {
-            let versions: Vec<i32> = client
-                .query("SELECT version FROM tokenproxy_schema", &[])
-                .await
-                .map_err(db("check schema"))?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            match versions.as_slice() {
+            match schema_versions(&client).await?.as_slice() {
                 [SCHEMA_VERSION] => format!("reachable; schema version {SCHEMA_VERSION}"),
-                other => {
-                    return Err(StoreError::Schema(format!(
-                        "tokenproxy_schema holds version {other:?}; this tokenproxy knows version {SCHEMA_VERSION}"
-                    )));
-                }
+                other => return Err(unknown_version(other)),
             }
         } else {
             "reachable; no tokenproxy tables yet (created at the first start)".to_owned()
@@ -205,14 +194,7 @@ impl PgStore {
         tx.batch_execute(CREATE)
             .await
             .map_err(db("create schema"))?;
-        let versions: Vec<i32> = tx
-            .query("SELECT version FROM tokenproxy_schema", &[])
-            .await
-            .map_err(db("check schema"))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        match versions.as_slice() {
+        match schema_versions(&*tx).await?.as_slice() {
             [] => {
                 tx.execute(
                     "INSERT INTO tokenproxy_schema (version) VALUES ($1)",
@@ -222,11 +204,7 @@ impl PgStore {
                 .map_err(db("create schema"))?;
             }
             [SCHEMA_VERSION] => {}
-            other => {
-                return Err(StoreError::Schema(format!(
-                    "tokenproxy_schema holds version {other:?}; this tokenproxy knows version {SCHEMA_VERSION}. Run the tokenproxy that created it, or migrate the table"
-                )));
-            }
+            other => return Err(unknown_version(other)),
         }
         let found: Vec<(String, String)> = tx
             .query(
@@ -291,6 +269,25 @@ async fn listen(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
+}
+
+/// The rows of `tokenproxy_schema` (one, normally).
+async fn schema_versions(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<Vec<i32>, StoreError> {
+    Ok(client
+        .query("SELECT version FROM tokenproxy_schema", &[])
+        .await
+        .map_err(db("check schema"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+fn unknown_version(found: &[i32]) -> StoreError {
+    StoreError::Schema(format!(
+        "tokenproxy_schema holds version {found:?}; this tokenproxy knows version {SCHEMA_VERSION}. Run the tokenproxy that created it, or migrate the table"
+    ))
 }
 
 fn to_record(row: &tokio_postgres::Row) -> Option<StoredToken> {
