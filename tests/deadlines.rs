@@ -43,6 +43,29 @@ fn write_record(w: &World, generation: u64, access: &str, refresh: &str, valid_m
     .unwrap();
 }
 
+/// How long the provider holds its answer while a test writes "another process's"
+/// record: the write takes milliseconds, the margin is for a busy machine.
+const PROVIDER_DELAY_MS: u64 = 5000;
+
+/// Forces a refresh and, once its token request is at the provider (which holds
+/// the answer), runs `meanwhile`; returns the refresh's status.
+async fn refresh_while(w: &World, p: &Proxy, meanwhile: impl FnOnce()) -> u16 {
+    let refresh = {
+        let url = p.admin_url("/tokens/demo/refresh");
+        tokio::spawn(async move { client().post(url).send().await.unwrap().status() })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.provider.token_requests_in_flight() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the refresh never reached the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    meanwhile();
+    refresh.await.unwrap().as_u16()
+}
+
 /// Another process holds the store lock and never lets go: a request gets a 503
 /// with `Retry-After` within the token timeout, and the log names the lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,22 +144,14 @@ async fn invalid_grant_after_a_lost_race_adopts_the_winners_token() {
     let w = World::default().await;
     let p = w.spawn(&w.config("", ""));
     assert_eq!(get(&p.url("/demo/x")).await.0, 200);
-    w.provider.set_mode(Mode::InvalidGrantAfter(1500));
-    let refresh = {
-        let url = p.admin_url("/tokens/demo/refresh");
-        tokio::spawn(async move { client().post(url).send().await.unwrap().status() })
-    };
+    w.provider
+        .set_mode(Mode::InvalidGrantAfter(PROVIDER_DELAY_MS));
     // While the refusal is on its way, "another process" stores generation 7.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while w.provider.token_requests_in_flight() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the refresh never reached the provider"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    write_record(&w, 7, "at-from-the-winner", "rt-from-the-winner", 60_000);
-    assert_eq!(refresh.await.unwrap(), 200);
+    let status = refresh_while(&w, &p, || {
+        write_record(&w, 7, "at-from-the-winner", "rt-from-the-winner", 60_000)
+    })
+    .await;
+    assert_eq!(status, 200);
     let status = token_status(&p, "demo").await;
     assert_eq!(status["generation"], 7, "{status}");
     assert_eq!(status["state"], "valid", "{status}");
@@ -152,21 +167,12 @@ async fn a_newer_record_stored_during_a_refresh_is_not_overwritten() {
     let w = World::default().await;
     let p = w.spawn(&w.config("", ""));
     assert_eq!(get(&p.url("/demo/x")).await.0, 200);
-    w.provider.set_mode(Mode::SlowOk(1500));
-    let refresh = {
-        let url = p.admin_url("/tokens/demo/refresh");
-        tokio::spawn(async move { client().post(url).send().await.unwrap().status() })
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while w.provider.token_requests_in_flight() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the refresh never reached the provider"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    write_record(&w, 9, "at-from-elsewhere", "rt-from-elsewhere", 60_000);
-    assert_eq!(refresh.await.unwrap(), 200);
+    w.provider.set_mode(Mode::SlowOk(PROVIDER_DELAY_MS));
+    let status = refresh_while(&w, &p, || {
+        write_record(&w, 9, "at-from-elsewhere", "rt-from-elsewhere", 60_000)
+    })
+    .await;
+    assert_eq!(status, 200);
     let stored = std::fs::read_to_string(w.state_dir().join("demo.json")).unwrap();
     assert!(
         stored.contains("rt-from-elsewhere"),
