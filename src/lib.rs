@@ -271,12 +271,14 @@ async fn open_store(
     let inner: Arc<dyn TokenStore> = match &config.store {
         StoreConfig::File { path } => Arc::new(FileStore::open(path)?),
         StoreConfig::Postgres { url, lease } => {
-            let url = url.resolve().map_err(|e| StoreError::Database {
-                op: "configure",
-                detail: format!("store.url: {e}"),
-            })?;
+            let url = store_url(url)?;
             let tls = tls::client_config(Arc::clone(roots), None)?;
             Arc::new(store::PgStore::open(&url, tls, *lease, config.tokens.len()).await?)
+        }
+        StoreConfig::Redis { url, prefix, lease } => {
+            let url = store_url(url)?;
+            let ca = redis_roots(config)?;
+            Arc::new(store::RedisStore::open(&url, ca, prefix, *lease).await?)
         }
     };
     Ok(store::Encrypted::new(inner, keys))
@@ -294,15 +296,37 @@ pub async fn probe_store(config: &Config) -> Result<String, StartError> {
             format!("{}: created at the first start", path.display())
         }),
         StoreConfig::Postgres { url, .. } => {
-            let url = url.resolve().map_err(|e| StoreError::Database {
-                op: "configure",
-                detail: format!("store.url: {e}"),
-            })?;
+            let url = store_url(url)?;
             let roots = tls::roots(config.tls.ca_file.as_deref())?;
             let tls = tls::client_config(roots, None)?;
             Ok(store::PgStore::probe(&url, tls).await?)
         }
+        StoreConfig::Redis { url, prefix, .. } => {
+            let url = store_url(url)?;
+            Ok(store::RedisStore::probe(&url, redis_roots(config)?, prefix).await?)
+        }
     }
+}
+
+fn store_url(url: &secret::SecretRef) -> Result<secret::Secret, StoreError> {
+    url.resolve().map_err(|e| StoreError::Database {
+        op: "configure",
+        detail: format!("store.url: {e}"),
+    })
+}
+
+/// `[tls] ca_file`, as the certificates a `rediss://` server is checked against
+/// (the Redis client trusts either these or the system's, not both).
+fn redis_roots(config: &Config) -> Result<Option<Vec<u8>>, StoreError> {
+    let Some(path) = &config.tls.ca_file else {
+        return Ok(None);
+    };
+    std::fs::read(path)
+        .map(Some)
+        .map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })
 }
 
 /// Why `tokenproxy seed` or `tokenproxy login` failed.

@@ -179,7 +179,7 @@ impl Metrics {
             ),
             refresh_interrupted: counter(
                 "tokenproxy_refresh_interrupted_total",
-                "Refreshes found interrupted at start: an earlier process died between spending a refresh token and storing its successor.",
+                "Refreshes that found an earlier one interrupted: a process died, or an instance's lock lapsed, between announcing a refresh and storing its result.",
                 &["token"],
             ),
             store_up: register(

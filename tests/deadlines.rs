@@ -207,7 +207,7 @@ async fn an_interrupted_refresh_is_reported_at_the_next_start() {
                 .reset_refresh_token("rotated-by-the-dead-process");
         }
         let p = w.spawn(&w.config("", ""));
-        p.wait_log("stopped in the middle of refreshing").await;
+        p.wait_log("stopped in the middle").await;
         let metrics = get(&p.admin_url("/metrics")).await.1;
         assert!(
             metrics.contains(r#"tokenproxy_refresh_interrupted_total{token="demo"} 1"#),

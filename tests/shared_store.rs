@@ -1,8 +1,10 @@
 //! Several instances on one shared store behave as one: one token request per
-//! lifetime, never a refresh token spent twice, a lock that ends with its holder,
-//! and a table other tools can read. Against a real PostgreSQL server, whose URL
-//! `.ci/services.sh` exports as `TOKENPROXY_TEST_POSTGRES_URL` (CI fails without it;
-//! elsewhere these tests say so and pass).
+//! lifetime, never a refresh token spent twice, a lock that ends with its holder
+//! and a write fenced by generation, and records other tools can read. Every
+//! scenario runs against a real PostgreSQL server and a real Redis server, whose
+//! URLs `.ci/services.sh` exports as `TOKENPROXY_TEST_POSTGRES_URL` and
+//! `TOKENPROXY_TEST_REDIS_URL` (CI fails without them; elsewhere these tests say
+//! so and pass).
 
 mod support;
 
@@ -10,50 +12,217 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// A fresh database on the test server, for one test; `None` (after saying why)
-/// outside CI when no server is configured.
-async fn database() -> Option<String> {
-    let Ok(base) = std::env::var("TOKENPROXY_TEST_POSTGRES_URL") else {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Postgres,
+    Redis,
+}
+
+/// Each scenario, once per store kind: `scenario::postgres` and `scenario::redis`.
+macro_rules! on_both {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$scenario(super::Kind::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$scenario(super::Kind::Redis).await
+            }
+        }
+    )*};
+}
+
+on_both!(
+    four_instances_refresh_as_one,
+    another_tool_reads_the_current_token,
+    an_unknown_layout_version_is_refused,
+    a_killed_lock_holder_does_not_block_the_others,
+    a_frozen_lock_holder_is_taken_over_and_spends_nothing,
+    a_holder_whose_lease_lapsed_cannot_overwrite_a_newer_state,
+    a_store_restart_loses_nothing,
+    an_unreachable_store_is_reported_and_tokens_keep_serving,
+    other_instances_pick_a_new_token_up_at_once,
+    the_store_holds_no_token_in_clear_with_an_encryption_key,
+    check_reports_the_store,
+);
+
+/// The test server of `kind`, from the environment; `None` (after saying why)
+/// outside CI when it is not set.
+fn server_url(kind: Kind) -> Option<String> {
+    let var = match kind {
+        Kind::Postgres => "TOKENPROXY_TEST_POSTGRES_URL",
+        Kind::Redis => "TOKENPROXY_TEST_REDIS_URL",
+    };
+    let Ok(url) = std::env::var(var) else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but TOKENPROXY_TEST_POSTGRES_URL is not set: .ci/run starts PostgreSQL"
+            "CI=true but {var} is not set: .ci/run starts the servers"
         );
-        eprintln!("skipped: no TOKENPROXY_TEST_POSTGRES_URL (run `. .ci/services.sh` first)");
+        eprintln!("skipped: no {var} (run `. .ci/services.sh` first)");
         return None;
     };
-    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test server");
-    tokio::spawn(conn);
-    let name = format!("tp_{:016x}", fastrand::u64(..));
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create database");
-    let (prefix, _) = base.rsplit_once('/').expect("a URL with a database");
-    Some(format!("{prefix}/{name}"))
+    Some(url)
 }
 
-async fn query_one(url: &str, sql: &str) -> Option<String> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-        .query_opt(sql, &[])
-        .await
-        .unwrap()
-        .and_then(|r| r.get::<_, Option<String>>(0))
+/// One test's own place on a server: a database of its own (PostgreSQL) or a key
+/// prefix of its own (Redis).
+struct Store {
+    kind: Kind,
+    url: String,
+    prefix: String,
 }
 
-/// The world's config with the store on `url` (read from `TP_STORE_URL`), a 15 s
-/// lease and 3 s token requests.
-fn shared_config(w: &World, token_extra: &str) -> String {
-    w.config("", &format!("timeout = \"3s\"\n{token_extra}"))
-        .replace(
-            &format!("[store]\npath = \"{}\"", w.state_dir().display()),
-            "[store]\nkind = \"postgres\"\nurl = { env = \"TP_STORE_URL\" }\nlease = \"15s\"",
-        )
+impl Store {
+    /// A fresh place on the shared test server.
+    async fn fresh(kind: Kind) -> Option<Store> {
+        let base = server_url(kind)?;
+        let url = match kind {
+            Kind::Postgres => {
+                let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+                    .await
+                    .expect("connect to the test server");
+                tokio::spawn(conn);
+                let name = format!("tp_{:016x}", fastrand::u64(..));
+                client
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create database");
+                let (prefix, _) = base.rsplit_once('/').expect("a URL with a database");
+                format!("{prefix}/{name}")
+            }
+            Kind::Redis => base,
+        };
+        Some(Store::on(kind, url))
+    }
+
+    /// A fresh place on the server at `url` (for a database, the one it names).
+    fn on(kind: Kind, url: String) -> Store {
+        Store {
+            kind,
+            url,
+            prefix: format!("tp{:08x}:", fastrand::u32(..)),
+        }
+    }
+
+    /// The world's config with this store (its URL read from `TP_STORE_URL`), a
+    /// 15 s lease and 3 s token requests.
+    fn config(&self, w: &World, token_extra: &str) -> String {
+        let store = match self.kind {
+            Kind::Postgres => "kind = \"postgres\"".to_owned(),
+            Kind::Redis => format!("kind = \"redis\"\nprefix = \"{}\"", self.prefix),
+        };
+        w.config("", &format!("timeout = \"3s\"\n{token_extra}"))
+            .replace(
+                &format!("[store]\npath = \"{}\"", w.state_dir().display()),
+                &format!("[store]\n{store}\nurl = {{ env = \"TP_STORE_URL\" }}\nlease = \"15s\""),
+            )
+    }
+
+    fn env(&self) -> [(&str, &str); 1] {
+        [("TP_STORE_URL", self.url.as_str())]
+    }
+
+    fn spawn(&self, w: &World, config: &str) -> Proxy {
+        w.spawn_with(config, &self.env())
+    }
+
+    /// A field of token `demo` as stored (`generation`, `access_token`, …).
+    async fn field(&self, field: &str) -> Option<String> {
+        match self.kind {
+            Kind::Postgres => {
+                let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                client
+                    .query_opt(
+                        &format!("SELECT {field}::text FROM tokenproxy_tokens WHERE name = 'demo'"),
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .and_then(|r| r.get::<_, Option<String>>(0))
+            }
+            Kind::Redis => {
+                let mut conn = self.redis().await;
+                redis::cmd("HGET")
+                    .arg(format!("{}token:demo", self.prefix))
+                    .arg(field)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+
+    async fn generation(&self) -> u64 {
+        self.field("generation")
+            .await
+            .expect("a stored generation")
+            .parse()
+            .unwrap()
+    }
+
+    /// Everything stored for token `demo`, as text.
+    async fn raw(&self) -> String {
+        match self.kind {
+            Kind::Postgres => {
+                let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                client
+                    .query_one(
+                        "SELECT row_to_json(t)::text FROM tokenproxy_tokens t WHERE name = 'demo'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0)
+            }
+            Kind::Redis => {
+                let mut conn = self.redis().await;
+                let all: Vec<String> = redis::cmd("HGETALL")
+                    .arg(format!("{}token:demo", self.prefix))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                all.join(" ")
+            }
+        }
+    }
+
+    async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// Opens the store as tokenproxy does, with `lease`.
+    async fn open(&self, lease: Duration) -> std::sync::Arc<dyn tokenproxy::store::TokenStore> {
+        use tokenproxy::secret::Secret;
+        let url = Secret::new(self.url.clone());
+        match self.kind {
+            Kind::Postgres => {
+                let roots = tokenproxy::tls::roots(None).unwrap();
+                let tls = tokenproxy::tls::client_config(roots, None).unwrap();
+                std::sync::Arc::new(
+                    tokenproxy::store::PgStore::open(&url, tls, lease, 1)
+                        .await
+                        .unwrap(),
+                )
+            }
+            Kind::Redis => std::sync::Arc::new(
+                tokenproxy::store::RedisStore::open(&url, None, &self.prefix, lease)
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
 }
 
 fn short_lived(secs: f64) -> ProviderOptions {
@@ -67,16 +236,15 @@ fn short_lived(secs: f64) -> ProviderOptions {
 /// succeeds, no refresh token is presented twice, and the token endpoint sees the
 /// refreshes one instance alone would make (one per lifetime less the margin), not
 /// four times as many: each token request makes exactly one stored generation.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_instances_refresh_as_one() {
-    let Some(url) = database().await else { return };
+async fn four_instances_refresh_as_one(kind: Kind) {
+    let Some(store) = Store::fresh(kind).await else {
+        return;
+    };
     let lifetime = Duration::from_secs(2);
     let w = World::new(short_lived(lifetime.as_secs_f64())).await;
     // Margin 0.5 s (and up to 0.1 s of jitter): one refresh per ~1.5 s.
-    let config = shared_config(&w, "refresh_before = \"500ms\"");
-    let proxies: Vec<Proxy> = (0..4)
-        .map(|_| w.spawn_with(&config, &[("TP_STORE_URL", url.as_str())]))
-        .collect();
+    let config = store.config(&w, "refresh_before = \"500ms\"");
+    let proxies: Vec<Proxy> = (0..4).map(|_| store.spawn(&w, &config)).collect();
     let started = Instant::now();
     let deadline = started + lifetime * 12;
     let mut failures = Vec::new();
@@ -105,14 +273,7 @@ async fn four_instances_refresh_as_one() {
         "a refresh token was spent twice"
     );
     let requests = w.provider.token_requests();
-    let generation: u64 = query_one(
-        &url,
-        "SELECT generation::text FROM tokenproxy_tokens WHERE name = 'demo'",
-    )
-    .await
-    .unwrap()
-    .parse()
-    .unwrap();
+    let generation = store.generation().await;
     // Every token request made a generation: no instance refreshed what another
     // had already refreshed.
     assert!(
@@ -127,19 +288,40 @@ async fn four_instances_refresh_as_one() {
     assert!(requests >= 8, "refreshes happened: {requests}");
 }
 
-/// Another tool reads the current access token from the documented table.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_tool_reads_the_current_token_from_the_table() {
-    let Some(url) = database().await else { return };
+/// Another tool (`psql`, `redis-cli`) reads the current access token from the
+/// documented table or key, and the API accepts it.
+async fn another_tool_reads_the_current_token(kind: Kind) {
+    let Some(store) = Store::fresh(kind).await else {
+        return;
+    };
     let w = World::default().await;
-    let p = w.spawn_with(&shared_config(&w, ""), &[("TP_STORE_URL", url.as_str())]);
+    let p = store.spawn(&w, &store.config(&w, ""));
     assert_eq!(get(&p.url("/demo/x")).await.0, 200);
-    let access = query_one(
-        &url,
-        "SELECT access_token FROM tokenproxy_tokens WHERE name = 'demo' AND expires_at > now()",
-    )
-    .await
-    .expect("a current access token in the table");
+    let out = match kind {
+        Kind::Postgres => {
+            let psql = format!(
+                "{}/psql",
+                std::env::var("TOKENPROXY_PG_BIN").expect("TOKENPROXY_PG_BIN")
+            );
+            std::process::Command::new(psql)
+                .arg(&store.url)
+                .args(["-tAc", "SELECT access_token FROM tokenproxy_tokens WHERE name = 'demo' AND expires_at > now()"])
+                .output()
+                .unwrap()
+        }
+        Kind::Redis => std::process::Command::new("redis-cli")
+            .args(["-u", &store.url, "HGET"])
+            .arg(format!("{}token:demo", store.prefix))
+            .arg("access_token")
+            .output()
+            .unwrap(),
+    };
+    let access = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(
+        !access.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The API accepts it: it is the current one.
     let r = client()
         .get(format!("{}direct", w.provider.api_url))
@@ -148,35 +330,51 @@ async fn another_tool_reads_the_current_token_from_the_table() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let generation = query_one(
-        &url,
-        "SELECT generation::text FROM tokenproxy_tokens WHERE name = 'demo'",
-    )
-    .await;
-    assert_eq!(generation.as_deref(), Some("1"));
+    assert_eq!(store.generation().await, 1);
+    if kind == Kind::Redis {
+        let expires: u64 = store.field("expires_at_ms").await.unwrap().parse().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(expires > now, "expires_at_ms is in Unix milliseconds");
+    }
 }
 
-/// A table of a layout this build does not know is refused by name at start.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unknown_schema_version_is_refused() {
-    let Some(url) = database().await else { return };
+/// A layout this build does not know is refused by name at start.
+async fn an_unknown_layout_version_is_refused(kind: Kind) {
+    let Some(store) = Store::fresh(kind).await else {
+        return;
+    };
     let w = World::default().await;
-    let p = w.spawn_with(&shared_config(&w, ""), &[("TP_STORE_URL", url.as_str())]);
-    drop(p);
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-        .batch_execute("UPDATE tokenproxy_schema SET version = 99")
-        .await
-        .unwrap();
+    drop(store.spawn(&w, &store.config(&w, "")));
+    match kind {
+        Kind::Postgres => {
+            let (client, conn) = tokio_postgres::connect(&store.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client
+                .batch_execute("UPDATE tokenproxy_schema SET version = 99")
+                .await
+                .unwrap();
+        }
+        Kind::Redis => {
+            let mut conn = store.redis().await;
+            let () = redis::cmd("SET")
+                .arg(format!("{}schema", store.prefix))
+                .arg("99")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
     let path = w.dir.path().join("v99.toml");
-    std::fs::write(&path, shared_config(&w, "")).unwrap();
+    std::fs::write(&path, store.config(&w, "")).unwrap();
     let out = std::process::Command::new(binary())
         .args(["run", "-c"])
         .arg(&path)
-        .env("TP_STORE_URL", &url)
+        .env("TP_STORE_URL", &store.url)
         .env("DEMO_CLIENT_SECRET", "demo-secret")
         .env("DEMO_REFRESH_TOKEN", "demo-refresh-0")
         .output()
@@ -184,52 +382,210 @@ async fn an_unknown_schema_version_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("version [99]") && err.contains("knows version 1"),
+        err.contains("99") && err.contains("knows version 1"),
         "{err}"
     );
 }
 
-/// The lock holder is killed in the middle of a refresh: its session ends with it,
-/// and another instance refreshes at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_lock_holder_does_not_block_the_others() {
-    let Some(url) = database().await else { return };
-    let w = World::default().await;
-    let config = shared_config(&w, "");
-    let env = [("TP_STORE_URL", url.as_str())];
-    let a = w.spawn_with(&config, &env);
-    let b = w.spawn_with(&config, &env);
-    assert_eq!(get(&a.url("/demo/x")).await.0, 200);
-    assert_eq!(get(&b.url("/demo/x")).await.0, 200);
+/// Waits until `p` holds a generation above `above`, at most `within`; how long
+/// that took.
+async fn wait_generation(p: &Proxy, above: u64, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let status = token_status(p, "demo").await;
+        if status["generation"].as_u64().unwrap_or(0) > above {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "still at generation {} after {within:?}: {status}\n{}",
+            status["generation"],
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts a refresh on `p` that takes the lock and sends its token request into a
+/// provider that never answers; returns once the provider has it.
+async fn refresh_into_a_hang(w: &World, p: &Proxy) -> tokio::task::JoinHandle<()> {
     let before = w.provider.token_requests();
-    // A takes the lock and its token request never comes back.
     w.provider.set_mode(Mode::Hang);
-    let held = {
-        let url = a.admin_url("/tokens/demo/refresh");
-        tokio::spawn(async move { client().post(url).send().await })
-    };
+    let url = p.admin_url("/tokens/demo/refresh");
+    let held = tokio::spawn(async move {
+        let _ = client().post(url).send().await;
+    });
     let deadline = Instant::now() + Duration::from_secs(10);
     while w.provider.token_requests() == before {
-        assert!(Instant::now() < deadline, "A never asked for a token");
+        assert!(Instant::now() < deadline, "no token request came");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    w.provider.set_mode(Mode::Normal);
+    held
+}
+
+/// The lock holder is killed in the middle of a refresh: its lock ends with it
+/// (PostgreSQL: with its session, at once; Redis: when its lease runs out), and
+/// another instance refreshes.
+async fn a_killed_lock_holder_does_not_block_the_others(kind: Kind) {
+    let Some(store) = Store::fresh(kind).await else {
+        return;
+    };
+    let w = World::default().await;
+    let config = store.config(&w, "");
+    let a = store.spawn(&w, &config);
+    let b = store.spawn(&w, &config);
+    assert_eq!(get(&a.url("/demo/x")).await.0, 200);
+    assert_eq!(get(&b.url("/demo/x")).await.0, 200);
+    let held = refresh_into_a_hang(&w, &a).await;
     a.signal("KILL");
     held.abort();
-    w.provider.set_mode(Mode::Normal);
-    let started = Instant::now();
-    let r = force_refresh(&b, "demo").await;
-    assert_eq!(r.status(), 200, "{}", b.log());
+    let killed = Instant::now();
+    // B's caller stops waiting after the token timeout; the refresh goes on.
+    let _ = force_refresh(&b, "demo").await;
+    let lease = Duration::from_secs(15);
+    let took = killed.elapsed() + wait_generation(&b, 1, lease + Duration::from_secs(15)).await;
+    let bound = match kind {
+        Kind::Postgres => Duration::from_secs(10),
+        Kind::Redis => lease + Duration::from_secs(5),
+    };
+    assert!(took < bound, "B waited {took:?} for a dead holder's lock");
+    assert_eq!(w.provider.reuse_detected(), 0);
+    assert_eq!(get(&b.url("/demo/after")).await.0, 200);
+}
+
+/// The lock holder is frozen (SIGSTOP) longer than its lease while its token
+/// request is unanswered. The lock holds for the whole lease, then another instance
+/// takes over and says it found a refresh that did not finish; the frozen one,
+/// woken, abandons its request (its deadline passed long ago), writes nothing, and
+/// serves the new token. No refresh token is spent twice.
+async fn a_frozen_lock_holder_is_taken_over_and_spends_nothing(kind: Kind) {
+    let Some(store) = Store::fresh(kind).await else {
+        return;
+    };
+    let w = World::default().await;
+    let config = store.config(&w, "");
+    let a = store.spawn(&w, &config);
+    let b = store.spawn(&w, &config);
+    assert_eq!(get(&a.url("/demo/x")).await.0, 200);
+    assert_eq!(get(&b.url("/demo/x")).await.0, 200);
+    let held = refresh_into_a_hang(&w, &a).await;
+    let locked = Instant::now();
+    a.signal("STOP");
+    let _ = force_refresh(&b, "demo").await;
+    let lease = Duration::from_secs(15);
+    wait_generation(&b, 1, lease + Duration::from_secs(20)).await;
     assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "B waited {:?} for a dead holder's lock",
-        started.elapsed()
+        locked.elapsed() >= lease - Duration::from_secs(1),
+        "B refreshed {:?} after A took the lock, inside A's lease",
+        locked.elapsed()
+    );
+    b.wait_log("an earlier refresh of this token stopped in the middle")
+        .await;
+    a.signal("CONT");
+    held.abort();
+    a.wait_log("ended before this process let go of it").await;
+    // A adopts B's token: at once from the store's notice, or at the latest when
+    // the API refuses the old one (401, refresh under the lock, adopt, retry).
+    assert_eq!(get(&a.url("/demo/after")).await.0, 200, "{}", a.log());
+    wait_generation(&a, 1, Duration::from_secs(10)).await;
+    assert_eq!(store.generation().await, 2, "A wrote nothing over B");
+    assert_eq!(
+        store.field("refresh_token").await,
+        w.provider.current_refresh_token()
     );
     assert_eq!(w.provider.reuse_detected(), 0);
 }
 
+/// At the store itself: a holder whose lease lapsed (its lock expired, or its
+/// session was ended) cannot overwrite what the next holder wrote, and its
+/// release does not free the next holder's lock.
+async fn a_holder_whose_lease_lapsed_cannot_overwrite_a_newer_state(kind: Kind) {
+    use tokenproxy::secret::Secret;
+    use tokenproxy::store::{StoreError, StoredToken};
+    let Some(store) = Store::fresh(kind).await else {
+        return;
+    };
+    let lease = Duration::from_secs(30);
+    let (one, two) = (store.open(lease).await, store.open(lease).await);
+    let record = |generation: u64, access: &str| StoredToken {
+        version: tokenproxy::store::RECORD_VERSION,
+        generation,
+        access_token: Some(Secret::new(access.to_owned())),
+        refresh_token: Some(Secret::new(format!("rt-{access}"))),
+        issued_at_ms: 1,
+        expires_at_ms: 2,
+        extra: Default::default(),
+    };
+    let wait = Duration::from_secs(5);
+    let mut held = one.lock("demo", wait).await.unwrap();
+    held.save(&record(1, "first"), None).await.unwrap();
+    drop(held);
+
+    let mut late = one.lock("demo", wait).await.unwrap();
+    assert_eq!(late.load().await.unwrap().unwrap().generation, 1);
+    // Its lease ends as if it had been paused longer than the lease.
+    match kind {
+        Kind::Postgres => {
+            let (client, conn) = tokio_postgres::connect(&store.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client
+                .batch_execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+                )
+                .await
+                .unwrap();
+        }
+        Kind::Redis => {
+            let mut conn = store.redis().await;
+            let () = redis::cmd("DEL")
+                .arg(format!("{}lock:demo", store.prefix))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+    let mut next = two
+        .lock("demo", wait)
+        .await
+        .expect("the lapsed lock is free");
+    next.save(&record(2, "second"), Some(1)).await.unwrap();
+    let refused = late.save(&record(2, "late"), Some(1)).await;
+    match (kind, &refused) {
+        (_, Err(StoreError::Fenced { stored: 2, .. })) => {}
+        // PostgreSQL ended the session, and the transaction that held the lock with it.
+        (Kind::Postgres, Err(StoreError::Database { .. })) => {}
+        other => panic!("the late write was not refused: {other:?}"),
+    }
+    let stored = two.load("demo").await.unwrap().unwrap();
+    assert_eq!(stored.generation, 2);
+    assert_eq!(
+        stored.access_token.as_ref().map(Secret::expose),
+        Some("second")
+    );
+    drop(next);
+    // The late holder lets go: the lock it lost is not its to free.
+    let mut third = one.lock("demo", wait).await.unwrap();
+    drop(late);
+    let blocked = two.lock("demo", Duration::from_secs(1)).await;
+    assert!(
+        matches!(blocked, Err(StoreError::LockTimeout { .. })),
+        "a lapsed holder's release freed another holder's lock"
+    );
+    // A write over a generation that is no longer the stored one is refused.
+    let fenced = third.save(&record(3, "stale"), Some(1)).await;
+    assert!(
+        matches!(fenced, Err(StoreError::Fenced { stored: 2, .. })),
+        "{fenced:?}"
+    );
+}
+
 /// A PostgreSQL server of one test's own (it is restarted), made with the binaries
 /// `.ci/services.sh` found. Stopped when dropped.
-struct OwnServer {
+struct OwnPg {
     bin: String,
     dir: tempfile::TempDir,
     url: String,
@@ -237,10 +593,10 @@ struct OwnServer {
     opts: String,
 }
 
-impl OwnServer {
+impl OwnPg {
     /// Blocking (it waits for the server): call it from `spawn_blocking`.
     #[allow(clippy::disallowed_methods)]
-    fn start() -> Option<OwnServer> {
+    fn start() -> Option<OwnPg> {
         let Ok(bin) = std::env::var("TOKENPROXY_PG_BIN") else {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
@@ -257,7 +613,7 @@ impl OwnServer {
             "-p {port} -k {} -c listen_addresses=127.0.0.1",
             dir.path().display()
         );
-        let server = OwnServer {
+        let server = OwnPg {
             bin,
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
             dir,
@@ -349,7 +705,7 @@ impl OwnServer {
     }
 }
 
-impl Drop for OwnServer {
+impl Drop for OwnPg {
     fn drop(&mut self) {
         let _ = std::process::Command::new("runuser")
             .args(["-u", "postgres", "--"])
@@ -361,16 +717,143 @@ impl Drop for OwnServer {
     }
 }
 
-/// The store restarts in the middle of a run: requests keep succeeding on the
-/// token held in memory, the next refresh reconnects, and nothing is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_restart_loses_nothing() {
-    let Some(server) = tokio::task::spawn_blocking(OwnServer::start).await.unwrap() else {
+/// A Redis server of one test's own, with its append-only log synced at every
+/// write. `restart` kills it (SIGKILL) and starts it again on the same files.
+struct OwnRedis {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: std::sync::Mutex<Option<std::process::Child>>,
+}
+
+impl OwnRedis {
+    /// Blocking (it waits for the server): call it from `spawn_blocking`.
+    #[allow(clippy::disallowed_methods)]
+    fn start() -> Option<OwnRedis> {
+        server_url(Kind::Redis)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .map(|l| l.local_addr().unwrap().port())
+            .unwrap();
+        let server = OwnRedis {
+            dir: tempfile::tempdir().unwrap(),
+            port,
+            child: std::sync::Mutex::new(None),
+        };
+        server.start_again();
+        Some(server)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    #[allow(clippy::disallowed_methods)]
+    fn start_again(&self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (.ci/services.sh installs it)");
+        *self.child.lock().unwrap() = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let pong = std::process::Command::new("redis-cli")
+                .args(["-p", &self.port.to_string(), "ping"])
+                .output()
+                .is_ok_and(|o| o.stdout.starts_with(b"PONG"));
+            if pong {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn restart(&self) {
+        self.stop();
+        self.start_again();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A server of `kind` of the test's own.
+enum OwnServer {
+    Pg(OwnPg),
+    Redis(OwnRedis),
+}
+
+impl OwnServer {
+    async fn start(kind: Kind) -> Option<OwnServer> {
+        tokio::task::spawn_blocking(move || match kind {
+            Kind::Postgres => OwnPg::start().map(OwnServer::Pg),
+            Kind::Redis => OwnRedis::start().map(OwnServer::Redis),
+        })
+        .await
+        .unwrap()
+    }
+
+    fn store(&self) -> Store {
+        match self {
+            OwnServer::Pg(s) => Store::on(Kind::Postgres, s.url.clone()),
+            OwnServer::Redis(s) => Store::on(Kind::Redis, s.url()),
+        }
+    }
+
+    fn stop(&self) {
+        tokio::task::block_in_place(|| match self {
+            OwnServer::Pg(s) => s.stop(),
+            OwnServer::Redis(s) => s.stop(),
+        })
+    }
+
+    fn start_again(&self) {
+        tokio::task::block_in_place(|| match self {
+            OwnServer::Pg(s) => s.start_again(),
+            OwnServer::Redis(s) => s.start_again(),
+        })
+    }
+
+    fn restart(&self) {
+        tokio::task::block_in_place(|| match self {
+            OwnServer::Pg(s) => s.restart(),
+            OwnServer::Redis(s) => s.restart(),
+        })
+    }
+}
+
+/// The store restarts in the middle of a run (PostgreSQL: a fast restart; Redis:
+/// killed and started again on its files): requests keep succeeding on the token
+/// held in memory, the next refresh reconnects, and nothing is lost.
+async fn a_store_restart_loses_nothing(kind: Kind) {
+    let Some(server) = OwnServer::start(kind).await else {
         return;
     };
+    let store = server.store();
     let w = World::new(short_lived(6.0)).await;
-    let config = shared_config(&w, "refresh_before = \"3s\"");
-    let p = w.spawn_with(&config, &[("TP_STORE_URL", server.url.as_str())]);
+    let p = store.spawn(&w, &store.config(&w, "refresh_before = \"3s\""));
     assert_eq!(get(&p.url("/demo/x")).await.0, 200);
     let c = client();
     let mut failures = Vec::new();
@@ -379,8 +862,7 @@ async fn a_store_restart_loses_nothing() {
     // Three lifetimes, the store restarted early in the first.
     while started.elapsed() < Duration::from_secs(18) {
         if !restarted && started.elapsed() > Duration::from_millis(500) {
-            let s = &server;
-            tokio::task::block_in_place(|| s.restart());
+            server.restart();
             restarted = true;
         }
         match c.get(p.url("/demo/during")).send().await {
@@ -403,13 +885,8 @@ async fn a_store_restart_loses_nothing() {
         w.provider.token_requests() >= 4,
         "refreshes went on after the restart"
     );
-    let stored = query_one(
-        &server.url,
-        "SELECT refresh_token FROM tokenproxy_tokens WHERE name = 'demo'",
-    )
-    .await;
     assert_eq!(
-        stored,
+        store.field("refresh_token").await,
         w.provider.current_refresh_token(),
         "the newest refresh token is stored"
     );
@@ -417,18 +894,15 @@ async fn a_store_restart_loses_nothing() {
 
 /// While the store is down, the token in memory keeps serving; `/status` and
 /// `/metrics` say the store is unreachable, and say so no more once it is back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_store_is_reported_and_tokens_keep_serving() {
-    let Some(server) = tokio::task::spawn_blocking(OwnServer::start).await.unwrap() else {
+async fn an_unreachable_store_is_reported_and_tokens_keep_serving(kind: Kind) {
+    let Some(server) = OwnServer::start(kind).await else {
         return;
     };
+    let store = server.store();
     let w = World::new(short_lived(60.0)).await;
-    let p = w.spawn_with(
-        &shared_config(&w, ""),
-        &[("TP_STORE_URL", server.url.as_str())],
-    );
+    let p = store.spawn(&w, &store.config(&w, ""));
     assert_eq!(get(&p.url("/demo/x")).await.0, 200);
-    tokio::task::block_in_place(|| server.stop());
+    server.stop();
     assert_eq!(force_refresh(&p, "demo").await.status(), 502);
     let status = json(&get(&p.admin_url("/status")).await.1);
     assert_eq!(status["store"]["up"], false, "{status}");
@@ -445,8 +919,8 @@ async fn an_unreachable_store_is_reported_and_tokens_keep_serving() {
         "the token in memory serves"
     );
     p.wait_ready(200, Duration::from_secs(5)).await;
-    tokio::task::block_in_place(|| server.start_again());
-    let deadline = Instant::now() + Duration::from_secs(20);
+    server.start_again();
+    let deadline = Instant::now() + Duration::from_secs(30);
     while force_refresh(&p, "demo").await.status() != 200 {
         assert!(
             Instant::now() < deadline,
@@ -468,14 +942,14 @@ async fn an_unreachable_store_is_reported_and_tokens_keep_serving() {
 
 /// A refresh on one instance reaches the others through the store's notifications
 /// at once, not at their own refresh time, and costs them no token request.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn other_instances_pick_a_new_token_up_at_once() {
-    let Some(url) = database().await else { return };
+async fn other_instances_pick_a_new_token_up_at_once(kind: Kind) {
+    let Some(store) = Store::fresh(kind).await else {
+        return;
+    };
     let w = World::new(short_lived(600.0)).await;
-    let config = shared_config(&w, "");
-    let env = [("TP_STORE_URL", url.as_str())];
-    let a = w.spawn_with(&config, &env);
-    let b = w.spawn_with(&config, &env);
+    let config = store.config(&w, "");
+    let a = store.spawn(&w, &config);
+    let b = store.spawn(&w, &config);
     assert_eq!(get(&a.url("/demo/x")).await.0, 200);
     assert_eq!(get(&b.url("/demo/x")).await.0, 200);
     let before = w.provider.token_requests();
@@ -483,22 +957,8 @@ async fn other_instances_pick_a_new_token_up_at_once() {
         .as_u64()
         .unwrap();
     assert_eq!(force_refresh(&a, "demo").await.status(), 200);
-    let refreshed = Instant::now();
-    loop {
-        let seen = token_status(&b, "demo").await["generation"]
-            .as_u64()
-            .unwrap();
-        if seen == generation + 1 {
-            break;
-        }
-        assert!(
-            refreshed.elapsed() < Duration::from_secs(10),
-            "B still holds generation {seen}:\n{}",
-            b.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    eprintln!("picked up {:?} after the refresh", refreshed.elapsed());
+    let took = wait_generation(&b, generation, Duration::from_secs(10)).await;
+    eprintln!("picked up {took:?} after the refresh");
     assert_eq!(
         w.provider.token_requests(),
         before + 1,
@@ -510,39 +970,41 @@ async fn other_instances_pick_a_new_token_up_at_once() {
     assert_eq!(get(&b.url("/demo/y")).await.0, 200);
 }
 
-/// Encrypted at rest: the raw row holds no token, and the instance works as ever.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_table_holds_no_token_in_clear_with_an_encryption_key() {
-    let Some(url) = database().await else { return };
+/// Encrypted at rest: what the server holds contains no token, and the instance
+/// works as ever.
+async fn the_store_holds_no_token_in_clear_with_an_encryption_key(kind: Kind) {
+    let Some(store) = Store::fresh(kind).await else {
+        return;
+    };
     let w = World::default().await;
-    let config = shared_config(&w, "").replace(
+    let config = store.config(&w, "").replace(
         "lease = \"15s\"",
         "lease = \"15s\"\nencryption_key = { env = \"TP_KEY\" }",
     );
     let key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-    let p = w.spawn_with(&config, &[("TP_STORE_URL", url.as_str()), ("TP_KEY", key)]);
+    let p = w.spawn_with(
+        &config,
+        &[("TP_STORE_URL", store.url.as_str()), ("TP_KEY", key)],
+    );
     assert_eq!(get(&p.url("/demo/x")).await.0, 200);
     assert_eq!(force_refresh(&p, "demo").await.status(), 200);
     assert_eq!(get(&p.url("/demo/y")).await.0, 200);
-    let row = query_one(
-        &url,
-        "SELECT concat_ws(' ', access_token, refresh_token, extra::text) FROM tokenproxy_tokens WHERE name = 'demo'",
-    )
-    .await
-    .unwrap();
-    assert!(row.starts_with("enc:v1:"), "{row}");
+    let access = store.field("access_token").await.unwrap();
+    assert!(access.starts_with("enc:v1:"), "{access}");
+    let raw = store.raw().await;
     for token in w.provider.all_tokens() {
-        assert!(!row.contains(&token), "the row holds {token} in clear");
+        assert!(!raw.contains(&token), "the store holds {token} in clear");
     }
 }
 
-/// `check` connects to the store: reachable with its schema, or an error and exit 1.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_reports_the_store() {
-    let Some(url) = database().await else { return };
+/// `check` connects to the store: reachable with its layout, or an error and exit 1.
+async fn check_reports_the_store(kind: Kind) {
+    let Some(store) = Store::fresh(kind).await else {
+        return;
+    };
     let w = World::default().await;
     let path = w.dir.path().join("check.toml");
-    std::fs::write(&path, shared_config(&w, "")).unwrap();
+    std::fs::write(&path, store.config(&w, "")).unwrap();
     let check = |url: &str| {
         std::process::Command::new(binary())
             .args(["check", "-c"])
@@ -552,23 +1014,30 @@ async fn check_reports_the_store() {
             .output()
             .unwrap()
     };
-    let out = check(&url);
+    let (empty, made, nobody) = match kind {
+        Kind::Postgres => (
+            "store check: reachable; no tokenproxy tables yet",
+            "schema version 1",
+            "postgres://postgres@127.0.0.1:1/none",
+        ),
+        Kind::Redis => (
+            "store check: reachable; no keys under",
+            "layout version 1",
+            "redis://127.0.0.1:1",
+        ),
+    };
+    let out = check(&store.url);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        text.contains("store check: reachable; no tokenproxy tables yet"),
-        "{text}"
-    );
-    let p = w.spawn_with(&shared_config(&w, ""), &[("TP_STORE_URL", url.as_str())]);
-    drop(p);
-    let out = check(&url);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("schema version 1"));
-    // Nobody listens there.
-    let out = check("postgres://postgres@127.0.0.1:1/none");
+    assert!(text.contains(empty), "{text}");
+    drop(store.spawn(&w, &store.config(&w, "")));
+    let out = check(&store.url);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(made));
+    let out = check(nobody);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("database (connect)"), "{err}");

@@ -25,6 +25,13 @@ impl Config {
                     humantime::format_duration(*lease)
                 );
             }
+            StoreConfig::Redis { url, prefix, lease } => {
+                let _ = writeln!(
+                    out,
+                    "store: redis, url from {url}, keys under `{prefix}`, lease {}",
+                    humantime::format_duration(*lease)
+                );
+            }
         }
         if let Some((_, previous)) = &self.store_keys {
             let _ = writeln!(

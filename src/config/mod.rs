@@ -110,6 +110,23 @@ pub enum StoreConfig {
         /// than any token request's deadline.
         lease: Duration,
     },
+    /// Shared by every instance that names the same server and prefix.
+    Redis {
+        url: SecretRef,
+        /// Every key starts with it (`tokenproxy:` unless set).
+        prefix: String,
+        lease: Duration,
+    },
+}
+
+impl StoreConfig {
+    /// The lock lease of a shared store.
+    pub fn lease(&self) -> Option<Duration> {
+        match self {
+            StoreConfig::File { .. } => None,
+            StoreConfig::Postgres { lease, .. } | StoreConfig::Redis { lease, .. } => Some(*lease),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -64,6 +64,8 @@ pub struct RawStore {
     /// Shared stores: how long a lock outlives a holder that stopped renewing it.
     #[serde(with = "humantime_serde")]
     pub lease: Option<Duration>,
+    /// Redis: the start of every key.
+    pub prefix: Option<String>,
     /// AES-256 key (64 hex digits or base64) for the tokens at rest, any store kind.
     pub encryption_key: Option<SecretRef>,
     /// Keys that encrypted earlier records, still accepted for reading.
@@ -77,6 +79,7 @@ impl Default for RawStore {
             path: "./tokenproxy-state".into(),
             url: None,
             lease: None,
+            prefix: None,
             encryption_key: None,
             previous_encryption_keys: Vec::new(),
         }

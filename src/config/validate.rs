@@ -125,45 +125,73 @@ impl Validator<'_> {
                 "give the admin endpoints their own port",
             ));
         }
+        let shared_url = |v: &mut Self, kind: &str, example: &str| {
+            let Some(url) = raw.store.url.clone() else {
+                return Err(v.err(
+                    "store.url",
+                    format!("a {kind} store needs a URL"),
+                    format!("add url = {{ env = \"TOKENPROXY_STORE_URL\" }} holding {example}"),
+                ));
+            };
+            v.secret("store.url", &url, false)?;
+            Ok(url)
+        };
+        if raw.store.prefix.is_some() && raw.store.kind != "redis" {
+            return Err(self.err(
+                "store.prefix",
+                "prefix is for the redis store",
+                "set kind = \"redis\", or remove it",
+            ));
+        }
+        let lease = raw.store.lease.unwrap_or(DEFAULT_LEASE);
         let store = match raw.store.kind.as_str() {
             "file" => {
                 if raw.store.url.is_some() || raw.store.lease.is_some() {
                     return Err(self.err(
                         "store.url",
                         "url and lease are for shared stores",
-                        "set kind = \"postgres\", or remove them",
+                        "set kind = \"postgres\" or \"redis\", or remove them",
                     ));
                 }
                 StoreConfig::File {
                     path: raw.store.path,
                 }
             }
-            "postgres" => {
-                let Some(url) = raw.store.url else {
-                    return Err(self.err(
-                        "store.url",
-                        "a postgres store needs a URL",
-                        "add url = { env = \"TOKENPROXY_STORE_URL\" } holding postgres://user:password@host:5432/database",
-                    ));
-                };
-                self.secret("store.url", &url, false)?;
-                StoreConfig::Postgres {
-                    url,
-                    lease: raw.store.lease.unwrap_or(DEFAULT_LEASE),
-                }
-            }
+            "postgres" => StoreConfig::Postgres {
+                url: shared_url(
+                    &mut self,
+                    "postgres",
+                    "postgres://user:password@host:5432/database",
+                )?,
+                lease,
+            },
             "redis" => {
-                return Err(self.err(
-                    "store.kind",
-                    "the redis store is not built yet",
-                    "use kind = \"postgres\" to share tokens between instances, or \"file\"",
-                ));
+                let prefix = raw.store.prefix.unwrap_or_else(|| "tokenproxy:".into());
+                if prefix.is_empty()
+                    || prefix.len() > 128
+                    || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(self.err(
+                        "store.prefix",
+                        "must be 1 to 128 characters without spaces or control characters",
+                        "use a prefix such as \"tokenproxy:\" or \"etl-prod:tokenproxy:\"",
+                    ));
+                }
+                StoreConfig::Redis {
+                    url: shared_url(
+                        &mut self,
+                        "redis",
+                        "redis://:password@host:6379/0 (rediss:// for TLS)",
+                    )?,
+                    prefix,
+                    lease,
+                }
             }
             other => {
                 return Err(self.err(
                     "store.kind",
                     format!("`{other}` is not a supported store"),
-                    "use kind = \"file\" or \"postgres\"",
+                    "use kind = \"file\", \"postgres\" or \"redis\"",
                 ));
             }
         };
@@ -281,16 +309,16 @@ impl Validator<'_> {
             }
             routes.push(route);
         }
-        if let StoreConfig::Postgres { lease, .. } = &store {
+        if let Some(lease) = store.lease() {
             // A lock holder must finish its token request well inside its lease, or a
             // second instance could spend the same refresh token.
             for t in &tokens {
-                if *lease < t.timeout + LEASE_MARGIN {
+                if lease < t.timeout + LEASE_MARGIN {
                     return Err(self.err(
                         "store.lease",
                         format!(
                             "{} is not longer than tokens.{}.timeout ({}) plus {}",
-                            humantime::format_duration(*lease),
+                            humantime::format_duration(lease),
                             t.name,
                             humantime::format_duration(t.timeout),
                             humantime::format_duration(LEASE_MARGIN)

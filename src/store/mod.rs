@@ -7,12 +7,14 @@
 //! does not decide anything about tokens; the token engine (`crate::token`) does.
 //!
 //! `file`: one host, `flock`. `postgres`: any number of hosts, a row lock that is a
-//! lease (see `postgres`).
+//! lease (see `postgres`). `redis`: any number of hosts, a key with a unique value
+//! and a time to live that is a lease (see `redis`).
 
 mod encrypted;
 mod file;
 mod observed;
 mod postgres;
+mod redis;
 
 use std::path::PathBuf;
 
@@ -24,6 +26,7 @@ pub use encrypted::{Encrypted, Key, Keys};
 pub use file::FileStore;
 pub use observed::{Observed, StoreHealth};
 pub use postgres::{PgStore, SCHEMA_VERSION};
+pub use redis::{REDIS_SCHEMA_VERSION, RedisStore};
 
 /// The version written by this build; older or newer records are refused, never guessed at.
 pub const RECORD_VERSION: u32 = 1;
@@ -174,6 +177,33 @@ pub trait Held: Send {
     /// [`StoreError::Fenced`]: another process refreshed meanwhile. `None` replaces
     /// whatever is there (`seed` and `login`, a person's deliberate act).
     async fn save(&mut self, record: &StoredToken, seen: Option<u64>) -> Result<(), StoreError>;
+}
+
+/// Says once, in the log, that a lock on a shared store ended before its holder
+/// let go: the holder was paused (or cut off) longer than the lease, and another
+/// instance may have taken the lock meanwhile.
+#[derive(Clone)]
+struct Lapsed {
+    token: std::sync::Arc<str>,
+    said: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Lapsed {
+    fn new(token: &str) -> Lapsed {
+        Lapsed {
+            token: token.into(),
+            said: Default::default(),
+        }
+    }
+
+    fn report(&self) {
+        if !self.said.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            tracing::warn!(
+                token = &*self.token,
+                "the store's lock on this token ended before this process let go of it (was it paused longer than store.lease?); what this refresh obtained is stored only if no other instance refreshed meanwhile"
+            );
+        }
+    }
 }
 
 #[async_trait::async_trait]

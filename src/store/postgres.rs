@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio::task::JoinHandle;
 
-use super::{Held, Intent, RECORD_VERSION, StoreError, StoredToken, TokenStore};
+use super::{Held, Intent, Lapsed, RECORD_VERSION, StoreError, StoredToken, TokenStore};
 use crate::secret::Secret;
 
 /// The schema this build reads and writes.
@@ -367,13 +367,16 @@ impl TokenStore for PgStore {
             return Err(db("lock")(e));
         }
         let client = Arc::new(client);
+        let lapsed = Lapsed::new(token);
         let renew = {
             let client = Arc::clone(&client);
             let every = self.lease / 3;
+            let lapsed = lapsed.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
                     if client.batch_execute("SELECT 1").await.is_err() {
+                        lapsed.report();
                         return;
                     }
                 }
@@ -384,6 +387,7 @@ impl TokenStore for PgStore {
             renew,
             token: token.to_owned(),
             open: true,
+            lapsed,
         }))
     }
 
@@ -451,6 +455,7 @@ struct PgHeld {
     token: String,
     /// Whether the locking transaction is still open.
     open: bool,
+    lapsed: Lapsed,
 }
 
 impl PgHeld {
@@ -539,8 +544,11 @@ impl Drop for PgHeld {
         if self.open {
             // Ends the transaction, and with it the lock, before the connection goes
             // back to the pool (the pool's recycling rolls back too, as a second net).
+            let lapsed = self.lapsed.clone();
             tokio::spawn(async move {
-                let _ = client.batch_execute("ROLLBACK").await;
+                if client.batch_execute("ROLLBACK").await.is_err() {
+                    lapsed.report();
+                }
             });
         }
     }

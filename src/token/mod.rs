@@ -24,7 +24,7 @@ mod schedule;
 mod seed;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -182,10 +182,10 @@ pub struct TokenSource {
     phase: AtomicU8,
     /// Set at shutdown: no refresh starts after it.
     closing: AtomicBool,
-    /// An intent found at start: the previous process died mid-refresh.
+    /// An unfinished intent was found: an earlier holder stopped mid-refresh.
     interrupted: AtomicBool,
-    /// Whether the store's intent was looked at (once, at the first refresh).
-    intent_checked: AtomicBool,
+    /// `at_ms` of the last intent this process wrote, to tell its own from others'.
+    own_intent_at: AtomicU64,
 }
 
 /// What a refresh is doing, for the log line of a caller that stopped waiting.
@@ -236,7 +236,7 @@ impl TokenSource {
             phase: AtomicU8::new(Phase::Idle as u8),
             closing: AtomicBool::new(false),
             interrupted: AtomicBool::new(false),
-            intent_checked: AtomicBool::new(false),
+            own_intent_at: AtomicU64::new(0),
         })
     }
 
@@ -527,11 +527,14 @@ impl TokenSource {
             _ => None,
         };
         let generation = newest.as_ref().map_or(0, |r| r.generation);
-        if !self.intent_checked.swap(true, Ordering::SeqCst)
-            && let Some(rt) = &refresh_token
+        // An intent for this refresh token that this process did not write: its
+        // writer (a process that died, or an instance whose lease lapsed while it
+        // was paused) stopped between announcing the refresh and storing it.
+        if let Some(rt) = &refresh_token
             && let Ok(Some(intent)) = self.store.load_intent(name).await
             && intent.generation >= generation
             && intent.refresh_token_sha256 == sha256_hex(rt.expose())
+            && intent.at_ms != self.own_intent_at.load(Ordering::SeqCst)
         {
             self.interrupted.store(true, Ordering::SeqCst);
             self.metrics.refresh_interrupted(name);
@@ -539,7 +542,7 @@ impl TokenSource {
                 token = name,
                 generation,
                 started_at = %rfc3339(ms_to_time(intent.at_ms)),
-                "the previous process stopped in the middle of refreshing this token: the provider may already have rotated the stored refresh token away. Trying it once; providers with a reuse grace period answer with the same new tokens"
+                "an earlier refresh of this token stopped in the middle (the previous process died, or another instance's lock lapsed while its token request ran): the provider may already have rotated the stored refresh token away. Trying it once; providers with a reuse grace period answer with the same new tokens"
             );
         }
         if let Some(rt) = &refresh_token {
@@ -552,6 +555,7 @@ impl TokenSource {
             self.set_phase(Phase::StoreWrite);
             // Best effort: a store that cannot take the intent may not take the new
             // record either, and then the new tokens are served from memory.
+            self.own_intent_at.store(intent.at_ms, Ordering::SeqCst);
             if let Err(e) = self.store.save_intent(name, &intent).await {
                 self.metrics.store_write_error(name);
                 tracing::warn!(token = name, error = %e, "could not record the refresh about to happen; refreshing anyway");
@@ -764,7 +768,7 @@ impl TokenSource {
             .collect();
         let mut message = crate::secret::mask(&e.to_string(), &held);
         if e.is_terminal() && self.interrupted.load(Ordering::SeqCst) {
-            message += "; the previous process stopped while spending this refresh token, so the provider has most likely rotated it away: log in again";
+            message += "; an earlier refresh stopped while spending this refresh token, so the provider has most likely rotated it away: log in again";
         }
         Failure {
             terminal: e.is_terminal(),

@@ -1,0 +1,583 @@
+//! The shared store on Redis: one hash per token under a configurable prefix, keys
+//! other tools may read.
+//!
+//! Keys (`P` is `store.prefix`, `tokenproxy:` unless set):
+//! - `P token:<name>`: a hash with `generation`, `access_token`, `refresh_token`,
+//!   `expires_at_ms`, `issued_at_ms`, `extra` (JSON) and `updated_at_ms`;
+//! - `P lock:<name>`: the lock, a string holding its holder's random value with a
+//!   time to live of `store.lease`;
+//! - `P intent:<name>`: a hash announcing a refresh about to spend a refresh token;
+//! - `P schema`: the layout version, `1`;
+//! - channel `P changes`: the names of tokens as new records are written.
+//!
+//! The lock is a lease: `SET … NX PX <lease>` with a value only its holder knows. A
+//! task renews it (compare-and-`PEXPIRE`, every third of the lease) while the
+//! holder lives, and it is released by compare-and-delete, never by a plain `DEL`,
+//! which could free a lock that lapsed and was taken by another instance. The write
+//! of a refresh is a script that replaces the hash only if its generation is still
+//! the one the holder saw, and publishes the change in the same step: a holder
+//! whose lease lapsed cannot overwrite a newer state.
+//!
+//! Durability is the server's: with `appendonly yes` and `appendfsync always` a
+//! write is on disk when it returns. Opening the store reads the server's
+//! persistence settings where it may, and says when a restart would lose tokens.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::task::JoinHandle;
+
+use super::{Held, Intent, Lapsed, RECORD_VERSION, StoreError, StoredToken, TokenStore};
+use crate::secret::Secret;
+
+/// The key layout this build reads and writes.
+pub const REDIS_SCHEMA_VERSION: u32 = 1;
+/// How long one command may take before the store counts as unreachable.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Renews a lock if it is still ours: `KEYS[1]` lock, `ARGV[1]` our value,
+/// `ARGV[2]` the lease in milliseconds.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0";
+
+/// Releases a lock if it is still ours.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// Replaces the record if its generation is still `ARGV[1]` (empty: whatever it
+/// is), then publishes `ARGV[3]` on channel `ARGV[2]`. `ARGV[4..]`: field, value
+/// pairs. Answers `{1, stored}` when written, `{0, stored}` when fenced.
+const SAVE: &str = r"
+local stored = redis.call('HGET', KEYS[1], 'generation') or '0'
+if ARGV[1] ~= '' and stored ~= ARGV[1] then
+  return {0, stored}
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return {1, stored}";
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    keys: Keys,
+    lease: Duration,
+    changes: tokio::sync::broadcast::Sender<String>,
+    listener: JoinHandle<()>,
+}
+
+/// The names of everything under the prefix.
+#[derive(Clone)]
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn token(&self, name: &str) -> String {
+        format!("{}token:{name}", self.prefix)
+    }
+    fn lock(&self, name: &str) -> String {
+        format!("{}lock:{name}", self.prefix)
+    }
+    fn intent(&self, name: &str) -> String {
+        format!("{}intent:{name}", self.prefix)
+    }
+    fn schema(&self) -> String {
+        format!("{}schema", self.prefix)
+    }
+    fn channel(&self) -> String {
+        format!("{}changes", self.prefix)
+    }
+}
+
+fn db(op: &'static str) -> impl Fn(redis::RedisError) -> StoreError {
+    move |e| StoreError::Database {
+        op,
+        detail: error_text(&e),
+    }
+}
+
+/// The server's or the driver's words, without the URL (it may hold a password).
+fn error_text(e: &redis::RedisError) -> String {
+    if e.is_timeout() {
+        return format!("no answer within {}s", COMMAND_TIMEOUT.as_secs());
+    }
+    e.to_string()
+}
+
+/// A client for `url`; `ca_pem`: the certificates to trust for `rediss://` instead
+/// of the system's.
+fn client(url: &Secret, ca_pem: Option<Vec<u8>>) -> Result<redis::Client, StoreError> {
+    let bad_url = |_| StoreError::Database {
+        op: "configure",
+        detail:
+            "store.url is not a Redis URL (redis://:password@host:6379/0, or rediss:// for TLS)"
+                .into(),
+    };
+    match ca_pem {
+        Some(pem) if url.expose().starts_with("rediss:") => redis::Client::build_with_tls(
+            url.expose(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            },
+        )
+        .map_err(bad_url),
+        _ => redis::Client::open(url.expose()).map_err(bad_url),
+    }
+}
+
+impl RedisStore {
+    /// Connects, writes the layout version if missing and checks it.
+    pub async fn open(
+        url: &Secret,
+        ca_pem: Option<Vec<u8>>,
+        prefix: &str,
+        lease: Duration,
+    ) -> Result<RedisStore, StoreError> {
+        let client = client(url, ca_pem)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(3)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await
+        .map_err(|_| StoreError::Database {
+            op: "connect",
+            detail: format!("no answer within {}s", COMMAND_TIMEOUT.as_secs()),
+        })?
+        .map_err(db("connect"))?;
+        let keys = Keys {
+            prefix: prefix.to_owned(),
+        };
+        let (changes, _) = tokio::sync::broadcast::channel(64);
+        let listener = tokio::spawn(listen(client, keys.channel(), changes.clone()));
+        let mut store = RedisStore {
+            conn,
+            keys,
+            lease,
+            changes,
+            listener,
+        };
+        store.prepare_schema().await?;
+        if let Some(warning) = persistence_warning(&mut store.conn).await {
+            tracing::warn!("{warning}");
+        }
+        Ok(store)
+    }
+
+    /// For `tokenproxy check`: connects and reports the layout, changing nothing.
+    pub async fn probe(
+        url: &Secret,
+        ca_pem: Option<Vec<u8>>,
+        prefix: &str,
+    ) -> Result<String, StoreError> {
+        let client = client(url, ca_pem)?;
+        let mut conn =
+            tokio::time::timeout(COMMAND_TIMEOUT, client.get_multiplexed_async_connection())
+                .await
+                .map_err(|_| StoreError::Database {
+                    op: "connect",
+                    detail: format!("no answer within {}s", COMMAND_TIMEOUT.as_secs()),
+                })?
+                .map_err(db("connect"))?;
+        let keys = Keys {
+            prefix: prefix.to_owned(),
+        };
+        let version: Option<String> = conn.get(keys.schema()).await.map_err(db("check schema"))?;
+        let mut text = match version {
+            None => format!("reachable; no keys under `{prefix}` yet (written at the first start)"),
+            Some(v) if v == REDIS_SCHEMA_VERSION.to_string() => {
+                format!("reachable; keys under `{prefix}`, layout version {v}")
+            }
+            Some(v) => return Err(unknown_version(&keys, &v)),
+        };
+        if let Some(warning) = persistence_warning(&mut conn).await {
+            text.push_str("\n  warning: ");
+            text.push_str(&warning);
+        }
+        Ok(text)
+    }
+
+    async fn prepare_schema(&mut self) -> Result<(), StoreError> {
+        let key = self.keys.schema();
+        let _: bool = self
+            .conn
+            .set_nx(&key, REDIS_SCHEMA_VERSION)
+            .await
+            .map_err(db("create schema"))?;
+        let found: Option<String> = self.conn.get(&key).await.map_err(db("check schema"))?;
+        match found {
+            Some(v) if v == REDIS_SCHEMA_VERSION.to_string() => Ok(()),
+            Some(v) => Err(unknown_version(&self.keys, &v)),
+            None => Err(StoreError::Schema(format!(
+                "`{key}` vanished as it was written; is another program deleting keys under `{}`?",
+                self.keys.prefix
+            ))),
+        }
+    }
+}
+
+fn unknown_version(keys: &Keys, found: &str) -> StoreError {
+    let shown: String = found.chars().take(16).collect();
+    StoreError::Schema(format!(
+        "`{}` holds layout version {shown:?}; this tokenproxy knows version {REDIS_SCHEMA_VERSION}. Run the tokenproxy that wrote it, or set store.prefix to a prefix of its own",
+        keys.schema()
+    ))
+}
+
+/// What a Redis restart would lose, from the server's persistence settings; `None`
+/// when writes reach the disk before they are answered, or when the server does
+/// not say (managed services often refuse `CONFIG`).
+async fn persistence_warning(conn: &mut impl redis::aio::ConnectionLike) -> Option<String> {
+    let settings: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("append*")
+        .query_async(conn)
+        .await
+        .ok()?;
+    let setting = |name: &str| {
+        settings
+            .chunks(2)
+            .find(|kv| kv[0] == name)
+            .and_then(|kv| kv.get(1).cloned())
+    };
+    match (setting("appendonly")?.as_str(), setting("appendfsync")?.as_str()) {
+        ("yes", "always") => None,
+        ("yes", fsync) => Some(format!(
+            "the Redis server syncs its log to disk `{fsync}`, not `always`: a crash of its host can lose the newest token, whose refresh token the provider has already rotated. Set appendfsync always on the server"
+        )),
+        _ => Some(
+            "the Redis server keeps tokens in memory only (appendonly no): its restart loses the rotated refresh token. Set appendonly yes and appendfsync always on the server".into(),
+        ),
+    }
+}
+
+/// Forwards the names published on `channel` to `changes`, reconnecting with
+/// backoff (1 s doubling to 30 s) and announcing `*` after each (re)subscription.
+async fn listen(
+    client: redis::Client,
+    channel: String,
+    changes: tokio::sync::broadcast::Sender<String>,
+) {
+    use futures_util::StreamExt;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, subscribed).await {
+            Ok(Ok(mut pubsub)) => {
+                backoff = Duration::from_secs(1);
+                // Whatever changed while no one was listening.
+                let _ = changes.send("*".into());
+                let mut messages = pubsub.on_message();
+                while let Some(message) = messages.next().await {
+                    if let Ok(name) = message.get_payload::<String>() {
+                        let _ = changes.send(name);
+                    }
+                }
+                tracing::debug!("store notifications: connection ended; reconnecting");
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %error_text(&e), retry_in_s = backoff.as_secs(), "store notifications: cannot connect");
+            }
+            Err(_) => {
+                tracing::debug!(
+                    retry_in_s = backoff.as_secs(),
+                    "store notifications: no answer"
+                );
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// The record in a token's hash; `None` for an absent or empty hash.
+fn to_record(
+    keys: &Keys,
+    name: &str,
+    fields: std::collections::HashMap<String, String>,
+) -> Result<Option<StoredToken>, StoreError> {
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: format!("Redis key `{}`", keys.token(name)).into(),
+        token: name.to_owned(),
+        detail,
+    };
+    let number = |field: &str| -> Result<u64, StoreError> {
+        match fields.get(field) {
+            None => Err(corrupt(format!("field `{field}` is missing"))),
+            Some(v) => v
+                .parse()
+                .map_err(|_| corrupt(format!("field `{field}` is not a whole number"))),
+        }
+    };
+    let extra = match fields.get("extra") {
+        None => Default::default(),
+        Some(v) => match serde_json::from_str::<serde_json::Value>(v) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => return Err(corrupt("field `extra` is not a JSON object".into())),
+        },
+    };
+    Ok(Some(StoredToken {
+        version: RECORD_VERSION,
+        generation: number("generation")?,
+        access_token: fields.get("access_token").cloned().map(Secret::new),
+        refresh_token: fields.get("refresh_token").cloned().map(Secret::new),
+        issued_at_ms: number("issued_at_ms")?,
+        expires_at_ms: number("expires_at_ms")?,
+        extra,
+    }))
+}
+
+/// The hash fields of `record`, as the save script takes them.
+fn fields(record: &StoredToken) -> Vec<(&'static str, String)> {
+    let mut out = vec![
+        ("generation", record.generation.to_string()),
+        ("issued_at_ms", record.issued_at_ms.to_string()),
+        ("expires_at_ms", record.expires_at_ms.to_string()),
+        (
+            "extra",
+            serde_json::Value::Object(record.extra.clone()).to_string(),
+        ),
+        (
+            "updated_at_ms",
+            crate::token::time_to_ms(std::time::SystemTime::now()).to_string(),
+        ),
+    ];
+    if let Some(t) = &record.access_token {
+        out.push(("access_token", t.expose().to_owned()));
+    }
+    if let Some(t) = &record.refresh_token {
+        out.push(("refresh_token", t.expose().to_owned()));
+    }
+    out
+}
+
+async fn read(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    name: &str,
+) -> Result<Option<StoredToken>, StoreError> {
+    let fields: std::collections::HashMap<String, String> =
+        conn.hgetall(keys.token(name)).await.map_err(db("read"))?;
+    to_record(keys, name, fields)
+}
+
+#[async_trait::async_trait]
+impl TokenStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn load(&self, token: &str) -> Result<Option<StoredToken>, StoreError> {
+        read(&mut self.conn.clone(), &self.keys, token).await
+    }
+
+    async fn lock(&self, token: &str, wait: Duration) -> Result<Box<dyn Held>, StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.keys.lock(token);
+        let value = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let taken: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&value)
+                .arg("NX")
+                .arg("PX")
+                .arg(lease_ms)
+                .query_async(&mut conn)
+                .await
+                .map_err(db("lock"))?;
+            if taken.is_some() {
+                break;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(StoreError::LockTimeout {
+                    path: format!("Redis key `{key}`").into(),
+                    waited: wait,
+                });
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+        let lapsed = Lapsed::new(token);
+        let renew = {
+            let mut conn = conn.clone();
+            let (key, value) = (key.clone(), value.clone());
+            let every = self.lease / 3;
+            let lapsed = lapsed.clone();
+            tokio::spawn(async move {
+                let script = redis::Script::new(RENEW);
+                loop {
+                    tokio::time::sleep(every).await;
+                    let renewed: Result<i64, _> = script
+                        .key(&key)
+                        .arg(&value)
+                        .arg(lease_ms)
+                        .invoke_async(&mut conn)
+                        .await;
+                    if renewed.as_ref().is_ok_and(|&n| n == 0) {
+                        lapsed.report();
+                        return;
+                    }
+                }
+            })
+        };
+        Ok(Box::new(RedisHeld {
+            conn,
+            keys: self.keys.clone(),
+            token: token.to_owned(),
+            key,
+            value,
+            renew,
+            lapsed,
+        }))
+    }
+
+    async fn save_intent(&self, token: &str, intent: &Intent) -> Result<(), StoreError> {
+        let _: () = self
+            .conn
+            .clone()
+            .hset_multiple(
+                self.keys.intent(token),
+                &[
+                    ("generation", intent.generation.to_string()),
+                    ("refresh_token_sha256", intent.refresh_token_sha256.clone()),
+                    ("at_ms", intent.at_ms.to_string()),
+                ],
+            )
+            .await
+            .map_err(db("write intent"))?;
+        Ok(())
+    }
+
+    async fn load_intent(&self, token: &str) -> Result<Option<Intent>, StoreError> {
+        let fields: std::collections::HashMap<String, String> = self
+            .conn
+            .clone()
+            .hgetall(self.keys.intent(token))
+            .await
+            .map_err(db("read intent"))?;
+        let number = |f: &str| fields.get(f).and_then(|v| v.parse().ok());
+        Ok(
+            match (
+                number("generation"),
+                fields.get("refresh_token_sha256"),
+                number("at_ms"),
+            ) {
+                (Some(generation), Some(sha), Some(at_ms)) => Some(Intent {
+                    generation,
+                    refresh_token_sha256: sha.clone(),
+                    at_ms,
+                }),
+                // Absent, or not written by tokenproxy: nothing to report.
+                _ => None,
+            },
+        )
+    }
+
+    async fn clear_intent(&self, token: &str) -> Result<(), StoreError> {
+        let _: () = self
+            .conn
+            .clone()
+            .del(self.keys.intent(token))
+            .await
+            .map_err(db("write intent"))?;
+        Ok(())
+    }
+
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        Some(self.changes.subscribe())
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// A taken lock: its key, the value that proves it is ours, the renewing task.
+struct RedisHeld {
+    conn: ConnectionManager,
+    keys: Keys,
+    token: String,
+    key: String,
+    value: String,
+    renew: JoinHandle<()>,
+    lapsed: Lapsed,
+}
+
+#[async_trait::async_trait]
+impl Held for RedisHeld {
+    async fn load(&mut self) -> Result<Option<StoredToken>, StoreError> {
+        read(&mut self.conn, &self.keys, &self.token).await
+    }
+
+    async fn save(&mut self, record: &StoredToken, seen: Option<u64>) -> Result<(), StoreError> {
+        let script = redis::Script::new(SAVE);
+        let mut call = script.key(self.keys.token(&self.token));
+        call.arg(seen.map(|s| s.to_string()).unwrap_or_default())
+            .arg(self.keys.channel())
+            .arg(&self.token);
+        for (field, value) in fields(record) {
+            call.arg(field).arg(value);
+        }
+        let (written, stored): (i64, String) = call
+            .invoke_async(&mut self.conn)
+            .await
+            .map_err(db("write"))?;
+        if written == 0 {
+            return Err(StoreError::Fenced {
+                token: self.token.clone(),
+                seen: seen.unwrap_or(0),
+                stored: stored.parse().unwrap_or(0),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RedisHeld {
+    fn drop(&mut self) {
+        self.renew.abort();
+        let mut conn = self.conn.clone();
+        let (key, value) = (
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.value),
+        );
+        let lapsed = self.lapsed.clone();
+        // Compare-and-delete: a lock that lapsed and was taken by another instance
+        // is theirs, and stays.
+        tokio::spawn(async move {
+            let released: Result<i64, _> = redis::Script::new(RELEASE)
+                .key(&key)
+                .arg(&value)
+                .invoke_async(&mut conn)
+                .await;
+            if released.is_ok_and(|n| n == 0) {
+                lapsed.report();
+            }
+        });
+    }
+}
