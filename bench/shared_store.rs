@@ -1,4 +1,4 @@
-//! Several instances on one PostgreSQL store: token requests per refresh period
+//! Several instances on one shared store (PostgreSQL, then Redis): token requests per refresh period
 //! and client-visible errors for 1, 4 and 16 instances under steady load, and the
 //! time from a refresh on one instance to its pick-up by all the others.
 //!
@@ -63,6 +63,19 @@ fn spawn(config: &std::path::Path, store_url: &str) -> Instance {
     }
 }
 
+/// The `[store]` lines and the URL of a fresh place on the server at `base`: a new
+/// database (PostgreSQL) or a new key prefix (Redis).
+async fn fresh_store(base: &str) -> (String, String) {
+    if base.starts_with("redis") {
+        let prefix = format!("bench{:08x}:", fastrand::u32(..));
+        return (
+            format!("kind = \"redis\"\nprefix = \"{prefix}\""),
+            base.to_owned(),
+        );
+    }
+    ("kind = \"postgres\"".to_owned(), database(base).await)
+}
+
 async fn database(base: &str) -> String {
     let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
         .await
@@ -105,7 +118,7 @@ async fn measure(n: usize, base: &str) -> String {
     })
     .await
     .expect("provider");
-    let url = database(base).await;
+    let (kind, url) = fresh_store(base).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("bench.toml");
     std::fs::write(
@@ -116,7 +129,7 @@ async fn measure(n: usize, base: &str) -> String {
 proxy = "127.0.0.1:0"
 admin = "127.0.0.1:0"
 [store]
-kind = "postgres"
+{kind}
 url = {{ env = "TP_STORE_URL" }}
 lease = "15s"
 [tokens.demo]
@@ -194,7 +207,12 @@ token = "demo"
         )
     };
     format!(
-        "| {n} | {sent} | {errors} | {requests} | {:.2} | {} | {pick} |",
+        "| {} | {n} | {sent} | {errors} | {requests} | {:.2} | {} | {pick} |",
+        if base.starts_with("redis") {
+            "redis"
+        } else {
+            "postgres"
+        },
         requests as f64 / periods,
         provider.reuse_detected()
     )
@@ -202,18 +220,26 @@ token = "demo"
 
 fn main() {
     // `cargo bench` passes --bench; nothing else is expected.
-    let Ok(base) = std::env::var("TOKENPROXY_TEST_POSTGRES_URL") else {
-        eprintln!("set TOKENPROXY_TEST_POSTGRES_URL first: . .ci/services.sh");
+    let servers: Vec<String> = ["TOKENPROXY_TEST_POSTGRES_URL", "TOKENPROXY_TEST_REDIS_URL"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .collect();
+    if servers.is_empty() {
+        eprintln!(
+            "set TOKENPROXY_TEST_POSTGRES_URL and/or TOKENPROXY_TEST_REDIS_URL first: . .ci/services.sh"
+        );
         return;
-    };
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     println!(
-        "| instances | client requests | client errors | token requests | token requests per refresh period (~3 s) | refresh tokens reused | pick-up p50 / p99 |"
+        "| store | instances | client requests | client errors | token requests | token requests per refresh period (~3 s) | refresh tokens reused | pick-up p50 / p99 |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    for n in [1, 4, 16] {
-        let row = rt.block_on(measure(n, &base));
-        println!("{row}");
+    println!("|---|---|---|---|---|---|---|---|");
+    for base in &servers {
+        for n in [1, 4, 16] {
+            let row = rt.block_on(measure(n, base));
+            println!("{row}");
+        }
     }
 }
