@@ -174,6 +174,31 @@ fn bad_configs_exit_2_naming_file_key_and_fix() {
             "[proxy]\nconnect_timeout = \"10 parsecs\"\n[tokens.api]",
             &["connect_timeout"],
         ),
+        (
+            "[tokens.api]",
+            "[store]\nkind = \"redis\"\n[tokens.api]",
+            &["store.url", "a redis store needs a URL", "redis://"],
+        ),
+        (
+            "[tokens.api]",
+            "[store]\nkind = \"file\"\nprefix = \"x:\"\n[tokens.api]",
+            &["store.prefix", "kind = \"redis\""],
+        ),
+        (
+            "[tokens.api]",
+            "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nprefix = \"two words\"\n[tokens.api]",
+            &["store.prefix", "without spaces"],
+        ),
+        (
+            "[tokens.api]",
+            "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nlease = \"5s\"\n[tokens.api]",
+            &["store.lease", "timeout", "raise store.lease"],
+        ),
+        (
+            "[tokens.api]",
+            "[store]\nkind = \"mongodb\"\n[tokens.api]",
+            &["store.kind", "mongodb", "\"redis\""],
+        ),
     ];
     for (from, to, expect) in cases {
         assert!(GOOD.contains(from), "{from}");

@@ -1042,3 +1042,56 @@ async fn check_reports_the_store(kind: Kind) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("database (connect)"), "{err}");
 }
+
+/// A Redis server that would lose an answered write at a crash or restart is
+/// named by `check` and at start, with the setting that fixes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_server_that_can_lose_writes_is_warned_about() {
+    let Some(server) = OwnServer::start(Kind::Redis).await else {
+        return;
+    };
+    let store = server.store();
+    let w = World::default().await;
+    let path = w.dir.path().join("check.toml");
+    std::fs::write(&path, store.config(&w, "")).unwrap();
+    let check = || {
+        let out = std::process::Command::new(binary())
+            .args(["check", "-c"])
+            .arg(&path)
+            .env("TP_STORE_URL", &store.url)
+            .env("DEMO_CLIENT_SECRET", "s")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = check();
+    assert!(
+        !out.contains("appendfsync") && !out.contains("in memory only"),
+        "{out}"
+    );
+    let mut conn = store.redis().await;
+    let mut set = async |name: &str, value: &str| {
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    };
+    set("appendfsync", "everysec").await;
+    let out = check();
+    assert!(
+        out.contains("warning:") && out.contains("Set appendfsync always"),
+        "{out}"
+    );
+    set("appendonly", "no").await;
+    let out = check();
+    assert!(
+        out.contains("in memory only") && out.contains("appendonly yes"),
+        "{out}"
+    );
+    let p = store.spawn(&w, &store.config(&w, ""));
+    p.wait_log("in memory only").await;
+}
