@@ -60,7 +60,13 @@ tokenproxy_services_stop() {
     rm -rf "$TOKENPROXY_PG_DIR"
   fi
   if [ -n "${TOKENPROXY_REDIS_DIR:-}" ] && [ -f "$TOKENPROXY_REDIS_DIR/pid" ]; then
-    kill "$(cat "$TOKENPROXY_REDIS_DIR/pid")" 2>/dev/null || true
+    local pid i
+    pid=$(cat "$TOKENPROXY_REDIS_DIR/pid")
+    kill "$pid" 2>/dev/null || true
+    for i in $(seq 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
     rm -rf "$TOKENPROXY_REDIS_DIR"
   fi
 }

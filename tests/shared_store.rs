@@ -46,6 +46,7 @@ on_both!(
     other_instances_pick_a_new_token_up_at_once,
     the_store_holds_no_token_in_clear_with_an_encryption_key,
     check_reports_the_store,
+    seed_writes_to_the_shared_store,
 );
 
 /// The test server of `kind`, from the environment; `None` (after saying why)
@@ -1094,4 +1095,54 @@ async fn a_redis_server_that_can_lose_writes_is_warned_about() {
     );
     let p = store.spawn(&w, &store.config(&w, ""));
     p.wait_log("in memory only").await;
+}
+
+/// `tokenproxy seed` writes to the configured shared store, and a running instance
+/// whose refresh token was refused resumes with the seeded one, no restart.
+async fn seed_writes_to_the_shared_store(kind: Kind) {
+    use std::io::Write;
+    let Some(store) = Store::fresh(kind).await else {
+        return;
+    };
+    let w = World::default().await;
+    w.provider.set_mode(Mode::InvalidGrant);
+    let config = store.config(&w, "");
+    let p = store.spawn(&w, &config);
+    p.wait_ready(503, Duration::from_secs(10)).await;
+    w.provider.set_mode(Mode::Normal);
+    w.provider.reset_refresh_token("seeded-refresh-token-1");
+    let path = w.dir.path().join("seed.toml");
+    std::fs::write(&path, &config).unwrap();
+    let mut child = std::process::Command::new(binary())
+        .args(["seed", "demo", "-c"])
+        .arg(&path)
+        .env("TP_STORE_URL", &store.url)
+        .env("DEMO_CLIENT_SECRET", "demo-secret")
+        .env("DEMO_REFRESH_TOKEN", "unused")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"seeded-refresh-token-1\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        store.field("refresh_token").await,
+        w.provider.current_refresh_token(),
+        "the seeded (and verified, so rotated) refresh token is in the store"
+    );
+    p.wait_ready(200, Duration::from_secs(10)).await;
+    assert_eq!(get(&p.url("/demo/after-seed")).await.0, 200);
+    assert_eq!(w.provider.reuse_detected(), 0);
 }
