@@ -1146,3 +1146,83 @@ async fn seed_writes_to_the_shared_store(kind: Kind) {
     assert_eq!(get(&p.url("/demo/after-seed")).await.0, 200);
     assert_eq!(w.provider.reuse_detected(), 0);
 }
+
+/// `rediss://`: the store is reached over TLS, verified against `[tls] ca_file`;
+/// a server whose certificate that CA did not sign is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_is_verified_against_the_configured_ca() {
+    let Some(server) = OwnServer::start(Kind::Redis).await else {
+        return;
+    };
+    let OwnServer::Redis(redis) = &server else {
+        unreachable!()
+    };
+    let pki = support::pki::Pki::new();
+    let (cert, key) = pki.server_pem("localhost");
+    let dir = redis.dir.path();
+    std::fs::write(dir.join("server.pem"), cert).unwrap();
+    std::fs::write(dir.join("server.key"), key).unwrap();
+    std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
+    let port = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut conn = server.store().redis().await;
+    for (name, value) in [
+        ("tls-cert-file", "server.pem"),
+        ("tls-key-file", "server.key"),
+        ("tls-ca-cert-file", "ca.pem"),
+        ("tls-auth-clients", "no"),
+        ("tls-port", &port.to_string()),
+    ] {
+        let value = match name {
+            "tls-port" | "tls-auth-clients" => value.to_owned(),
+            _ => dir.join(value).display().to_string(),
+        };
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let store = Store::on(Kind::Redis, format!("rediss://localhost:{port}"));
+    let w = World::default().await;
+    let ca = w.dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let config = store.config(&w, "").replacen(
+        "[store]",
+        &format!("[tls]\nca_file = \"{}\"\n[store]", ca.display()),
+        1,
+    );
+    let p = store.spawn(&w, &config);
+    assert_eq!(get(&p.url("/demo/x")).await.0, 200, "{}", p.log());
+    let stored: Option<String> = redis::cmd("HGET")
+        .arg(format!("{}token:demo", store.prefix))
+        .arg("refresh_token")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored, w.provider.current_refresh_token());
+    drop(p);
+    // Another CA: the handshake fails, and `check` says the store is unusable.
+    let other = w.dir.path().join("other.pem");
+    std::fs::write(&other, support::pki::Pki::new().ca_pem).unwrap();
+    let path = w.dir.path().join("other.toml");
+    std::fs::write(
+        &path,
+        config.replace(&ca.display().to_string(), &other.display().to_string()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["check", "-c"])
+        .arg(&path)
+        .env("TP_STORE_URL", &store.url)
+        .env("DEMO_CLIENT_SECRET", "s")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("database (connect)"), "{err}");
+}

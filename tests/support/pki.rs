@@ -64,6 +64,17 @@ impl Pki {
         Arc::new(config)
     }
 
+    /// A server certificate for `name` and its key, PEM, for servers that read
+    /// files (Redis, PostgreSQL).
+    pub fn server_pem(&self, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A client certificate and its key, PEM.
     pub fn client(&self, common_name: &str) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
