@@ -125,6 +125,7 @@ async fn readiness_follows_the_credential_and_seed_restores_it_without_restart()
     std::fs::write(&path, &config).unwrap();
     let out = run_with_stdin(
         &["seed", "demo", "-c", path.to_str().unwrap()],
+        &[],
         "seeded-refresh-token-1\n",
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -150,6 +151,7 @@ async fn readiness_follows_the_credential_and_seed_restores_it_without_restart()
     let before = std::fs::read_to_string(w.state_dir().join("demo.json")).unwrap();
     let out = run_with_stdin(
         &["seed", "demo", "-c", path.to_str().unwrap()],
+        &[],
         "not-a-valid-token",
     );
     assert_eq!(out.status.code(), Some(1));
@@ -158,25 +160,6 @@ async fn readiness_follows_the_credential_and_seed_restores_it_without_restart()
         std::fs::read_to_string(w.state_dir().join("demo.json")).unwrap(),
         before
     );
-}
-
-fn run_with_stdin(args: &[&str], input: &str) -> std::process::Output {
-    let mut child = Command::new(binary())
-        .args(args)
-        .env("DEMO_CLIENT_SECRET", "demo-secret")
-        .env("DEMO_REFRESH_TOKEN", "unused")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 /// The value of one series in Prometheus text output (labels in any order).

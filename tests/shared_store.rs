@@ -407,6 +407,23 @@ async fn wait_generation(p: &Proxy, above: u64, within: Duration) -> Duration {
     }
 }
 
+/// Two instances A and B on a fresh store, both serving; A holds the lock with its
+/// token request sent into a provider that never answers it (the provider answers
+/// others again). The task is A's caller.
+async fn holder_in_a_hang(
+    kind: Kind,
+) -> Option<(Store, World, Proxy, Proxy, tokio::task::JoinHandle<()>)> {
+    let store = Store::fresh(kind).await?;
+    let w = World::default().await;
+    let config = store.config(&w, "");
+    let a = store.spawn(&w, &config);
+    let b = store.spawn(&w, &config);
+    assert_eq!(get(&a.url("/demo/x")).await.0, 200);
+    assert_eq!(get(&b.url("/demo/x")).await.0, 200);
+    let held = refresh_into_a_hang(&w, &a).await;
+    Some((store, w, a, b, held))
+}
+
 /// Starts a refresh on `p` that takes the lock and sends its token request into a
 /// provider that never answers; returns once the provider has it.
 async fn refresh_into_a_hang(w: &World, p: &Proxy) -> tokio::task::JoinHandle<()> {
@@ -429,16 +446,9 @@ async fn refresh_into_a_hang(w: &World, p: &Proxy) -> tokio::task::JoinHandle<()
 /// (PostgreSQL: with its session, at once; Redis: when its lease runs out), and
 /// another instance refreshes.
 async fn a_killed_lock_holder_does_not_block_the_others(kind: Kind) {
-    let Some(store) = Store::fresh(kind).await else {
+    let Some((store, w, a, b, held)) = holder_in_a_hang(kind).await else {
         return;
     };
-    let w = World::default().await;
-    let config = store.config(&w, "");
-    let a = store.spawn(&w, &config);
-    let b = store.spawn(&w, &config);
-    assert_eq!(get(&a.url("/demo/x")).await.0, 200);
-    assert_eq!(get(&b.url("/demo/x")).await.0, 200);
-    let held = refresh_into_a_hang(&w, &a).await;
     a.signal("KILL");
     held.abort();
     let killed = Instant::now();
@@ -451,6 +461,7 @@ async fn a_killed_lock_holder_does_not_block_the_others(kind: Kind) {
         Kind::Redis => lease + Duration::from_secs(5),
     };
     assert!(took < bound, "B waited {took:?} for a dead holder's lock");
+    assert_eq!(store.generation().await, 2);
     assert_eq!(w.provider.reuse_detected(), 0);
     assert_eq!(get(&b.url("/demo/after")).await.0, 200);
 }
@@ -461,16 +472,9 @@ async fn a_killed_lock_holder_does_not_block_the_others(kind: Kind) {
 /// woken, abandons its request (its deadline passed long ago), writes nothing, and
 /// serves the new token. No refresh token is spent twice.
 async fn a_frozen_lock_holder_is_taken_over_and_spends_nothing(kind: Kind) {
-    let Some(store) = Store::fresh(kind).await else {
+    let Some((store, w, a, b, held)) = holder_in_a_hang(kind).await else {
         return;
     };
-    let w = World::default().await;
-    let config = store.config(&w, "");
-    let a = store.spawn(&w, &config);
-    let b = store.spawn(&w, &config);
-    assert_eq!(get(&a.url("/demo/x")).await.0, 200);
-    assert_eq!(get(&b.url("/demo/x")).await.0, 200);
-    let held = refresh_into_a_hang(&w, &a).await;
     let locked = Instant::now();
     a.signal("STOP");
     let _ = force_refresh(&b, "demo").await;
@@ -1100,7 +1104,6 @@ async fn a_redis_server_that_can_lose_writes_is_warned_about() {
 /// `tokenproxy seed` writes to the configured shared store, and a running instance
 /// whose refresh token was refused resumes with the seeded one, no restart.
 async fn seed_writes_to_the_shared_store(kind: Kind) {
-    use std::io::Write;
     let Some(store) = Store::fresh(kind).await else {
         return;
     };
@@ -1113,24 +1116,11 @@ async fn seed_writes_to_the_shared_store(kind: Kind) {
     w.provider.reset_refresh_token("seeded-refresh-token-1");
     let path = w.dir.path().join("seed.toml");
     std::fs::write(&path, &config).unwrap();
-    let mut child = std::process::Command::new(binary())
-        .args(["seed", "demo", "-c"])
-        .arg(&path)
-        .env("TP_STORE_URL", &store.url)
-        .env("DEMO_CLIENT_SECRET", "demo-secret")
-        .env("DEMO_REFRESH_TOKEN", "unused")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"seeded-refresh-token-1\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(
+        &["seed", "demo", "-c", path.to_str().unwrap()],
+        &store.env(),
+        "seeded-refresh-token-1\n",
+    );
     assert!(
         out.status.success(),
         "{}{}",

@@ -133,6 +133,19 @@ fn client(url: &Secret, ca_pem: Option<Vec<u8>>) -> Result<redis::Client, StoreE
     }
 }
 
+/// A connection, or why not within [`COMMAND_TIMEOUT`].
+async fn connect<C>(
+    connecting: impl Future<Output = redis::RedisResult<C>>,
+) -> Result<C, StoreError> {
+    tokio::time::timeout(COMMAND_TIMEOUT, connecting)
+        .await
+        .map_err(|_| StoreError::Database {
+            op: "connect",
+            detail: format!("no answer within {}s", COMMAND_TIMEOUT.as_secs()),
+        })?
+        .map_err(db("connect"))
+}
+
 impl RedisStore {
     /// Connects, writes the layout version if missing and checks it.
     pub async fn open(
@@ -147,16 +160,7 @@ impl RedisStore {
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_secs(2));
-        let conn = tokio::time::timeout(
-            COMMAND_TIMEOUT,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await
-        .map_err(|_| StoreError::Database {
-            op: "connect",
-            detail: format!("no answer within {}s", COMMAND_TIMEOUT.as_secs()),
-        })?
-        .map_err(db("connect"))?;
+        let conn = connect(ConnectionManager::new_with_config(client.clone(), config)).await?;
         let keys = Keys {
             prefix: prefix.to_owned(),
         };
@@ -183,14 +187,7 @@ impl RedisStore {
         prefix: &str,
     ) -> Result<String, StoreError> {
         let client = client(url, ca_pem)?;
-        let mut conn =
-            tokio::time::timeout(COMMAND_TIMEOUT, client.get_multiplexed_async_connection())
-                .await
-                .map_err(|_| StoreError::Database {
-                    op: "connect",
-                    detail: format!("no answer within {}s", COMMAND_TIMEOUT.as_secs()),
-                })?
-                .map_err(db("connect"))?;
+        let mut conn = connect(client.get_multiplexed_async_connection()).await?;
         let keys = Keys {
             prefix: prefix.to_owned(),
         };

@@ -370,6 +370,29 @@ pub async fn token_status(p: &Proxy, name: &str) -> serde_json::Value {
     json(&get(&p.admin_url("/status")).await.1)["tokens"][name].clone()
 }
 
+/// Runs the binary with `args` and the demo token's secrets (plus `env`), `input`
+/// on its standard input (as a person types a token into `seed`).
+pub fn run_with_stdin(args: &[&str], env: &[(&str, &str)], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(binary())
+        .args(args)
+        .env("DEMO_CLIENT_SECRET", "demo-secret")
+        .env("DEMO_REFRESH_TOKEN", "unused")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// `POST /tokens/NAME/refresh` on the admin listener.
 pub async fn force_refresh(p: &Proxy, token: &str) -> reqwest::Response {
     client()
