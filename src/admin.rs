@@ -1,9 +1,10 @@
 //! The admin listener: liveness, readiness, per-token status, Prometheus metrics,
-//! manual refresh.
+//! manual refresh, configuration reload.
 //!
 //! It reports state; it never shows a token, a refresh token, a client secret or a
 //! full upstream URL. It does not change anything except through
-//! `POST /tokens/NAME/refresh`, which takes the same single-flight path as a 401.
+//! `POST /tokens/NAME/refresh`, which takes the same single-flight path as a 401,
+//! and `POST /reload`, which does what `SIGHUP` does.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,22 +22,23 @@ use crate::proxy::ProxyBody;
 use crate::token::{TokenSource, Trigger, ms_to_time, rfc3339};
 
 pub struct Admin {
-    sources: Vec<Arc<TokenSource>>,
+    view: arc_swap::ArcSwap<View>,
     metrics: Arc<Metrics>,
-    /// Per route: name, prefix, upstream host, token index; for `/status`.
-    routes: Vec<(String, Option<String>, String, usize)>,
     store_kind: &'static str,
     store_health: Arc<crate::store::StoreHealth>,
+    reload: crate::reload::ReloadHandle,
 }
 
-impl Admin {
-    pub fn new(
-        sources: Vec<Arc<TokenSource>>,
-        routes: &[Route],
-        store_kind: &'static str,
-        store_health: Arc<crate::store::StoreHealth>,
-        metrics: Arc<Metrics>,
-    ) -> Admin {
+/// What the admin endpoints report on: the tokens and routes of the configuration
+/// in force, replaced whole by a reload.
+pub struct View {
+    sources: Vec<Arc<TokenSource>>,
+    /// Per route: name, prefix, upstream host, token index; for `/status`.
+    routes: Vec<(String, Option<String>, String, usize)>,
+}
+
+impl View {
+    pub fn new(sources: Vec<Arc<TokenSource>>, routes: &[Route]) -> View {
         let routes = routes
             .iter()
             .map(|r| {
@@ -51,10 +53,31 @@ impl Admin {
                 )
             })
             .collect();
+        View { sources, routes }
+    }
+
+    /// Tokens that some route uses: those must be valid for the proxy to be ready.
+    fn routed(&self) -> impl Iterator<Item = &Arc<TokenSource>> {
+        self.sources
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.routes.iter().any(|r| r.3 == *i))
+            .map(|(_, s)| s)
+    }
+}
+
+impl Admin {
+    pub fn new(
+        view: View,
+        store_kind: &'static str,
+        store_health: Arc<crate::store::StoreHealth>,
+        metrics: Arc<Metrics>,
+        reload: crate::reload::ReloadHandle,
+    ) -> Admin {
         Admin {
-            sources,
+            view: arc_swap::ArcSwap::from_pointee(view),
             metrics,
-            routes,
+            reload,
             store_kind,
             store_health,
         }
@@ -78,7 +101,8 @@ impl Admin {
             Endpoint::Readyz => Ok(self.readyz()),
             Endpoint::Status => Ok(json_response(StatusCode::OK, self.status())),
             Endpoint::Metrics => {
-                let mut resp = Response::new(ProxyBody::full(self.metrics.render(&self.sources)));
+                let view = self.view.load();
+                let mut resp = Response::new(ProxyBody::full(self.metrics.render(&view.sources)));
                 resp.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -86,6 +110,16 @@ impl Admin {
                 Ok(resp)
             }
             Endpoint::Refresh(name) => self.refresh(name).await,
+            Endpoint::Reload => Ok(match self.reload.reload().await {
+                Ok(summary) => json_response(
+                    StatusCode::OK,
+                    json!({"result": "success", "summary": summary}),
+                ),
+                Err(message) => json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({"result": "error", "error": "reload_refused", "message": message}),
+                ),
+            }),
         };
         Ok(resp.unwrap_or_else(|e| {
             self.metrics.error("admin", e.code());
@@ -93,17 +127,14 @@ impl Admin {
         }))
     }
 
-    /// Tokens that some route uses: those must be valid for the proxy to be ready.
-    fn routed(&self) -> impl Iterator<Item = &Arc<TokenSource>> {
-        self.sources
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| self.routes.iter().any(|r| r.3 == *i))
-            .map(|(_, s)| s)
+    /// Puts the tokens and routes of a reloaded configuration in force.
+    pub fn show(&self, view: View) {
+        self.view.store(Arc::new(view));
     }
 
     fn readyz(&self) -> Response<ProxyBody> {
-        let not_ready: Vec<Value> = self
+        let view = self.view.load();
+        let not_ready: Vec<Value> = view
             .routed()
             .filter(|s| {
                 let state = s.current();
@@ -122,16 +153,17 @@ impl Admin {
     }
 
     fn status(&self) -> Value {
-        let tokens: serde_json::Map<String, Value> = self
+        let view = self.view.load();
+        let tokens: serde_json::Map<String, Value> = view
             .sources
             .iter()
             .map(|s| (s.name().to_owned(), token_status(s, self.store_kind)))
             .collect();
-        let routes: Vec<Value> = self
+        let routes: Vec<Value> = view
             .routes
             .iter()
             .map(|(name, prefix, host, token)| {
-                json!({"name": name, "prefix": prefix, "upstream_host": host, "token": self.sources[*token].name()})
+                json!({"name": name, "prefix": prefix, "upstream_host": host, "token": view.sources[*token].name()})
             })
             .collect();
         let (up, last_error) = self.store_health.get();
@@ -141,11 +173,12 @@ impl Admin {
             "last_error": last_error.as_ref().map(|(_, e)| e),
             "last_error_at": last_error.map(|(at, _)| rfc3339(at)),
         });
-        json!({"tokens": tokens, "routes": routes, "store": store})
+        json!({"tokens": tokens, "routes": routes, "store": store, "reload": self.reload.status()})
     }
 
     async fn refresh(&self, name: &str) -> Result<Response<ProxyBody>, ProxyError> {
-        let Some(source) = self.sources.iter().find(|s| s.name() == name) else {
+        let view = self.view.load_full();
+        let Some(source) = view.sources.iter().find(|s| s.name() == name) else {
             return Err(ProxyError::UnknownToken(name.chars().take(64).collect()));
         };
         let generation = source.current().generation();
@@ -165,6 +198,7 @@ enum Endpoint<'a> {
     Status,
     Metrics,
     Refresh(&'a str),
+    Reload,
     NotFound,
 }
 
@@ -175,6 +209,7 @@ impl<'a> Endpoint<'a> {
             "/readyz" => Endpoint::Readyz,
             "/status" => Endpoint::Status,
             "/metrics" => Endpoint::Metrics,
+            "/reload" => Endpoint::Reload,
             _ => match path
                 .strip_prefix("/tokens/")
                 .and_then(|rest| rest.strip_suffix("/refresh"))
@@ -187,14 +222,14 @@ impl<'a> Endpoint<'a> {
 
     fn method(&self) -> Method {
         match self {
-            Endpoint::Refresh(_) => Method::POST,
+            Endpoint::Refresh(_) | Endpoint::Reload => Method::POST,
             _ => Method::GET,
         }
     }
 
     fn allow(&self) -> &'static str {
         match self {
-            Endpoint::Refresh(_) => "POST",
+            Endpoint::Refresh(_) | Endpoint::Reload => "POST",
             _ => "GET, HEAD",
         }
     }

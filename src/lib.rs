@@ -32,6 +32,7 @@ pub mod fuzzing;
 pub mod login;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod store;
@@ -92,29 +93,35 @@ pub fn log_panics() {
     }));
 }
 
-/// A started instance: its bound addresses and the handle to stop it.
+/// A started instance: its bound addresses and the handles to reload and stop it.
 pub struct Running {
     pub proxy: ListenAddr,
     pub admin_addr: SocketAddr,
     shutdown: CancellationToken,
-    servers: Vec<JoinHandle<()>>,
-    schedulers: Vec<JoinHandle<()>>,
-    sources: Vec<Arc<TokenSource>>,
+    reloader: Arc<reload::Reloader>,
+    reload: reload::ReloadHandle,
+    reloads: JoinHandle<()>,
 }
 
 impl Running {
+    /// Re-reads the configuration file and applies it (what `SIGHUP` does): what
+    /// changed, or why nothing did.
+    pub async fn reload(&self) -> Result<String, String> {
+        self.reload.reload().await
+    }
+
     /// Stops accepting and starts no refresh; drains in-flight requests (closing
     /// what is left after the drain timeout); waits for a refresh in progress to
     /// finish writing its token; writes a token held only in memory one last time.
     pub async fn shutdown(self) {
-        for source in &self.sources {
+        self.reloads.abort();
+        let sources = self.reloader.sources().await;
+        for source in &sources {
             source.close();
         }
         self.shutdown.cancel();
-        for task in self.servers.into_iter().chain(self.schedulers) {
-            let _ = task.await;
-        }
-        for source in &self.sources {
+        self.reloader.finish().await;
+        for source in &sources {
             source.quiesce().await;
             source.persist_before_exit().await;
         }
@@ -135,48 +142,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         store::Observed::new(open_store(&config, &roots).await?, Arc::clone(&metrics));
     let store: Arc<dyn TokenStore> = store;
     let http = TokenHttp::new(roots, config.proxy.connect_timeout)?;
-    let sources: Vec<Arc<TokenSource>> = config
-        .tokens
-        .into_iter()
-        .map(|t| {
-            metrics.declare_token(&t.name);
-            TokenSource::new(t, Arc::clone(&store), http.clone(), Arc::clone(&metrics))
-        })
-        .collect();
 
-    let bind = |addr: ListenAddr, what: &'static str| async move {
-        let listener = server::Listener::bind(&addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: addr.clone(),
-                what,
-                source,
-            })?;
-        let local = listener
-            .local()
-            .map_err(|source| StartError::Bind { addr, what, source })?;
-        Ok::<_, StartError>((listener, local))
-    };
-    let (proxy_listener, proxy_at) = bind(config.listen.proxy.clone(), "listen.proxy").await?;
-    let (admin_listener, admin) =
-        bind(ListenAddr::Tcp(config.listen.admin), "listen.admin").await?;
-    let ListenAddr::Tcp(admin_addr) = admin else {
-        unreachable!("the admin listener is TCP")
-    };
-
-    let shutdown = CancellationToken::new();
-    let schedulers = sources
-        .iter()
-        .map(|s| tokio::spawn(token::run_scheduler(Arc::clone(s), shutdown.child_token())))
-        .collect();
-
-    let admin = Arc::new(admin::Admin::new(
-        sources.clone(),
-        &config.routes,
-        store.kind(),
-        store_health,
-        Arc::clone(&metrics),
-    ));
     let settings = config.proxy;
     let fd_limit = server::raise_fd_limit();
     let max_connections = settings
@@ -199,53 +165,32 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         max_connections: max_connections.min(64),
         ..limits
     };
-    let reporting = |label| server::Reporting {
-        metrics: Arc::clone(&metrics),
-        label,
+    let shutdown = CancellationToken::new();
+    let fixed = reload::Fixed {
+        store,
+        http,
+        metrics,
+        tls,
+        shutdown: shutdown.clone(),
+        limits,
+        admin_limits,
+        frozen: reload::Frozen::of(&config),
     };
-    let caller_key = match &config.listen.client_key {
-        None => None,
-        Some(k) => Some(proxy::CallerKey {
-            header: k.header.clone(),
-            bearer: k.bearer,
-            key: k
-                .key
-                .resolve()
-                .map_err(|e| StartError::ClientKey(e.to_string()))?,
-        }),
+    let (handle, requests) = reload::ReloadHandle::new(Default::default());
+    let (reloader, proxy_at, admin) =
+        reload::Reloader::start(config, fixed, store_health, handle.clone()).await?;
+    let ListenAddr::Tcp(admin_addr) = admin else {
+        unreachable!("the admin listener is TCP")
     };
-    let proxy = Arc::new(proxy::Proxy::new(
-        proxy::Router::new(config.routes),
-        sources.clone(),
-        proxy::client(tls, &settings),
-        settings,
-        caller_key,
-        Arc::clone(&metrics),
-    ));
-    let servers = vec![
-        tokio::spawn(server::serve(
-            proxy_listener,
-            move |req| Arc::clone(&proxy).handle(req),
-            shutdown.clone(),
-            limits,
-            reporting("none"),
-        )),
-        tokio::spawn(server::serve(
-            admin_listener,
-            move |req| Arc::clone(&admin).handle(req),
-            shutdown.clone(),
-            admin_limits,
-            reporting("admin"),
-        )),
-    ];
+    let reloads = tokio::spawn(Arc::clone(&reloader).serve(requests));
     tracing::info!(proxy = %proxy_at, admin = %admin_addr, "tokenproxy listening");
     Ok(Running {
         proxy: proxy_at,
         admin_addr,
         shutdown,
-        servers,
-        schedulers,
-        sources,
+        reloader,
+        reload: handle,
+        reloads,
     })
 }
 

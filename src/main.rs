@@ -151,8 +151,21 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             runtime(async move {
+                // Watched before anything starts: SIGHUP's default is to terminate.
+                let mut hangups = tokenproxy::server::hangups();
                 let running = tokenproxy::start(config).await?;
-                tokenproxy::server::shutdown_signal().await;
+                let stop = tokenproxy::server::shutdown_signal();
+                tokio::pin!(stop);
+                loop {
+                    tokio::select! {
+                        _ = &mut stop => break,
+                        Some(()) = hangups.recv() => {
+                            tracing::info!("SIGHUP: reloading the configuration");
+                            // The outcome is logged and shown in /status.
+                            let _ = running.reload().await;
+                        }
+                    }
+                }
                 running.shutdown().await;
                 Ok::<(), tokenproxy::StartError>(())
             })

@@ -39,6 +39,7 @@ pub struct Metrics {
     errors_total: IntCounterVec,
     panics_total: IntCounter,
     refresh_interrupted: IntCounterVec,
+    config_reloads: IntCounterVec,
     store_up: prometheus::IntGauge,
     store_operations: IntCounterVec,
 }
@@ -182,6 +183,11 @@ impl Metrics {
                 "Refreshes that found an earlier one interrupted: a process died, or an instance's lock lapsed, between announcing a refresh and storing its result.",
                 &["token"],
             ),
+            config_reloads: counter(
+                "tokenproxy_config_reloads_total",
+                "Configuration reloads (SIGHUP, POST /reload) by result (success, error: refused, the old configuration stays).",
+                &["result"],
+            ),
             store_up: register(
                 &registry,
                 prometheus::IntGauge::new(
@@ -197,6 +203,9 @@ impl Metrics {
             ),
             registry,
         };
+        for result in ["success", "error"] {
+            metrics.config_reloads.with_label_values(&[result]);
+        }
         for op in ["load", "lock", "save", "intent"] {
             for result in ["success", "error"] {
                 metrics.store_operations.with_label_values(&[op, result]);
@@ -255,6 +264,11 @@ impl Metrics {
 
     pub fn refresh_interrupted(&self, token: &str) {
         self.refresh_interrupted.with_label_values(&[token]).inc();
+    }
+
+    pub fn config_reload(&self, success: bool) {
+        let result = if success { "success" } else { "error" };
+        self.config_reloads.with_label_values(&[result]).inc();
     }
 
     pub fn store_write_error(&self, token: &str) {

@@ -61,7 +61,7 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listen {
     pub proxy: ListenAddr,
     pub admin: SocketAddr,
@@ -85,7 +85,7 @@ impl fmt::Display for ListenAddr {
 }
 
 /// A key callers must present to use the proxy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientKey {
     pub header: HeaderName,
     /// `Bearer <key>` (for `Proxy-Authorization`) rather than the bare key.
@@ -93,12 +93,12 @@ pub struct ClientKey {
     pub key: SecretRef,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tls {
     pub ca_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StoreConfig {
     File {
         path: PathBuf,
@@ -129,7 +129,7 @@ impl StoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Longest wait for the upstream's response headers (the body may take longer).
@@ -191,7 +191,7 @@ impl GrantKind {
 }
 
 /// How a token source obtains access tokens, with what each grant needs.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum Grant {
     /// `initial` is used only while the store holds no refresh token.
     RefreshToken {
@@ -222,7 +222,7 @@ impl Grant {
 }
 
 /// Where the signing key and its claims come from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SigningKey {
     /// A PEM private key (PKCS#8, or PKCS#1 RSA, or SEC1 EC) and an optional `kid`.
     Pem {
@@ -235,7 +235,7 @@ pub enum SigningKey {
 
 /// The claims of a JWT assertion (RFC 7523 §3). `None` means the default: issuer
 /// the client id (or the service account's email), audience the token URL.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Assertion {
     pub key: SigningKey,
     pub issuer: Option<String>,
@@ -288,7 +288,7 @@ impl ClientAuthKind {
 }
 
 /// How the client authenticates at the token endpoint, with what it needs.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum ClientAuth {
     /// `client_id` in the form (when there is one), nothing else.
     None,
@@ -303,7 +303,7 @@ pub enum ClientAuth {
 }
 
 /// Where the token endpoint is.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Endpoint {
     Url(reqwest::Url),
     /// Found through RFC 8414 / OpenID discovery on first use.
@@ -319,7 +319,7 @@ impl fmt::Display for Endpoint {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct TokenConfig {
     pub name: String,
     pub preset: Option<&'static Preset>,
@@ -352,7 +352,7 @@ pub struct TokenConfig {
 }
 
 /// Where `tokenproxy login` sends the browser, and where it comes back.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Login {
     pub authorize_url: reqwest::Url,
     /// Default `http://127.0.0.1:8765/callback`; port 0 picks a free port.

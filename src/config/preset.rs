@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::{ClientAuthKind, GrantKind};
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Preset {
     pub name: &'static str,
     /// May contain `{region}` or `{tenant}`.

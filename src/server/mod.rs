@@ -471,6 +471,27 @@ async fn accept(listener: &Listener) -> std::io::Result<Stream> {
 }
 
 /// Resolves on SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).
+/// `SIGHUP`s as they arrive (reload requests). If the signal cannot be watched,
+/// nothing arrives, and a warning says so.
+pub fn hangups() -> tokio::sync::mpsc::Receiver<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    // One pending reload covers any number of signals.
+                    let _ = tx.try_send(());
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; reload with POST /reload");
+        }
+    }
+    rx
+}
+
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {

@@ -31,10 +31,16 @@ enum Action {
     Reload,
 }
 
-/// Runs until `shutdown` is cancelled.
-pub async fn run(source: Arc<TokenSource>, shutdown: CancellationToken) {
+/// Runs until `shutdown` is cancelled. With `renew`, a token whose settings a
+/// reload changed: after taking what the store holds (which keeps serving), it
+/// asks for a token made with the new settings at once.
+pub async fn run(source: Arc<TokenSource>, shutdown: CancellationToken, renew: bool) {
     let mut changes = source.store_changes();
     let _ = source.refresh(0, Trigger::Startup).await;
+    if renew {
+        let generation = source.current().generation();
+        let _ = source.refresh(generation, Trigger::Manual).await;
+    }
     loop {
         let state = source.current().clone();
         let (delay, action) = plan(&source.config, &state, SystemTime::now());

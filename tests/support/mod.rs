@@ -92,6 +92,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     pub socket: Option<PathBuf>,
     pub admin: SocketAddr,
+    /// The configuration file it runs with (a test rewrites it to reload).
+    pub config: PathBuf,
     log: Arc<Mutex<String>>,
     /// The thread copying stderr into `log`; it ends at the process's exit.
     reader: Option<std::thread::JoinHandle<()>>,
@@ -176,6 +178,7 @@ impl Proxy {
             },
             socket,
             admin: field("admin"),
+            config: config.to_owned(),
             child,
             log,
             reader: Some(reader),
