@@ -31,6 +31,7 @@ pub struct Metrics {
     refresh_total: IntCounterVec,
     refresh_duration: HistogramVec,
     expiry: prometheus::GaugeVec,
+    issued: prometheus::GaugeVec,
     valid: IntGaugeVec,
     requests_total: IntCounterVec,
     request_duration: HistogramVec,
@@ -128,6 +129,17 @@ impl Metrics {
                     Opts::new(
                         "tokenproxy_token_expiry_timestamp_seconds",
                         "Unix time at which the current access token expires.",
+                    ),
+                    &["token"],
+                )
+                .expect("valid metric"),
+            ),
+            issued: register(
+                &registry,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "tokenproxy_token_issued_timestamp_seconds",
+                        "Unix time at which the current access token was issued: the last refresh, by this instance or another sharing the store (for a provider's refresh-token idle expiry).",
                     ),
                     &["token"],
                 )
@@ -291,10 +303,17 @@ impl Metrics {
                 .with_label_values(&[s.name()])
                 .set(i64::from(state.valid_for(Duration::ZERO)));
             if let Some(r) = &state.record {
-                let at = ms_to_time(r.expires_at_ms)
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0.0, |d| d.as_secs_f64());
-                self.expiry.with_label_values(&[s.name()]).set(at);
+                let unix = |ms| {
+                    ms_to_time(ms)
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64())
+                };
+                self.expiry
+                    .with_label_values(&[s.name()])
+                    .set(unix(r.expires_at_ms));
+                self.issued
+                    .with_label_values(&[s.name()])
+                    .set(unix(r.issued_at_ms));
             }
         }
         let mut out = Vec::new();

