@@ -233,7 +233,7 @@ fn short_lived(secs: f64) -> ProviderOptions {
     }
 }
 
-/// Four instances under steady load through twelve short lifetimes: every request
+/// Four instances under steady load through thirty short lifetimes: every request
 /// succeeds, no refresh token is presented twice, and the token endpoint sees the
 /// refreshes one instance alone would make (one per lifetime less the margin), not
 /// four times as many: each token request makes exactly one stored generation.
@@ -247,7 +247,7 @@ async fn four_instances_refresh_as_one(kind: Kind) {
     let config = store.config(&w, "refresh_before = \"500ms\"");
     let proxies: Vec<Proxy> = (0..4).map(|_| store.spawn(&w, &config)).collect();
     let started = Instant::now();
-    let deadline = started + lifetime * 12;
+    let deadline = started + lifetime * 30;
     let mut failures = Vec::new();
     let c = client();
     let mut sent = 0;
@@ -286,7 +286,7 @@ async fn four_instances_refresh_as_one(kind: Kind) {
         requests <= one_instance,
         "{requests} token requests in {elapsed:?}; one instance alone makes at most {one_instance}"
     );
-    assert!(requests >= 8, "refreshes happened: {requests}");
+    assert!(requests >= 20, "refreshes happened: {requests}");
 }
 
 /// Another tool (`psql`, `redis-cli`) reads the current access token from the
