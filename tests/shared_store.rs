@@ -1216,3 +1216,73 @@ async fn redis_over_tls_is_verified_against_the_configured_ca() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("database (connect)"), "{err}");
 }
+
+/// The migration from a "token table" pipeline in docs/guides.md, step by step: the
+/// old table's refresh token is piped from `psql` into `seed`, tokenproxy runs on
+/// the same database, and a view with the old table's name serves the jobs that
+/// read it a current access token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_table_pipeline_migrates_as_the_guide_says() {
+    let Some(store) = Store::fresh(Kind::Postgres).await else {
+        return;
+    };
+    let psql = format!(
+        "{}/psql",
+        std::env::var("TOKENPROXY_PG_BIN").expect("TOKENPROXY_PG_BIN")
+    );
+    let sql = |statement: &str| {
+        let out = std::process::Command::new(&psql)
+            .arg(&store.url)
+            .args(["-v", "ON_ERROR_STOP=1", "-Atc", statement])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{statement}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    // The old pipeline's table, holding the chain's current refresh token.
+    let w = World::default().await;
+    sql(
+        "CREATE TABLE etl_tokens (provider text PRIMARY KEY, access_token text, refresh_token text, expires_at timestamptz)",
+    );
+    sql(&format!(
+        "INSERT INTO etl_tokens VALUES ('exact', NULL, '{}', now())",
+        w.provider.current_refresh_token().unwrap()
+    ));
+    let config = store.config(&w, "");
+    let path = w.dir.path().join("migrate.toml");
+    std::fs::write(&path, &config).unwrap();
+    // Step 3: psql ... | tokenproxy seed demo
+    let refresh = sql("SELECT refresh_token FROM etl_tokens WHERE provider = 'exact'");
+    let out = run_with_stdin(
+        &["seed", "demo", "-c", path.to_str().unwrap()],
+        &store.env(),
+        &format!("{refresh}\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Step 4: tokenproxy runs on the same database.
+    let p = store.spawn(&w, &config);
+    assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    // Step 5: the view with the old name.
+    sql("ALTER TABLE etl_tokens RENAME TO etl_tokens_retired");
+    sql(
+        "CREATE VIEW etl_tokens AS SELECT name AS provider, access_token, expires_at, updated_at FROM tokenproxy_tokens",
+    );
+    let access =
+        sql("SELECT access_token FROM etl_tokens WHERE provider = 'demo' AND expires_at > now()");
+    let r = client()
+        .get(format!("{}direct", w.provider.api_url))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the view serves a current access token");
+    assert_eq!(w.provider.reuse_detected(), 0);
+}
