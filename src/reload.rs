@@ -139,6 +139,22 @@ struct Applied {
     retired: Vec<JoinHandle<()>>,
 }
 
+impl Applied {
+    /// Puts `serving` in place of the `which` listener; the old one stops
+    /// accepting and drains. What happened, for the summary.
+    fn move_listener(&mut self, serving: Serving, which: &'static str) -> String {
+        let to = serving.addr.to_string();
+        let slot = match which {
+            "proxy" => &mut self.proxy,
+            _ => &mut self.admin,
+        };
+        let previous = std::mem::replace(slot, serving);
+        previous.stop.cancel();
+        self.retired.push(previous.task);
+        format!("{which} listener moved from {} to {to}", previous.addr)
+    }
+}
+
 /// Applies configurations: the first at start, then each reload.
 pub struct Reloader {
     fixed: Fixed,
@@ -429,13 +445,7 @@ impl Reloader {
                 listener,
                 config.listen.proxy.clone(),
             );
-            let previous = std::mem::replace(&mut applied.proxy, serving);
-            previous.stop.cancel();
-            applied.retired.push(previous.task);
-            summary.push(format!(
-                "proxy listener moved from {} to {}",
-                previous.addr, config.listen.proxy
-            ));
+            summary.push(applied.move_listener(serving, "proxy"));
         }
         if let Some(listener) = new_admin_listener {
             let serving = serve_admin(
@@ -444,13 +454,7 @@ impl Reloader {
                 listener,
                 ListenAddr::Tcp(config.listen.admin),
             );
-            let previous = std::mem::replace(&mut applied.admin, serving);
-            previous.stop.cancel();
-            applied.retired.push(previous.task);
-            summary.push(format!(
-                "admin listener moved from {} to {}",
-                previous.addr, config.listen.admin
-            ));
+            summary.push(applied.move_listener(serving, "admin"));
         }
         applied.listen = config.listen;
         applied.retired.retain(|t| !t.is_finished());

@@ -1002,6 +1002,17 @@ async fn the_store_holds_no_token_in_clear_with_an_encryption_key(kind: Kind) {
     }
 }
 
+/// `tokenproxy check -c path` with the store at `url`.
+fn check_store(path: &std::path::Path, url: &str) -> std::process::Output {
+    std::process::Command::new(binary())
+        .args(["check", "-c"])
+        .arg(path)
+        .env("TP_STORE_URL", url)
+        .env("DEMO_CLIENT_SECRET", "s")
+        .output()
+        .unwrap()
+}
+
 /// `check` connects to the store: reachable with its layout, or an error and exit 1.
 async fn check_reports_the_store(kind: Kind) {
     let Some(store) = Store::fresh(kind).await else {
@@ -1010,15 +1021,7 @@ async fn check_reports_the_store(kind: Kind) {
     let w = World::default().await;
     let path = w.dir.path().join("check.toml");
     std::fs::write(&path, store.config(&w, "")).unwrap();
-    let check = |url: &str| {
-        std::process::Command::new(binary())
-            .args(["check", "-c"])
-            .arg(&path)
-            .env("TP_STORE_URL", url)
-            .env("DEMO_CLIENT_SECRET", "s")
-            .output()
-            .unwrap()
-    };
+    let check = |url: &str| check_store(&path, url);
     let (empty, made, nobody) = match kind {
         Kind::Postgres => (
             "store check: reachable; no tokenproxy tables yet",
@@ -1060,13 +1063,7 @@ async fn a_redis_server_that_can_lose_writes_is_warned_about() {
     let path = w.dir.path().join("check.toml");
     std::fs::write(&path, store.config(&w, "")).unwrap();
     let check = || {
-        let out = std::process::Command::new(binary())
-            .args(["check", "-c"])
-            .arg(&path)
-            .env("TP_STORE_URL", &store.url)
-            .env("DEMO_CLIENT_SECRET", "s")
-            .output()
-            .unwrap();
+        let out = check_store(&path, &store.url);
         assert!(out.status.success());
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
@@ -1205,13 +1202,7 @@ async fn redis_over_tls_is_verified_against_the_configured_ca() {
         config.replace(&ca.display().to_string(), &other.display().to_string()),
     )
     .unwrap();
-    let out = std::process::Command::new(binary())
-        .args(["check", "-c"])
-        .arg(&path)
-        .env("TP_STORE_URL", &store.url)
-        .env("DEMO_CLIENT_SECRET", "s")
-        .output()
-        .unwrap();
+    let out = check_store(&path, &store.url);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("database (connect)"), "{err}");
