@@ -244,8 +244,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// The async runtime: one worker thread per core (tokio's multi-thread runtime), or,
+/// with `TOKIO_WORKER_THREADS=1` (a sidecar limited to one core), a current-thread
+/// runtime — one event loop, as an nginx worker, without the cross-thread queues
+/// and wake-ups a multi-thread runtime pays for even with one worker.
 fn runtime<E: std::fmt::Display>(work: impl Future<Output = Result<(), E>>) -> ExitCode {
-    let rt = match tokio::runtime::Runtime::new() {
+    let one_worker = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
+    let built = if one_worker {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

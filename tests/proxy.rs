@@ -322,3 +322,28 @@ fn tls_server_config() -> (std::sync::Arc<rustls::ServerConfig>, String) {
         pki.ca_pem,
     )
 }
+
+/// With `TOKIO_WORKER_THREADS=1` the binary runs on a current-thread runtime:
+/// proxying, a refresh (the file store's blocking writes), a reload and the drain
+/// at SIGTERM all work on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_runs_everything_on_a_current_thread_runtime() {
+    let w = World::default().await;
+    let p = w.spawn_with(&w.config("", ""), &[("TOKIO_WORKER_THREADS", "1")]);
+    assert_eq!(get(&p.url("/demo/a")).await.0, 200);
+    assert_eq!(force_refresh(&p, "demo").await.status(), 200);
+    assert_eq!(get(&p.url("/demo/b")).await.0, 200);
+    let r = client().post(p.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let slow = tokio::spawn(get_owned(p.url("/demo/slow?ms=500")));
+    while w.provider.api_requests() < 3 {
+        tokio::task::yield_now().await;
+    }
+    let status = tokio::task::spawn_blocking(move || p.stop()).await.unwrap();
+    assert_eq!(
+        slow.await.unwrap().0,
+        200,
+        "the in-flight request completed"
+    );
+    assert!(status.success(), "exit status {status:?}");
+}
