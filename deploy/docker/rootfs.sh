@@ -1,6 +1,6 @@
 #!/bin/sh
 # Assembles the image's whole root filesystem in OUT from a built tokenproxy binary:
-# the binary, exactly the shared libraries it links (glibc, libm, libgcc_s, the
+# the binary (stripped), exactly the shared libraries it links (glibc, libm, libgcc_s, the
 # loader — from the build system's Debian packages), the CA bundle, and a passwd
 # entry for the unprivileged user 65532. No shell, no package manager, nothing else.
 #
@@ -10,6 +10,9 @@ bin=$1
 out=$2
 mkdir -p "$out/usr/local/bin" "$out/etc/ssl/certs" "$out/etc/tokenproxy" "$out/var/lib/tokenproxy" "$out/tmp"
 cp "$bin" "$out/usr/local/bin/tokenproxy"
+# Symbols are not needed to run (a panic's log line carries its message and source
+# location, not a backtrace): 2 MB less for a release build.
+strip "$out/usr/local/bin/tokenproxy"
 # Every library ldd names (with the path it resolves to), and the loader.
 ldd "$bin" | awk '/=> \//{print $3} /^\t\/[^ ]+ \(/{print $1}' | while read -r lib; do
   mkdir -p "$out$(dirname "$lib")"

@@ -22,10 +22,6 @@ cleanup() {
 trap cleanup EXIT
 
 sh deploy/docker/rootfs.sh "$bin" "$work/context/rootfs"
-# A debug binary carries ~150 MB of debug information that vfs would copy per layer.
-if command -v strip >/dev/null 2>&1; then
-  strip "$work/context/rootfs/usr/local/bin/tokenproxy"
-fi
 $podman build -q --build-context build="$work/context" -f deploy/docker/Dockerfile -t "$image" . >/dev/null
 $podman images --format '{{.Size}}' "$image" | sed 's/^/image size: /'
 
