@@ -1277,3 +1277,40 @@ async fn a_token_table_pipeline_migrates_as_the_guide_says() {
     assert_eq!(r.status(), 200, "the view serves a current access token");
     assert_eq!(w.provider.reuse_detected(), 0);
 }
+
+/// A Redis hash with a wrong field is a corrupt record named by its field, never
+/// by its value; the token is not ready and nothing is refreshed over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_redis_record_names_the_field_not_its_value() {
+    let Some(store) = Store::fresh(Kind::Redis).await else {
+        return;
+    };
+    let mut conn = store.redis().await;
+    let () = redis::cmd("HSET")
+        .arg(format!("{}token:demo", store.prefix))
+        .arg("generation")
+        .arg("rt-LEAKED-1234")
+        .arg("issued_at_ms")
+        .arg("1")
+        .arg("expires_at_ms")
+        .arg("2")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let w = World::default().await;
+    let p = store.spawn(&w, &store.config(&w, ""));
+    // Not ready from the start; the reason shows once the record was read.
+    p.wait_ready(503, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = get(&p.admin_url("/status")).await.1;
+        if status.contains("field `generation`") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.contains("LEAKED"), "{status}");
+    assert_eq!(get(&p.admin_url("/readyz")).await.0, 503);
+    assert_eq!(w.provider.token_requests(), 0, "nothing refreshed over it");
+}
