@@ -112,8 +112,10 @@ async fn readiness_follows_the_credential_and_seed_restores_it_without_restart()
     w.provider.set_mode(Mode::InvalidGrant);
     let config = w.config("", "");
     let p = w.spawn(&config);
-    p.wait_ready(503, Duration::from_secs(5)).await;
-    let (_, body) = get(&p.admin_url("/readyz")).await;
+    p.wait_token("demo", "needs_login", Duration::from_secs(5))
+        .await;
+    let (code, body) = get(&p.admin_url("/readyz")).await;
+    assert_eq!(code, 503);
     let r = json(&body);
     assert_eq!(r["tokens"][0]["token"], "demo");
     assert_eq!(r["tokens"][0]["state"], "needs_login");

@@ -174,8 +174,9 @@ async fn a_proxy_waiting_for_login_resumes_without_restart() {
     let w = World::default().await;
     let config = config_file(&w, "http://127.0.0.1:0/callback");
     let p = w.spawn(&std::fs::read_to_string(&config).unwrap());
-    p.wait_ready(503, Duration::from_secs(5)).await;
-    assert_eq!(token_status(&p, "p").await["state"], "needs_login");
+    p.wait_token("p", "needs_login", Duration::from_secs(5))
+        .await;
+    assert_eq!(get(&p.admin_url("/readyz")).await.0, 503);
     assert_eq!(
         w.provider.token_requests(),
         0,

@@ -216,9 +216,10 @@ async fn an_interrupted_refresh_is_reported_at_the_next_start() {
         if provider_still_accepts {
             p.wait_ready(200, Duration::from_secs(10)).await;
         } else {
-            p.wait_ready(503, Duration::from_secs(10)).await;
-            let status = token_status(&p, "demo").await;
-            assert_eq!(status["state"], "needs_login", "{status}");
+            let status = p
+                .wait_token("demo", "needs_login", Duration::from_secs(10))
+                .await;
+            assert_eq!(get(&p.admin_url("/readyz")).await.0, 503);
             assert!(
                 status["last_error"]
                     .as_str()
@@ -277,8 +278,9 @@ async fn a_refused_token_that_cannot_be_refreshed_is_not_ready() {
     w.provider.set_mode(Mode::ServerError);
     w.provider.revoke_access();
     assert_eq!(get(&p.url("/demo/x")).await.0, 401);
-    p.wait_ready(503, Duration::from_secs(5)).await;
-    assert_eq!(token_status(&p, "demo").await["state"], "refused");
+    p.wait_token("demo", "refused", Duration::from_secs(5))
+        .await;
+    assert_eq!(get(&p.admin_url("/readyz")).await.0, 503);
     w.provider.set_mode(Mode::Normal);
     assert_eq!(force_refresh(&p, "demo").await.status(), 200);
     p.wait_ready(200, Duration::from_secs(5)).await;

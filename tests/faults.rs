@@ -26,9 +26,10 @@ async fn a_broken_state_file_stops_the_token_without_spending_the_configured_one
         std::fs::create_dir_all(w.state_dir()).unwrap();
         std::fs::write(w.state_dir().join("demo.json"), content).unwrap();
         let p = w.spawn(&w.config("", ""));
-        p.wait_ready(503, Duration::from_secs(5)).await;
-        let t = token_status(&p, "demo").await;
-        assert_eq!(t["state"], "needs_login", "{t}");
+        let t = p
+            .wait_token("demo", "needs_login", Duration::from_secs(5))
+            .await;
+        assert_eq!(get(&p.admin_url("/readyz")).await.0, 503);
         let error = t["last_error"].as_str().unwrap();
         assert!(
             error.contains(expect) && error.contains("tokenproxy seed demo"),

@@ -387,7 +387,9 @@ async fn a_corrupt_record_names_the_field_not_its_value() {
     )
     .unwrap();
     let p = w.spawn(&w.config("", ""));
-    p.wait_ready(503, Duration::from_secs(10)).await;
+    p.wait_token("demo", "needs_login", Duration::from_secs(10))
+        .await;
+    assert_eq!(get(&p.admin_url("/readyz")).await.0, 503);
     let status = get(&p.admin_url("/status")).await.1;
     assert!(status.contains("field `generation`"), "{status}");
     let (_, log) = tokio::task::spawn_blocking(move || p.stop_and_log())

@@ -1108,7 +1108,8 @@ async fn seed_writes_to_the_shared_store(kind: Kind) {
     w.provider.set_mode(Mode::InvalidGrant);
     let config = store.config(&w, "");
     let p = store.spawn(&w, &config);
-    p.wait_ready(503, Duration::from_secs(10)).await;
+    p.wait_token("demo", "needs_login", Duration::from_secs(10))
+        .await;
     w.provider.set_mode(Mode::Normal);
     w.provider.reset_refresh_token("seeded-refresh-token-1");
     let path = w.dir.path().join("seed.toml");
@@ -1299,18 +1300,11 @@ async fn a_corrupt_redis_record_names_the_field_not_its_value() {
         .unwrap();
     let w = World::default().await;
     let p = store.spawn(&w, &store.config(&w, ""));
-    // Not ready from the start; the reason shows once the record was read.
-    p.wait_ready(503, Duration::from_secs(10)).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        let status = get(&p.admin_url("/status")).await.1;
-        if status.contains("field `generation`") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "{status}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(!status.contains("LEAKED"), "{status}");
+    p.wait_token("demo", "needs_login", Duration::from_secs(10))
+        .await;
     assert_eq!(get(&p.admin_url("/readyz")).await.0, 503);
+    let status = get(&p.admin_url("/status")).await.1;
+    assert!(status.contains("field `generation`"), "{status}");
+    assert!(!status.contains("LEAKED"), "{status}");
     assert_eq!(w.provider.token_requests(), 0, "nothing refreshed over it");
 }

@@ -237,9 +237,10 @@ async fn tokens_are_encrypted_at_rest_with_a_rotatable_key() {
     drop(p);
     // Without the key that encrypted it: stopped by name, nothing garbled sent.
     let p = w.spawn(&w.config("", ""));
-    p.wait_ready(503, Duration::from_secs(10)).await;
-    let status = token_status(&p, "demo").await;
-    assert_eq!(status["state"], "needs_login", "{status}");
+    let status = p
+        .wait_token("demo", "needs_login", Duration::from_secs(10))
+        .await;
+    assert_eq!(get(&p.admin_url("/readyz")).await.0, 503);
     assert!(
         status["last_error"]
             .as_str()

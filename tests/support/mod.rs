@@ -271,6 +271,25 @@ impl Proxy {
     }
 
     /// Polls `/readyz` until it answers `want` (a state change the test caused).
+    /// Waits until token `name` is in `state` (`needs_login`, `refused`, …) in
+    /// `/status`, at most `within`; its status then. `/readyz` alone cannot tell: it
+    /// is 503 from the start, before the token's fate is known.
+    pub async fn wait_token(&self, name: &str, state: &str, within: Duration) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let status = token_status(self, name).await;
+            if status["state"] == state {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "token {name} never became {state} (last {status}):\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn wait_ready(&self, want: u16, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
         loop {
