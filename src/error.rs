@@ -60,9 +60,17 @@ pub enum ProxyError {
     )]
     BadHost,
     #[error(
-        "CONNECT is not supported: tokenproxy must see the request to add the token; send plain http:// URLs through it"
+        "CONNECT is refused: tokenproxy opens no blind tunnels; it intercepts HTTPS only to a host a route names, with [intercept] configured. Send plain http:// URLs through it, or configure [intercept] and the route's host"
     )]
     Connect,
+    #[error(
+        "this host is routed, but the interception CA may not sign for it (its name constraints); recreate the CA with `tokenproxy ca init --force` and give clients the new certificate"
+    )]
+    ConnectOutsideCa,
+    #[error(
+        "this tunnel was opened for another host; send each host's requests through a CONNECT of its own"
+    )]
+    Misdirected,
     #[error("{method} is not allowed here; allowed: {allow}")]
     MethodNotAllowed { method: String, allow: &'static str },
     #[error(
@@ -126,9 +134,10 @@ impl ProxyError {
             ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::ProxyAuth => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             ProxyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::Connect | ProxyError::MethodNotAllowed { .. } => {
-                StatusCode::METHOD_NOT_ALLOWED
-            }
+            ProxyError::Connect
+            | ProxyError::ConnectOutsideCa
+            | ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamFailed
             | ProxyError::NoUpstream => StatusCode::BAD_GATEWAY,
@@ -148,6 +157,8 @@ impl ProxyError {
             ProxyError::BadPath => "bad_path",
             ProxyError::BadHost => "bad_host",
             ProxyError::Connect => "connect_not_supported",
+            ProxyError::ConnectOutsideCa => "intercept_not_permitted",
+            ProxyError::Misdirected => "misdirected_request",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
             ProxyError::AmbiguousFraming => "ambiguous_framing",
             ProxyError::HeaderTooLarge => "header_too_large",
@@ -173,6 +184,7 @@ impl ProxyError {
             ProxyError::BadPath
             | ProxyError::BadHost
             | ProxyError::Connect
+            | ProxyError::Misdirected
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::AmbiguousFraming
             | ProxyError::HeaderTooLarge
@@ -183,7 +195,7 @@ impl ProxyError {
             | ProxyError::TooLarge
             | ProxyError::AdminNotFound
             | ProxyError::UnknownToken(_) => Source::Client,
-            ProxyError::NoRoute => Source::Route,
+            ProxyError::NoRoute | ProxyError::ConnectOutsideCa => Source::Route,
             ProxyError::NoUpstream | ProxyError::NoValidToken { .. } => Source::TokenEndpoint,
             ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamTimeout(_)
@@ -243,7 +255,7 @@ impl ProxyError {
                     HeaderValue::from_static("Bearer realm=\"tokenproxy\""),
                 );
             }
-            ProxyError::Connect => {
+            ProxyError::Connect | ProxyError::ConnectOutsideCa => {
                 h.insert(ALLOW, HeaderValue::from_static(PROXY_METHODS));
             }
             ProxyError::MethodNotAllowed { allow, .. } => {
@@ -296,6 +308,8 @@ mod tests {
             ProxyError::BadPath,
             ProxyError::BadHost,
             ProxyError::Connect,
+            ProxyError::ConnectOutsideCa,
+            ProxyError::Misdirected,
             ProxyError::proxy_method(&http::Method::TRACE),
             ProxyError::AmbiguousFraming,
             ProxyError::HeaderTooLarge,

@@ -45,7 +45,7 @@ pub fn route(target: &str) -> Option<String> {
     let config = Config::parse(ROUTES, "routes.toml".as_ref()).ok()?;
     let router = Router::new(config.routes);
     let t = if uri.scheme().is_some() {
-        router.absolute(&uri).ok()?
+        router.absolute(&uri, "http").ok()?
     } else {
         router.origin(&uri, Some("localhost:8080")).ok()?
     };

@@ -12,7 +12,8 @@
 //! - `error`: the errors tokenproxy answers with, mapped in one place;
 //! - `metrics`: every Prometheus metric, in a registry handed to the others;
 //! - `admin`: health, readiness, status, metrics and manual refresh;
-//! - `server`: listeners, accept loop, graceful drain;
+//! - `server`: listeners, accept loop, graceful drain, tunnels;
+//! - `intercept`: the local CA, leaf certificates, TLS inside `CONNECT` tunnels;
 //! - `control`: `tokenproxy token status|refresh`, a client of the admin listener;
 //! - `login`: `tokenproxy login`, the authorization code flow with PKCE;
 //! - `demo`: a local token server and API for `tokenproxy demo` and the tests.
@@ -29,6 +30,7 @@ pub mod demo;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod intercept;
 pub mod login;
 pub mod metrics;
 pub mod proxy;
@@ -66,6 +68,8 @@ pub enum StartError {
     ClientKey(String),
     #[error("token client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Intercept(#[from] intercept::InterceptError),
 }
 
 /// Makes a panic one log line in the configured format (the default hook writes
@@ -142,6 +146,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         store::Observed::new(open_store(&config, &roots).await?, Arc::clone(&metrics));
     let store: Arc<dyn TokenStore> = store;
     let http = TokenHttp::new(roots, config.proxy.connect_timeout)?;
+    let interceptor = match &config.intercept {
+        None => None,
+        Some(intercept) => {
+            let ca = intercept::load_ca(intercept, &intercept::routed_hosts(&config.routes))?;
+            let interceptor = intercept::Interceptor::new(ca, Arc::clone(&metrics))?;
+            interceptor.warn_uncovered(&config.routes);
+            Some(Arc::new(interceptor))
+        }
+    };
 
     let settings = config.proxy;
     let fd_limit = server::raise_fd_limit();
@@ -175,6 +188,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         limits,
         admin_limits,
         frozen: reload::Frozen::of(&config),
+        interceptor,
     };
     let (handle, requests) = reload::ReloadHandle::new(Default::default());
     let (reloader, proxy_at, admin) =

@@ -29,6 +29,14 @@ enum TokenAction {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum CaAction {
+    /// Create the CA (name-constrained to the routed hosts) in the configured files.
+    Init,
+    /// Print the CA certificate, what it may sign for, and how clients trust it.
+    Show,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -85,6 +93,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The local CA for HTTPS interception ([intercept]).
+    Ca {
+        #[arg(value_enum)]
+        action: CaAction,
+        #[arg(short, long, env = "TOKENPROXY_CONFIG")]
+        config: Option<PathBuf>,
+        /// init: replace an existing CA (clients must then trust the new one).
+        #[arg(long)]
+        force: bool,
+    },
     /// Run a local token server, a local API and the proxy, and print what to try.
     Demo {
         /// Where the demo proxy listens.
@@ -138,6 +156,9 @@ fn main() -> ExitCode {
                 runtime(async {
                     let text = tokenproxy::probe_store(&config).await?;
                     println!("store check: {text}");
+                    if let Some(text) = tokenproxy::intercept::check(&config)? {
+                        println!("intercept check: {text}");
+                    }
                     Ok::<(), tokenproxy::StartError>(())
                 })
             }
@@ -239,6 +260,29 @@ fn main() -> ExitCode {
                 Ok::<(), tokenproxy::control::ControlError>(())
             });
             if ok { code } else { ExitCode::from(1) }
+        }
+        Command::Ca {
+            action,
+            config,
+            force,
+        } => {
+            let Some(config) = load(config) else {
+                return ExitCode::from(2);
+            };
+            let done = match action {
+                CaAction::Init => tokenproxy::intercept::init(&config, force),
+                CaAction::Show => tokenproxy::intercept::show(&config),
+            };
+            match done {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Demo { listen } => runtime(tokenproxy::demo::run(listen)),
     }

@@ -39,6 +39,7 @@ pub struct Metrics {
     store_write_errors: IntCounterVec,
     errors_total: IntCounterVec,
     panics_total: IntCounter,
+    intercept_leaves: IntCounter,
     refresh_interrupted: IntCounterVec,
     config_reloads: IntCounterVec,
     store_up: prometheus::IntGauge,
@@ -190,6 +191,14 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            intercept_leaves: register(
+                &registry,
+                IntCounter::new(
+                    "tokenproxy_intercept_leaf_certificates_total",
+                    "Leaf certificates signed for intercepted hosts (one per host per renewal; a burst of tunnels signs once).",
+                )
+                .expect("valid metric"),
+            ),
             refresh_interrupted: counter(
                 "tokenproxy_refresh_interrupted_total",
                 "Refreshes that found an earlier one interrupted: a process died, or an instance's lock lapsed, between announcing a refresh and storing its result.",
@@ -272,6 +281,10 @@ impl Metrics {
 
     pub fn panicked(&self) {
         self.panics_total.inc();
+    }
+
+    pub fn intercept_leaf_signed(&self) {
+        self.intercept_leaves.inc();
     }
 
     pub fn refresh_interrupted(&self, token: &str) {

@@ -5,7 +5,7 @@
 //! the upstream settings (`[proxy]` timeouts and body limits), and the listen
 //! addresses. What it cannot change, because the running process is built on it:
 //! `[store]` (tokens are held under its lock), `[tls]` (the trust roots of every
-//! connection) and the connection limits of `[proxy]` (`drain_timeout`,
+//! connection), `[intercept]` (the CA clients trust) and the connection limits of `[proxy]` (`drain_timeout`,
 //! `idle_timeout`, `max_connections`, `max_header_line`, `max_header_size`); a new
 //! file that changes them is refused, naming the keys, and they apply at the next
 //! start.
@@ -28,7 +28,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Admin, View};
-use crate::config::{Config, Listen, ListenAddr, ProxySettings, StoreConfig, Tls, TokenConfig};
+use crate::config::{
+    Config, Intercept, Listen, ListenAddr, ProxySettings, StoreConfig, Tls, TokenConfig,
+};
+use crate::intercept::Interceptor;
 use crate::metrics::Metrics;
 use crate::proxy::{self, CallerKey, HttpsClient, Proxy};
 use crate::secret::SecretRef;
@@ -47,6 +50,8 @@ pub(crate) struct Fixed {
     pub admin_limits: Limits,
     /// The configuration's parts a reload may not change, as they were at start.
     pub frozen: Frozen,
+    /// With `[intercept]`: the CA and its leaves, kept across reloads.
+    pub interceptor: Option<Arc<Interceptor>>,
 }
 
 /// The parts of a configuration a reload may not change.
@@ -55,6 +60,7 @@ pub(crate) struct Frozen {
     store: StoreConfig,
     store_keys: Option<(SecretRef, Vec<SecretRef>)>,
     tls: Tls,
+    intercept: Option<Intercept>,
     drain_timeout: std::time::Duration,
     idle_timeout: std::time::Duration,
     max_connections: Option<usize>,
@@ -69,6 +75,7 @@ impl Frozen {
             store: config.store.clone(),
             store_keys: config.store_keys.clone(),
             tls: config.tls.clone(),
+            intercept: config.intercept.clone(),
             drain_timeout: p.drain_timeout,
             idle_timeout: p.idle_timeout,
             max_connections: p.max_connections,
@@ -85,6 +92,9 @@ impl Frozen {
         }
         if self.tls != new.tls {
             keys.push("[tls]");
+        }
+        if self.intercept != new.intercept {
+            keys.push("[intercept]");
         }
         for (key, same) in [
             (
@@ -285,6 +295,7 @@ impl Reloader {
             config.proxy,
             caller_key,
             Arc::clone(&fixed.metrics),
+            fixed.interceptor.clone(),
         )));
         let proxy_serving =
             serve_proxy(&fixed, &proxy, proxy_listener, config.listen.proxy.clone());
@@ -356,6 +367,9 @@ impl Reloader {
         }
         for warning in &config.warnings {
             tracing::warn!("{warning}");
+        }
+        if let Some(interceptor) = &self.fixed.interceptor {
+            interceptor.warn_uncovered(&config.routes);
         }
         // Everything that can fail, before anything changes.
         let caller_key = caller_key(&config.listen)?;
@@ -434,6 +448,7 @@ impl Reloader {
             config.proxy,
             caller_key,
             Arc::clone(&self.fixed.metrics),
+            self.fixed.interceptor.clone(),
         )));
         applied.client = client;
         applied.settings = config.proxy;

@@ -55,6 +55,8 @@ pub struct Config {
     /// Keys for the tokens at rest: the current one, then older ones (read at start).
     pub store_keys: Option<(SecretRef, Vec<SecretRef>)>,
     pub proxy: ProxySettings,
+    /// HTTPS interception of `CONNECT` to routed hosts, when configured.
+    pub intercept: Option<Intercept>,
     pub tokens: Vec<TokenConfig>,
     pub routes: Vec<Route>,
     /// Things that are allowed but unwise (literal secrets); `check` prints them, `run` logs them.
@@ -96,6 +98,32 @@ pub struct ClientKey {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tls {
     pub ca_file: Option<PathBuf>,
+}
+
+/// Where the interception CA comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intercept {
+    /// A CA made beforehand (`tokenproxy ca init`, or an organisation's own): PEM
+    /// certificate and PKCS#8 key. Read at start, not at validation, so that
+    /// `ca init` can run on a configuration whose files do not exist yet.
+    Files { cert: SecretRef, key: SecretRef },
+    /// `ca.pem` and `ca.key` in this directory (the file store's), created at the
+    /// first start.
+    Auto { dir: PathBuf },
+}
+
+impl Intercept {
+    /// The files `tokenproxy ca init` writes, when the CA lives in files.
+    pub fn files(&self) -> Option<(PathBuf, PathBuf)> {
+        match self {
+            Intercept::Auto { dir } => Some((dir.join("ca.pem"), dir.join("ca.key"))),
+            Intercept::Files {
+                cert: SecretRef::File(cert),
+                key: SecretRef::File(key),
+            } => Some((cert.clone(), key.clone())),
+            Intercept::Files { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -639,6 +667,23 @@ pub fn normalise_host(host: &str, port: Option<u16>, default: u16) -> String {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     match port {
         Some(p) if p != default => format!("{host}:{p}"),
+        _ => host,
+    }
+}
+
+/// Whether a route `host` (`name` or `name:port`) names a DNS name, not an IP
+/// address: only those can be intercepted.
+pub fn is_dns_host(host: &str) -> bool {
+    let name = dns_name(host);
+    !name.is_empty() && !host.starts_with('[') && name.parse::<std::net::IpAddr>().is_err()
+}
+
+/// The name of a route `host`, without its port.
+pub fn dns_name(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            name
+        }
         _ => host,
     }
 }

@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub proxy: RawProxy,
+    pub intercept: Option<RawIntercept>,
     #[serde(default)]
     pub tokens: BTreeMap<String, RawToken>,
     #[serde(default)]
@@ -52,6 +53,16 @@ impl Default for RawListen {
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     pub ca_file: Option<PathBuf>,
+}
+
+/// HTTPS interception of `CONNECT` to routed hosts; present means enabled.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntercept {
+    /// `"auto"`: a CA created in the state directory at the first start.
+    pub ca: Option<String>,
+    pub ca_cert: Option<SecretRef>,
+    pub ca_key: Option<SecretRef>,
 }
 
 #[derive(Deserialize)]

@@ -10,11 +10,11 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::preset::{self, Preset};
-use super::raw::{RawConfig, RawRoute, RawToken};
+use super::raw::{RawConfig, RawIntercept, RawRoute, RawToken};
 use super::{
     Assertion, ClientAuth, ClientAuthKind, ClientKey, Config, ConfigError, Endpoint, Grant,
-    GrantKind, Inject, Listen, ListenAddr, Login, ProxySettings, Route, RouteUpstream, SigningKey,
-    StoreConfig, Tls, TokenConfig, Upstream, is_loopback, normalise_host,
+    GrantKind, Inject, Intercept, Listen, ListenAddr, Login, ProxySettings, Route, RouteUpstream,
+    SigningKey, StoreConfig, Tls, TokenConfig, Upstream, is_dns_host, is_loopback, normalise_host,
 };
 use crate::secret::SecretRef;
 
@@ -309,6 +309,10 @@ impl Validator<'_> {
             }
             routes.push(route);
         }
+        let intercept = match raw.intercept {
+            None => None,
+            Some(i) => Some(self.intercept(i, &store, &routes)?),
+        };
         if let Some(lease) = store.lease() {
             // A lock holder must finish its token request well inside its lease, or a
             // second instance could spend the same refresh token.
@@ -337,6 +341,7 @@ impl Validator<'_> {
             store,
             store_keys,
             proxy,
+            intercept,
             tokens,
             routes,
             warnings: self.warnings,
@@ -354,6 +359,67 @@ impl Validator<'_> {
     }
 
     /// Checks that `secret` resolves now; warns about a literal unless `public`.
+    fn intercept(
+        &mut self,
+        raw: RawIntercept,
+        store: &StoreConfig,
+        routes: &[Route],
+    ) -> Result<Intercept, ConfigError> {
+        let intercept = match (raw.ca.as_deref(), raw.ca_cert, raw.ca_key) {
+            (Some("auto"), None, None) => match store {
+                StoreConfig::File { path } => Intercept::Auto { dir: path.clone() },
+                _ => {
+                    return Err(self.err(
+                        "intercept.ca",
+                        "ca = \"auto\" keeps the CA in the file store's directory, and this configuration uses a shared store",
+                        "every replica must present the same CA: create one with `tokenproxy ca init`, give each replica the files, and set ca_cert and ca_key",
+                    ));
+                }
+            },
+            (Some("auto"), _, _) => {
+                return Err(self.err(
+                    "intercept.ca",
+                    "ca = \"auto\" and ca_cert/ca_key are both set",
+                    "keep either ca = \"auto\" or ca_cert and ca_key",
+                ));
+            }
+            (Some(other), _, _) => {
+                return Err(self.err(
+                    "intercept.ca",
+                    format!("`{other}` is not a CA source"),
+                    "write ca = \"auto\", or set ca_cert and ca_key instead",
+                ));
+            }
+            (None, Some(cert), Some(key)) => {
+                if key.is_literal() {
+                    return Err(self.err(
+                        "intercept.ca_key",
+                        "the CA key is written in the configuration",
+                        "keep it in a file readable only by tokenproxy: ca_key = { file = \"/etc/tokenproxy/ca.key\" }",
+                    ));
+                }
+                Intercept::Files { cert, key }
+            }
+            (None, _, _) => {
+                return Err(self.err(
+                    "intercept",
+                    "[intercept] needs a CA",
+                    "set ca = \"auto\", or ca_cert and ca_key (`tokenproxy ca init` creates them)",
+                ));
+            }
+        };
+        if !routes
+            .iter()
+            .any(|r| r.host.as_deref().is_some_and(is_dns_host))
+        {
+            self.warnings.push(format!(
+                "{}: [intercept] is set but no route has a `host` that is a DNS name: every CONNECT is refused; add host = \"api.example.com\" to the routes to intercept",
+                self.file.display()
+            ));
+        }
+        Ok(intercept)
+    }
+
     fn secret(&mut self, key: &str, secret: &SecretRef, public: bool) -> Result<(), ConfigError> {
         secret.resolve().map_err(|e| {
             self.err(

@@ -11,6 +11,12 @@
 //! 6. respond: strip hop-by-hop headers, rewrite `Location`, stream the body back
 //!    (with upstream URLs in JSON/XML turned into proxy URLs on `rewrite_links`
 //!    routes).
+//!
+//! A `CONNECT` to a routed host, with `[intercept]` configured, is answered with
+//! `200` and a tunnel whose TLS tokenproxy terminates (`crate::intercept`); the
+//! requests inside come back here marked [`Tunneled`] and go through the same
+//! phases as `https://HOST/...` absolute-form requests. Every other `CONNECT` is
+//! refused, and its connection closed.
 
 mod body;
 mod headers;
@@ -35,7 +41,9 @@ pub use route::{Router, upstream_uri};
 
 use crate::config::{Credential, Inject, ProxySettings, Route, RouteUpstream};
 use crate::error::ProxyError;
+use crate::intercept::Interceptor;
 use crate::metrics::{Metrics, RetryOutcome, RouteMetrics};
+use crate::server::{Tunnel, TunnelSlot, Tunneled};
 use crate::token::{TokenSource, TokenState, Trigger};
 use body::Prepared;
 use route::{Miss, Target};
@@ -74,6 +82,8 @@ pub struct Proxy {
     /// Requests that matched no route.
     unrouted: RouteMetrics,
     metrics: Arc<Metrics>,
+    /// With `[intercept]`: terminates TLS in tunnels to routed hosts.
+    interceptor: Option<Arc<Interceptor>>,
 }
 
 /// What the log line of a request reports besides the response.
@@ -91,8 +101,10 @@ impl Proxy {
         settings: ProxySettings,
         client_key: Option<CallerKey>,
         metrics: Arc<Metrics>,
+        interceptor: Option<Arc<Interceptor>>,
     ) -> Proxy {
         Proxy {
+            interceptor,
             client_key,
             route_metrics: router
                 .routes()
@@ -116,9 +128,20 @@ impl Proxy {
         let method = req.method().clone();
         let mut trace = Trace::default();
         let route_name = |t: &Trace| t.route.map(|i| self.router.routes()[i].name.as_str());
+        let refusal_closes = method == Method::CONNECT && req.version() < Version::HTTP_2;
         let (resp, error) = match self.forward(req, &mut trace).await {
             Ok(resp) => (resp, None),
-            Err(e) => (e.response(route_name(&trace)), Some(e)),
+            Err(e) => {
+                let mut resp = e.response(route_name(&trace));
+                if refusal_closes {
+                    // What the client sends next is meant for a tunnel, not for us.
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                (resp, Some(e))
+            }
         };
         let elapsed = start.elapsed();
         let metrics = trace
@@ -151,15 +174,21 @@ impl Proxy {
         trace: &mut Trace,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         match *req.method() {
-            Method::CONNECT => return Err(ProxyError::Connect),
+            Method::CONNECT => return self.connect(req, trace),
             // TRACE echoes the request, injected token included, back to the caller.
             Method::TRACE => return Err(ProxyError::proxy_method(req.method())),
             _ => {}
         }
         let (mut parts, body) = req.into_parts();
+        let tunneled = parts.extensions.remove::<Tunneled>();
         check_host(&parts.headers)?;
-        if let Some(key) = &self.client_key {
-            key.check(&mut parts.headers)?;
+        match (&self.client_key, &tunneled) {
+            (Some(key), None) => key.check(&mut parts.headers)?,
+            // The tunnel's CONNECT presented the key; a copy inside goes nowhere.
+            (Some(key), Some(_)) => {
+                parts.headers.remove(&key.header);
+            }
+            (None, _) => {}
         }
         if wants_upgrade(&parts.headers) {
             return Err(ProxyError::Upgrade);
@@ -173,7 +202,10 @@ impl Proxy {
         if declared.is_some_and(too_large) {
             return Err(ProxyError::TooLarge);
         }
-        let target = self.route(&parts.uri, &parts.headers, parts.version)?;
+        let target = match &tunneled {
+            Some(t) => self.route_tunneled(&mut parts.uri, &parts.headers, t)?,
+            None => self.route(&parts.uri, &parts.headers, parts.version)?,
+        };
         trace.route = Some(target.route);
         let route = &self.router.routes()[target.route];
         let source = &self.sources[route.token];
@@ -286,19 +318,126 @@ impl Proxy {
         let host = headers.get(HOST).and_then(|h| h.to_str().ok());
         let result = if version == Version::HTTP_2 {
             // HTTP/2 always carries :authority; it names a route host or the proxy itself.
-            self.router.absolute(uri).or_else(|_| {
+            self.router.absolute(uri, "http").or_else(|_| {
                 let authority = uri.authority().map(|a| a.as_str()).or(host);
                 self.router.origin(uri, authority)
             })
         } else if uri.scheme().is_some() {
-            self.router.absolute(uri)
+            self.router.absolute(uri, "http")
         } else {
             self.router.origin(uri, host)
         };
-        result.map_err(|miss| match miss {
-            Miss::NoRoute => ProxyError::NoRoute,
-            Miss::BadPath => ProxyError::BadPath,
-        })
+        result.map_err(miss)
+    }
+
+    /// Routes a request read inside a tunnel: it must name the tunnel's host (or
+    /// none), and it is then the absolute-form request `https://HOST/...`, which
+    /// `uri` becomes.
+    fn route_tunneled(
+        &self,
+        uri: &mut Uri,
+        headers: &HeaderMap,
+        tunnel: &Tunneled,
+    ) -> Result<Target, ProxyError> {
+        let named = match uri.authority() {
+            Some(a) => Some(a.clone()),
+            None => headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<http::uri::Authority>().ok()),
+        };
+        if let Some(a) = named
+            && crate::config::normalise_host(a.host(), a.port_u16(), 443)
+                != tunnel.authority.as_str()
+        {
+            return Err(ProxyError::Misdirected);
+        }
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        *uri = Uri::builder()
+            .scheme(http::uri::Scheme::HTTPS)
+            .authority(tunnel.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| ProxyError::BadPath)?;
+        self.router.absolute(uri, "https").map_err(miss)
+    }
+
+    /// `CONNECT`: a tunnel whose TLS tokenproxy terminates, for a routed host
+    /// with `[intercept]`; otherwise refused, with nothing opened.
+    fn connect(
+        &self,
+        mut req: Request<Incoming>,
+        trace: &mut Trace,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let Some(interceptor) = &self.interceptor else {
+            return Err(ProxyError::Connect);
+        };
+        // The server offers tunnels on HTTP/1.1 connections only.
+        let Some(slot) = req.extensions_mut().remove::<TunnelSlot>() else {
+            return Err(ProxyError::Connect);
+        };
+        let authority = req.uri().authority().ok_or(ProxyError::Connect)?;
+        let host = authority.host();
+        if !crate::config::is_dns_host(host) || authority.as_str().contains('@') {
+            return Err(ProxyError::Connect);
+        }
+        let port = authority.port_u16().unwrap_or(443);
+        let key = crate::config::normalise_host(host, Some(port), 443);
+        let route = self
+            .router
+            .routes()
+            .iter()
+            .position(|r| r.host.as_deref() == Some(key.as_str()))
+            .ok_or(ProxyError::Connect)?;
+        trace.route = Some(route);
+        if let Some(caller) = &self.client_key {
+            caller.check(req.headers_mut())?;
+        }
+        let name = crate::config::dns_name(&key).to_owned();
+        if !interceptor.permits(&name) {
+            tracing::warn!(
+                host = %name,
+                "CONNECT refused: the interception CA's name constraints do not cover this routed host; recreate the CA with `tokenproxy ca init --force`"
+            );
+            return Err(ProxyError::ConnectOutsideCa);
+        }
+        let config = interceptor.tls_config(&name).map_err(|e| {
+            tracing::error!(host = %name, error = %e, "cannot sign an interception certificate");
+            ProxyError::Internal
+        })?;
+        let authority = key.parse().map_err(|_| ProxyError::Connect)?;
+        let metrics = Arc::clone(&self.metrics);
+        let route_name = self.router.routes()[route].name.clone();
+        slot.open(Tunnel {
+            upgrade: hyper::upgrade::on(&mut req),
+            tunneled: Tunneled { authority },
+            accept: Box::new(move |io| {
+                Box::pin(async move {
+                    match Interceptor::accept(config, io).await {
+                        Ok(tls) => Some(Box::pin(tls) as crate::server::TunnelIo),
+                        Err((failure, e)) => {
+                            metrics.error(&route_name, failure.code());
+                            match failure {
+                                crate::intercept::HandshakeFailure::Distrusted => tracing::warn!(
+                                    host = %name,
+                                    route = %route_name,
+                                    error = %e,
+                                    "the client refused tokenproxy's certificate: it does not trust the interception CA; give it the CA certificate (`tokenproxy ca show`)"
+                                ),
+                                crate::intercept::HandshakeFailure::Failed => tracing::info!(
+                                    host = %name,
+                                    route = %route_name,
+                                    error = %e,
+                                    "TLS handshake in a CONNECT tunnel failed"
+                                ),
+                            }
+                            None
+                        }
+                    }
+                })
+            }),
+        });
+        Ok(Response::new(ProxyBody::full(bytes::Bytes::new())))
     }
 
     /// Sends one request with `state`'s credential to the route's upstream (which,
@@ -351,6 +490,13 @@ impl Proxy {
             }
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
         }
+    }
+}
+
+fn miss(miss: Miss) -> ProxyError {
+    match miss {
+        Miss::NoRoute => ProxyError::NoRoute,
+        Miss::BadPath => ProxyError::BadPath,
     }
 }
 

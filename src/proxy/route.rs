@@ -95,8 +95,10 @@ impl Router {
         Err(Miss::NoRoute)
     }
 
-    /// Matches an absolute-form request.
-    pub fn absolute(&self, uri: &Uri) -> Result<Target, Miss> {
+    /// Matches an absolute-form request (or one read inside an intercepted
+    /// tunnel, made absolute). `client_scheme` is what the client's own URLs use:
+    /// `http` through `HTTP_PROXY`, `https` inside a tunnel.
+    pub fn absolute(&self, uri: &Uri, client_scheme: &str) -> Result<Target, Miss> {
         let authority = uri.authority().ok_or(Miss::NoRoute)?;
         if authority.as_str().contains('@') {
             return Err(Miss::BadPath);
@@ -126,7 +128,7 @@ impl Router {
             Target {
                 route: i,
                 rest_at,
-                proxy_base: Some(format!("http://{authority}{base}")),
+                proxy_base: Some(format!("{client_scheme}://{authority}{base}")),
             },
             uri,
         )
@@ -252,7 +254,7 @@ mod tests {
 
     fn absolute(r: &Router, url: &str) -> Result<(usize, String), Miss> {
         let uri: Uri = url.parse().unwrap();
-        resolve(r, r.absolute(&uri), &uri)
+        resolve(r, r.absolute(&uri, "http"), &uri)
     }
 
     #[test]

@@ -227,6 +227,11 @@ fn judge(head: &[u8], out: &Verdicts) -> Phase {
     } else {
         Verdict::Ok
     });
+    if req.method == Some("CONNECT") {
+        // What follows is a tunnel's bytes (read by a framing reader of their own)
+        // or nothing: a refused CONNECT closes the connection.
+        return Phase::Off;
+    }
     match (te, length) {
         (true, _) => Phase::Chunked(Chunk::Size { size: 0, digits: 0 }),
         (false, Some(n)) if n > 0 => Phase::Fixed(n),

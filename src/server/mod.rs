@@ -15,6 +15,13 @@
 //! alone, is counted, and the connection's other requests go on.
 //! On shutdown the loop stops accepting, in-flight requests get up to the drain
 //! timeout to finish, and then whatever is left is closed.
+//!
+//! A handler may turn an HTTP/1 `CONNECT` into a tunnel: it answers `200` and
+//! leaves a [`Tunnel`] in the request's [`TunnelSlot`]. Once the response is
+//! sent, the connection's task runs the tunnel's handshake (bounded by the idle
+//! timeout) and serves the requests inside it with the same handler, limits and
+//! checks, each marked [`Tunneled`]. The tunnel stays the same connection: it
+//! counts against `max_connections`, is evicted and drained like any other.
 
 pub(crate) mod framing;
 mod io;
@@ -31,7 +38,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -88,6 +95,40 @@ impl Drop for Listener {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// A tunnel a handler opened for a `CONNECT` it answered with `200`.
+pub struct Tunnel {
+    pub upgrade: hyper::upgrade::OnUpgrade,
+    /// The handshake that turns the raw tunnel into the stream requests are read
+    /// from (`None`: it failed, and the handshake said why).
+    pub accept: Box<dyn FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> TunnelAccept + Send>,
+    /// Put on every request read inside the tunnel.
+    pub tunneled: Tunneled,
+}
+
+pub type TunnelAccept = Pin<Box<dyn Future<Output = Option<TunnelIo>> + Send>>;
+pub type TunnelIo = Pin<Box<dyn IoStream>>;
+
+/// Where a handler leaves the tunnel of a `CONNECT` (an extension of `CONNECT`
+/// requests on HTTP/1 connections only).
+#[derive(Clone)]
+pub struct TunnelSlot(Arc<Mutex<Option<Tunnel>>>);
+
+impl TunnelSlot {
+    pub fn open(&self, tunnel: Tunnel) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
+    }
+
+    fn take(&self) -> Option<Tunnel> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// An extension of each request read inside a tunnel: the `CONNECT` authority.
+#[derive(Clone, Debug)]
+pub struct Tunneled {
+    pub authority: http::uri::Authority,
 }
 
 /// How a listener treats its connections.
@@ -157,6 +198,36 @@ impl Registry {
             None => false,
         }
     }
+}
+
+/// Drives a connection until it ends, is evicted, or shutdown asks it to finish
+/// (then gracefully, until the drain is over). Evaluates to whether it ended by
+/// itself, without an error. (A macro: the two kinds of hyper connection share
+/// no trait.)
+macro_rules! drive {
+    ($conn:expr, $state:expr, $shutdown:expr, $force:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        let ended = tokio::select! {
+            r = conn.as_mut() => Some(r),
+            _ = $shutdown.cancelled() => None,
+            _ = $state.evict.cancelled() => None,
+        };
+        let (by_itself, result) = match ended {
+            Some(r) => (true, Some(r)),
+            None => {
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    r = conn.as_mut() => (false, Some(r)),
+                    _ = $force.cancelled() => (false, None),
+                }
+            }
+        };
+        if let Some(Err(e)) = &result {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+        by_itself && matches!(result, Some(Ok(())))
+    }};
 }
 
 pub async fn serve<F, Fut>(
@@ -231,52 +302,43 @@ pub async fn serve<F, Fut>(
         serial += 1;
         let state = ConnState::new(serial);
         registry.insert(&state);
-        let service = {
-            let state = Arc::clone(&state);
-            let (handler, cx) = (handler.clone(), cx.clone());
-            service_fn(move |req: Request<Incoming>| {
-                // Taken now, in request order: hyper calls this once per request, in turn.
-                let guard = state.begin();
-                let verdict = if req.version() == Version::HTTP_2 {
-                    Verdict::Ok
-                } else {
-                    state.verdicts.next()
-                };
-                handle(req, guard, verdict, handler.clone(), limits, cx.clone())
-            })
-        };
+        let slot = TunnelSlot(Arc::default());
+        let svc = service(&state, &handler, limits, &cx, Some(&slot), None);
         let conn = match stream {
             Stream::Tcp(s) => {
                 let _ = s.set_nodelay(true);
                 let io = Guarded::new(s, Arc::clone(&state), limits.idle, limits.max_header_size);
-                builder.serve_connection(TokioIo::new(Box::pin(io) as BoxIo), service)
+                builder.serve_connection_with_upgrades(TokioIo::new(Box::pin(io) as TunnelIo), svc)
             }
             Stream::Unix(s) => {
                 let io = Guarded::new(s, Arc::clone(&state), limits.idle, limits.max_header_size);
-                builder.serve_connection(TokioIo::new(Box::pin(io) as BoxIo), service)
+                builder.serve_connection_with_upgrades(TokioIo::new(Box::pin(io) as TunnelIo), svc)
             }
         }
         .into_owned();
         let (registry, shutdown, force) = (Arc::clone(&registry), shutdown.clone(), force.clone());
+        let (builder, handler, cx) = (builder.clone(), handler.clone(), cx.clone());
         tokio::spawn(async move {
-            tokio::pin!(conn);
-            let ended = tokio::select! {
-                r = conn.as_mut() => Some(r),
-                _ = shutdown.cancelled() => None,
-                _ = state.evict.cancelled() => None,
-            };
-            let result = match ended {
-                Some(r) => Some(r),
-                None => {
-                    conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        r = conn.as_mut() => Some(r),
-                        _ = force.cancelled() => None,
-                    }
+            let ended = drive!(conn, state, shutdown, force);
+            if ended && let Some(tunnel) = slot.take() {
+                let opened = async {
+                    let upgraded = tunnel.upgrade.await.ok()?;
+                    (tunnel.accept)(TokioIo::new(upgraded)).await
+                };
+                let opened = tokio::select! {
+                    o = tokio::time::timeout(limits.idle, opened) => o.ok().flatten(),
+                    _ = shutdown.cancelled() => None,
+                    _ = state.evict.cancelled() => None,
+                };
+                if let Some(io) = opened {
+                    let io =
+                        Guarded::new(io, Arc::clone(&state), limits.idle, limits.max_header_size);
+                    let svc = service(&state, &handler, limits, &cx, None, Some(tunnel.tunneled));
+                    let inner = builder
+                        .serve_connection(TokioIo::new(Box::pin(io) as TunnelIo), svc)
+                        .into_owned();
+                    let _ = drive!(inner, state, shutdown, force);
                 }
-            };
-            if let Some(Err(e)) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
             }
             registry.remove(state.serial);
         });
@@ -301,10 +363,52 @@ pub async fn serve<F, Fut>(
     }
 }
 
-type BoxIo = Pin<Box<dyn IoStream>>;
-
-trait IoStream: AsyncRead + AsyncWrite + Send {}
+/// A connection's byte stream: a socket, or the TLS stream inside a tunnel.
+pub trait IoStream: AsyncRead + AsyncWrite + Send {}
 impl<T: AsyncRead + AsyncWrite + Send> IoStream for T {}
+
+/// The service of one connection (or of the tunnel inside it): each request is
+/// marked in flight, given its framing verdict, and handled.
+fn service<F, Fut>(
+    state: &Arc<ConnState>,
+    handler: &F,
+    limits: Limits,
+    cx: &Reporting,
+    slot: Option<&TunnelSlot>,
+    tunneled: Option<Tunneled>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Tracked>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Tracked>, Infallible>> + Send + 'static,
+> + Clone
++ Send
++ 'static
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+{
+    let state = Arc::clone(state);
+    let (handler, cx, slot) = (handler.clone(), cx.clone(), slot.cloned());
+    service_fn(move |mut req: Request<Incoming>| {
+        // Taken now, in request order: hyper calls this once per request, in turn.
+        let guard = state.begin();
+        let verdict = if req.version() == Version::HTTP_2 {
+            Verdict::Ok
+        } else {
+            state.verdicts.next()
+        };
+        if let Some(t) = &tunneled {
+            req.extensions_mut().insert(t.clone());
+        } else if let Some(slot) = &slot
+            && req.method() == Method::CONNECT
+            && req.version() < Version::HTTP_2
+        {
+            req.extensions_mut().insert(slot.clone());
+        }
+        handle(req, guard, verdict, handler.clone(), limits, cx.clone())
+    })
+}
 
 /// One request: checked, then handled under `catch_unwind`, its response body
 /// holding the connection's in-flight mark until it has been sent.

@@ -1,0 +1,455 @@
+//! HTTPS interception of `CONNECT` to routed hosts.
+//!
+//! A client with `HTTPS_PROXY` asks for a tunnel (`CONNECT api.example.com:443`).
+//! When the host is a route's `host`, the proxy answers `200`, and this module
+//! terminates TLS inside the tunnel with a leaf certificate for that host, signed
+//! by the local CA ([`ca`]); the requests inside are then proxied like
+//! absolute-form requests for `https://host/...`. Every other `CONNECT` is refused
+//! before anything is opened.
+//!
+//! Leaves are made on first use, one per host, and kept until half their life has
+//! passed: the cache has one entry per routed host at most, and a storm of
+//! tunnels to one host signs once (the signing happens under the cache's lock,
+//! which is the single flight). Sessions resume (tickets and a session cache
+//! shared by every host's configuration).
+
+pub mod ca;
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rustls::ServerConfig;
+use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
+
+use crate::config::Intercept;
+use crate::metrics::Metrics;
+pub use ca::{Ca, CaError};
+
+/// Why interception could not be set up at start.
+#[derive(Debug, thiserror::Error)]
+pub enum InterceptError {
+    #[error("intercept.{key}: {detail}")]
+    Read { key: &'static str, detail: String },
+    #[error("intercept: {path}: {source}")]
+    Write { path: String, source: io::Error },
+    #[error("intercept CA ({what}): {source}; {fix}")]
+    Ca {
+        what: String,
+        source: CaError,
+        fix: &'static str,
+    },
+    #[error("TLS for intercepted connections: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// What `tokenproxy ca init` and `ca = "auto"` write: the certificate world-
+/// readable (clients need it), the key readable by the owner only.
+pub fn write_ca(
+    cert_path: &Path,
+    key_path: &Path,
+    cert_pem: &str,
+    key_pem: &str,
+    replace: bool,
+) -> Result<(), InterceptError> {
+    let write = |path: &Path, text: &str, mode: u32| -> Result<(), InterceptError> {
+        let err = |source| InterceptError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let temp = path.with_extension(format!("tmp.{:08x}", fastrand::u32(..)));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)
+            .map_err(err)?;
+        let written =
+            io::Write::write_all(&mut file, text.as_bytes()).and_then(|()| file.sync_all());
+        let placed = written.and_then(|()| {
+            if replace {
+                std::fs::rename(&temp, path)
+            } else {
+                // Fails if the file exists: never overwrite a CA clients trust.
+                std::fs::hard_link(&temp, path)
+            }
+        });
+        let _ = std::fs::remove_file(&temp);
+        placed.map_err(err)
+    };
+    for path in [cert_path, key_path] {
+        if !replace && path.exists() {
+            return Err(InterceptError::Write {
+                path: path.display().to_string(),
+                source: io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "exists; clients may trust it (pass --force to replace it, then give clients the new certificate)",
+                ),
+            });
+        }
+    }
+    write(key_path, key_pem, 0o600)?;
+    write(cert_path, cert_pem, 0o644)
+}
+
+/// The hosts a CA made for this configuration is constrained to: the routes'
+/// `host` names (without ports) that are DNS names.
+pub fn routed_hosts(routes: &[crate::config::Route]) -> Vec<String> {
+    let mut hosts: Vec<String> = routes
+        .iter()
+        .filter_map(|r| r.host.as_deref())
+        .filter(|h| crate::config::is_dns_host(h))
+        .map(|h| crate::config::dns_name(h).to_owned())
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+/// Reads the configured CA; with `ca = "auto"`, creates it first if it is not there.
+pub fn load_ca(config: &Intercept, hosts: &[String]) -> Result<Ca, InterceptError> {
+    let (cert_pem, key_pem, what) = match config {
+        Intercept::Files { cert, key } => {
+            let read = |key_name: &'static str, r: &crate::secret::SecretRef| {
+                r.resolve().map_err(|e| InterceptError::Read {
+                    key: key_name,
+                    detail: format!("{e}; create the CA with `tokenproxy ca init`"),
+                })
+            };
+            (
+                read("ca_cert", cert)?,
+                read("ca_key", key)?,
+                cert.to_string(),
+            )
+        }
+        Intercept::Auto { dir } => {
+            let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
+            if !cert_path.exists() && !key_path.exists() {
+                let (cert, key) = ca::create(hosts).map_err(|source| InterceptError::Ca {
+                    what: "ca = \"auto\"".into(),
+                    source,
+                    fix: "route a host, or remove [intercept]",
+                })?;
+                write_ca(&cert_path, &key_path, &cert, key.expose(), false)?;
+                tracing::warn!(
+                    cert = %cert_path.display(),
+                    hosts = %hosts.join(","),
+                    "created the interception CA; clients must trust this certificate (see `tokenproxy ca show`)"
+                );
+            }
+            let read = |key: &'static str, path: &Path| {
+                crate::secret::SecretRef::File(path.to_owned())
+                    .resolve()
+                    .map_err(|e| InterceptError::Read {
+                        key,
+                        detail: e.to_string(),
+                    })
+            };
+            (
+                read("ca", &cert_path)?,
+                read("ca", &key_path)?,
+                cert_path.display().to_string(),
+            )
+        }
+    };
+    Ca::load(cert_pem.expose(), key_pem.expose()).map_err(|source| InterceptError::Ca {
+        what,
+        source,
+        fix: "point ca_cert and ca_key at a CA certificate and its key, or create them with `tokenproxy ca init`",
+    })
+}
+
+/// Terminates TLS in tunnels, with leaves from the CA.
+pub struct Interceptor {
+    ca: Ca,
+    /// Host → its TLS configuration and when to sign a new leaf.
+    leaves: Mutex<HashMap<String, (Arc<ServerConfig>, SystemTime)>>,
+    sessions: Arc<dyn StoresServerSessions>,
+    tickets: Arc<dyn ProducesTickets>,
+    metrics: Arc<Metrics>,
+}
+
+/// How a TLS handshake inside a tunnel failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The client refused the leaf: it does not trust the CA (or the CA may not
+    /// sign for the host it asked for).
+    Distrusted,
+    /// Anything else: not TLS, no common version, the client went away.
+    Failed,
+}
+
+impl HandshakeFailure {
+    pub fn code(&self) -> &'static str {
+        match self {
+            HandshakeFailure::Distrusted => "intercept_certificate_rejected",
+            HandshakeFailure::Failed => "intercept_handshake_failed",
+        }
+    }
+}
+
+impl Interceptor {
+    pub fn new(ca: Ca, metrics: Arc<Metrics>) -> Result<Interceptor, InterceptError> {
+        Ok(Interceptor {
+            ca,
+            leaves: Mutex::new(HashMap::new()),
+            sessions: ServerSessionMemoryCache::new(4096),
+            tickets: rustls::crypto::ring::Ticketer::new()?,
+            metrics,
+        })
+    }
+
+    /// Warns about each routed host the CA may not sign for: tunnels to it are
+    /// refused until the CA is made again.
+    pub fn warn_uncovered(&self, routes: &[crate::config::Route]) {
+        for host in routed_hosts(routes) {
+            if !self.ca.permits(&host) {
+                tracing::warn!(
+                    host = %host,
+                    "the interception CA's name constraints do not cover this routed host: CONNECT to it is refused; recreate the CA with `tokenproxy ca init --force` and give clients the new certificate"
+                );
+            }
+        }
+    }
+
+    /// Whether the CA may sign for `host` (a DNS name without port).
+    pub fn permits(&self, host: &str) -> bool {
+        self.ca.permits(host)
+    }
+
+    /// The TLS configuration presenting a valid leaf for `host`; signs one when
+    /// there is none or the one cached is past half its life.
+    pub fn tls_config(&self, host: &str) -> Result<Arc<ServerConfig>, CaError> {
+        let now = SystemTime::now();
+        let mut leaves = self.leaves.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((config, renew_at)) = leaves.get(host)
+            && now < *renew_at
+        {
+            return Ok(Arc::clone(config));
+        }
+        let leaf = self.ca.leaf(host)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|b| {
+                b.with_no_client_auth()
+                    .with_single_cert(leaf.chain, leaf.key)
+            })
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.session_storage = Arc::clone(&self.sessions);
+        config.ticketer = Arc::clone(&self.tickets);
+        let config = Arc::new(config);
+        let half = leaf.not_after.duration_since(now).unwrap_or_default() / 2;
+        leaves.insert(host.to_owned(), (Arc::clone(&config), now + half));
+        self.metrics.intercept_leaf_signed();
+        tracing::info!(host, valid_until = %crate::token::rfc3339(leaf.not_after), "signed an interception certificate");
+        Ok(config)
+    }
+
+    /// The TLS handshake with the client inside a tunnel.
+    pub async fn accept<IO>(
+        config: Arc<ServerConfig>,
+        io: IO,
+    ) -> Result<TlsStream<IO>, (HandshakeFailure, io::Error)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        tokio_rustls::TlsAcceptor::from(config)
+            .accept(io)
+            .await
+            .map_err(|e| (classify(&e), e))
+    }
+}
+
+/// A client that does not trust the certificate says so with an alert.
+fn classify(e: &io::Error) -> HandshakeFailure {
+    use rustls::AlertDescription as A;
+    let alert = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(|e| match e {
+            rustls::Error::AlertReceived(a) => Some(*a),
+            _ => None,
+        });
+    match alert {
+        Some(
+            A::UnknownCA
+            | A::BadCertificate
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::CertificateExpired
+            | A::AccessDenied,
+        ) => HandshakeFailure::Distrusted,
+        _ => HandshakeFailure::Failed,
+    }
+}
+
+/// Why `tokenproxy ca` cannot act on this configuration.
+fn not_configured(what: &str) -> InterceptError {
+    InterceptError::Read {
+        key: "ca",
+        detail: format!(
+            "{what}: the configuration has no [intercept]; add one with ca_cert = {{ file = \"/etc/tokenproxy/ca.pem\" }} and ca_key = {{ file = \"/etc/tokenproxy/ca.key\" }} (or ca = \"auto\")"
+        ),
+    }
+}
+
+/// `tokenproxy ca init`: a new CA constrained to the routed hosts, written to
+/// the configured files (never over existing ones unless `replace`).
+pub fn init(config: &crate::config::Config, replace: bool) -> Result<String, InterceptError> {
+    let intercept = config
+        .intercept
+        .as_ref()
+        .ok_or_else(|| not_configured("ca init"))?;
+    let (cert_path, key_path) = intercept.files().ok_or(InterceptError::Read {
+        key: "ca_cert",
+        detail:
+            "ca init writes files: set ca_cert = { file = \"...\" } and ca_key = { file = \"...\" }"
+                .into(),
+    })?;
+    let hosts = routed_hosts(&config.routes);
+    let (cert, key) = ca::create(&hosts).map_err(|source| InterceptError::Ca {
+        what: "ca init".into(),
+        source,
+        fix: "then run ca init again",
+    })?;
+    write_ca(&cert_path, &key_path, &cert, key.expose(), replace)?;
+    Ok(format!(
+        "created the interception CA
+  certificate: {} (clients trust this file)
+  key:         {} (mode 0600; a secret: whoever holds it can present certificates for the hosts below)
+  may sign for: {} (and their subdomains; no other name, no IP address)
+next: `tokenproxy ca show` prints how each client trusts it",
+        cert_path.display(),
+        key_path.display(),
+        hosts.join(", ")
+    ))
+}
+
+/// The CA certificate's PEM text as configured (without reading the key).
+fn cert_pem(intercept: &Intercept) -> Result<(String, String), InterceptError> {
+    let (source, where_) = match intercept {
+        Intercept::Files { cert, .. } => (cert.clone(), cert.to_string()),
+        Intercept::Auto { dir } => {
+            let path = dir.join("ca.pem");
+            (
+                crate::secret::SecretRef::File(path.clone()),
+                path.display().to_string(),
+            )
+        }
+    };
+    let pem = source.resolve().map_err(|e| InterceptError::Read {
+        key: "ca_cert",
+        detail: format!(
+            "{e}; create the CA with `tokenproxy ca init`{}",
+            if matches!(intercept, Intercept::Auto { .. }) {
+                " or start tokenproxy once (ca = \"auto\")"
+            } else {
+                ""
+            }
+        ),
+    })?;
+    Ok((pem.expose().to_owned(), where_))
+}
+
+/// `tokenproxy ca show`: the certificate, what it may sign for, and how clients
+/// trust it.
+pub fn show(config: &crate::config::Config) -> Result<String, InterceptError> {
+    let intercept = config
+        .intercept
+        .as_ref()
+        .ok_or_else(|| not_configured("ca show"))?;
+    let (pem, path) = cert_pem(intercept)?;
+    let info = ca::CaInfo::parse(&pem).map_err(|source| InterceptError::Ca {
+        what: path.clone(),
+        source,
+        fix: "create a new one with `tokenproxy ca init --force`",
+    })?;
+    let mut text = format!(
+        "{pem}
+file:         {path}
+subject:      {}
+sha256:       {}
+valid until:  {}
+may sign for: {}
+",
+        info.subject,
+        info.fingerprint(),
+        crate::token::rfc3339(info.not_after),
+        info.permitted
+            .as_ref()
+            .map_or("any name (no name constraints)".into(), |p| p.join(", ")),
+    );
+    for host in routed_hosts(&config.routes) {
+        if !info.permits(&host) {
+            text += &format!(
+                "warning: routed host {host} is outside the constraints; CONNECT to it is refused (recreate with `tokenproxy ca init --force`)\n"
+            );
+        }
+    }
+    let proxy = match &config.listen.proxy {
+        crate::config::ListenAddr::Tcp(a) => format!("http://{a}"),
+        crate::config::ListenAddr::Unix(_) => "http://HOST:PORT".into(),
+    };
+    text += &format!(
+        "
+Use it: HTTPS_PROXY={proxy} (and NO_PROXY for hosts that must not go through tokenproxy), then trust {path}:
+  curl             curl --cacert {path} ...   (or CURL_CA_BUNDLE={path})
+  Python requests  REQUESTS_CA_BUNDLE=bundle.pem, where bundle.pem = the system bundle + {path}
+  httpx, urllib,
+  aiohttp, Go      SSL_CERT_FILE=bundle.pem (as above)
+  Node.js          NODE_EXTRA_CA_CERTS={path}
+  Java             keytool -importcert -noprompt -alias tokenproxy -file {path} -keystore tokenproxy.jks -storepass changeit
+                   java -Djavax.net.ssl.trustStore=tokenproxy.jks -Djavax.net.ssl.trustStorePassword=changeit -Dhttps.proxyHost=... -Dhttps.proxyPort=...
+  Debian/Ubuntu    cp {path} /usr/local/share/ca-certificates/tokenproxy.crt && update-ca-certificates
+"
+    );
+    Ok(text)
+}
+
+/// For `tokenproxy check`: whether the CA can be read and covers the routed hosts.
+/// `Ok` with warnings in words; `Err` when interception could not start.
+pub fn check(config: &crate::config::Config) -> Result<Option<String>, InterceptError> {
+    let Some(intercept) = &config.intercept else {
+        return Ok(None);
+    };
+    if let Intercept::Auto { dir } = intercept
+        && !dir.join("ca.pem").exists()
+    {
+        return Ok(Some(format!(
+            "{}: created at the first start, for {}",
+            dir.join("ca.pem").display(),
+            routed_hosts(&config.routes).join(", ")
+        )));
+    }
+    let (pem, path) = cert_pem(intercept)?;
+    let info = ca::CaInfo::parse(&pem).map_err(|source| InterceptError::Ca {
+        what: path.clone(),
+        source,
+        fix: "create a new one with `tokenproxy ca init --force`",
+    })?;
+    let uncovered: Vec<String> = routed_hosts(&config.routes)
+        .into_iter()
+        .filter(|h| !info.permits(h))
+        .collect();
+    Ok(Some(if uncovered.is_empty() {
+        format!(
+            "{path}: usable, valid until {}",
+            crate::token::rfc3339(info.not_after)
+        )
+    } else {
+        format!(
+            "{path}: warning: routed hosts outside the CA's name constraints (CONNECT to them is refused): {}; recreate the CA with `tokenproxy ca init --force`",
+            uncovered.join(", ")
+        )
+    }))
+}

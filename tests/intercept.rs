@@ -1,0 +1,660 @@
+//! HTTPS interception: real clients with `HTTPS_PROXY` and an `https://` URL of a
+//! public name (`api.hubapi.com`), whose route leads to a local https API. The
+//! clients never resolve the name: they ask the proxy for a tunnel.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use support::{ProviderOptions, Proxy, World, binary, client, get, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const HOST: &str = "api.hubapi.com";
+
+/// A provider whose API speaks TLS (a private CA the proxy trusts through
+/// `[tls] ca_file`), and a configuration routing `api.hubapi.com` to it.
+struct Setup {
+    w: World,
+    config: PathBuf,
+}
+
+impl Setup {
+    async fn new(options: ProviderOptions) -> Setup {
+        Setup::with(options, "", "").await
+    }
+
+    /// `intercept`: the `[intercept]` table's body (`None` below means files in
+    /// the world's directory, made with `ca init`); `extra`: more TOML at the end.
+    async fn with(options: ProviderOptions, intercept: &str, extra: &str) -> Setup {
+        let pki = support::pki::Pki::new();
+        let w = World::new(ProviderOptions {
+            tls: Some(pki.server("localhost", &[b"h2", b"http/1.1"], false)),
+            ..options
+        })
+        .await;
+        let upstream_ca = w.dir.path().join("upstream-ca.pem");
+        std::fs::write(&upstream_ca, &pki.ca_pem).unwrap();
+        let intercept = if intercept.is_empty() {
+            format!(
+                "ca_cert = {{ file = \"{0}/ca.pem\" }}\nca_key = {{ file = \"{0}/ca.key\" }}",
+                w.dir.path().display()
+            )
+        } else {
+            intercept.to_owned()
+        };
+        let top = format!(
+            "[tls]\nca_file = \"{}\"\n\n[intercept]\n{intercept}\n",
+            upstream_ca.display()
+        );
+        let text = format!(
+            "{}\n[[routes]]\nhost = \"{HOST}\"\nupstream = \"{}\"\ntoken = \"demo\"\nrewrite_links = true\n{extra}",
+            w.config(&top, ""),
+            w.provider.api_url
+        );
+        let config = w.dir.path().join("tokenproxy.toml");
+        std::fs::write(&config, text).unwrap();
+        Setup { w, config }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.w.dir.path().join("ca.pem")
+    }
+
+    fn ca_init(&self) -> std::process::Output {
+        Command::new(binary())
+            .args(["ca", "init", "-c"])
+            .arg(&self.config)
+            .env("DEMO_CLIENT_SECRET", "demo-secret")
+            .env("DEMO_REFRESH_TOKEN", "unused")
+            .output()
+            .unwrap()
+    }
+
+    fn start(&self) -> Proxy {
+        let out = self.ca_init();
+        assert!(out.status.success(), "ca init: {out:?}");
+        Proxy::start(&self.config, &[])
+    }
+}
+
+fn proxy_url(p: &Proxy) -> String {
+    format!("http://{}", p.addr)
+}
+
+/// Runs `curl` through the proxy; returns (exit code, stdout, stderr).
+fn curl(p: &Proxy, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-x", &proxy_url(p)])
+        .args(args)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .output()
+        .expect("curl is installed");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The value of the first metric line that starts with `name` and holds every
+/// one of `labels`.
+async fn metric(p: &Proxy, name: &str, labels: &[&str]) -> f64 {
+    let text = get(&p.admin_url("/metrics")).await.1;
+    text.lines()
+        .find(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_with_an_https_url_gets_the_api_with_the_token_over_http1_and_http2() {
+    let s = Setup::new(ProviderOptions::default()).await;
+    let p = s.start();
+    let ca = s.ca();
+    let ca = ca.to_str().unwrap();
+    for version in ["--http1.1", "--http2"] {
+        let (code, out, err) = curl(
+            &p,
+            &[
+                version,
+                "--cacert",
+                ca,
+                "-w",
+                "\n%{http_code} %{http_version}",
+                "-H",
+                "Authorization: Bearer stale-token-in-the-tool",
+                &format!("https://{HOST}/crm/v3/objects/contacts?limit=1"),
+            ],
+        );
+        assert_eq!(code, 0, "{version}: {err}\n{}", p.log());
+        let (body, status) = out.rsplit_once('\n').unwrap();
+        let want = if version == "--http2" {
+            "200 2"
+        } else {
+            "200 1.1"
+        };
+        assert_eq!(status, want, "{version}: {body}");
+        let body = json(body);
+        assert_eq!(body["path"], "/crm/v3/objects/contacts");
+        assert_eq!(body["query"], "limit=1");
+    }
+    assert_eq!(s.w.provider.api_requests(), 2, "the API accepted both");
+    // Links the API returns point at the URL the client used: https, the public name.
+    let (code, out, err) = curl(
+        &p,
+        &[
+            "--cacert",
+            ca,
+            &format!("https://{HOST}/pages?page=1&last=2&style=hubspot"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("https://{HOST}/pages?page=2")),
+        "next link rewritten to the tunnel's URL: {out}"
+    );
+    assert!(!out.contains("localhost"), "{out}");
+    let log = p.log();
+    assert!(log.contains("signed an interception certificate"), "{log}");
+    assert!(!log.contains("stale-token-in-the-tool"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_requests_with_https_proxy_and_the_ca_bundle() {
+    let s = Setup::new(ProviderOptions::default()).await;
+    let p = s.start();
+    let script = format!(
+        r#"
+import requests
+r = requests.get("https://{HOST}/crm/v3/objects/contacts", params={{"limit": 2}}, timeout=20)
+print(r.status_code)
+print(r.json()["path"])
+"#
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .env("HTTPS_PROXY", proxy_url(&p))
+        .env("REQUESTS_CA_BUNDLE", s.ca())
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .expect("python3 with requests");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        p.log()
+    );
+    assert_eq!(stdout, "200\n/crm/v3/objects/contacts\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_https_through_a_connect_agent_trusting_the_ca_by_environment() {
+    let s = Setup::new(ProviderOptions::default()).await;
+    let p = s.start();
+    // What proxy agents (https-proxy-agent, undici's ProxyAgent) do: CONNECT, then
+    // TLS over the socket with the default trust, which NODE_EXTRA_CA_CERTS extends.
+    let script = format!(
+        r#"
+const http = require('http'), https = require('https');
+const proxy = new URL(process.env.HTTPS_PROXY);
+const req = http.request({{ host: proxy.hostname, port: proxy.port, method: 'CONNECT', path: '{HOST}:443' }});
+req.on('connect', (res, socket) => {{
+  if (res.statusCode !== 200) {{ console.log('CONNECT ' + res.statusCode); process.exit(1); }}
+  https.get({{ host: '{HOST}', path: '/v1/node?x=1', socket, agent: false, servername: '{HOST}' }}, (r) => {{
+    let body = '';
+    r.on('data', (d) => body += d);
+    r.on('end', () => {{ console.log(r.statusCode + ' ' + JSON.parse(body).path); process.exit(0); }});
+  }}).on('error', (e) => {{ console.log('error ' + e.message); process.exit(1); }});
+}});
+req.on('error', (e) => {{ console.log('proxy error ' + e.message); process.exit(1); }});
+req.end();
+"#
+    );
+    let out = Command::new("node")
+        .args(["-e", &script])
+        .env("HTTPS_PROXY", proxy_url(&p))
+        .env("NODE_EXTRA_CA_CERTS", s.ca())
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        p.log()
+    );
+    assert_eq!(stdout, "200 /v1/node\n");
+}
+
+/// CONNECT `target` on a raw connection; the response head.
+async fn connect(proxy: SocketAddr, target: &str, extra: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// A TLS client trusting only `ca`, checking the name `name`.
+fn tls_client(ca: &Path) -> tokio_rustls::TlsConnector {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A listener that counts the connections it accepts.
+async fn canary() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let c = Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_anything_but_a_routed_host_is_refused_and_opens_nothing() {
+    let s = Setup::new(ProviderOptions::default()).await;
+    let p = s.start();
+    let (canary, opened) = canary().await;
+    let port = canary.port();
+    for target in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        format!("{}", p.admin),
+        "example.com:443".to_owned(),
+        format!("{HOST}.evil.example:443"),
+        format!("evil{HOST}:443"),
+        "hubapi.com:443".to_owned(),
+        format!("{HOST}:8443"),
+        "8.8.8.8:443".to_owned(),
+    ] {
+        let (mut conn, head) = connect(p.addr, &target, "").await;
+        assert!(head.starts_with("HTTP/1.1 405"), "{target}: {head}");
+        assert!(
+            head.contains("x-tokenproxy-error: connect_not_supported"),
+            "{head}"
+        );
+        assert!(head.contains("connection: close"), "{target}: {head}");
+        // The connection is closed after the refusal: nothing it sends is read.
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "{target}: the connection stayed open");
+    }
+    assert_eq!(opened.load(Ordering::SeqCst), 0, "nothing was opened");
+    assert_eq!(s.w.provider.api_requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_intercept_a_routed_host_is_still_refused() {
+    let w = World::default().await;
+    let config = format!(
+        "{}\n[[routes]]\nhost = \"{HOST}\"\nupstream = \"{}\"\ntoken = \"demo\"\n",
+        w.config("", ""),
+        w.provider.api_url
+    );
+    let p = w.spawn(&config);
+    let (_, head) = connect(p.addr, &format!("{HOST}:443"), "").await;
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    assert!(head.contains("connect_not_supported"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaf_is_valid_for_its_host_only() {
+    let s = Setup::new(ProviderOptions::default()).await;
+    let p = s.start();
+    let tls = tls_client(&s.ca());
+    let (conn, head) = connect(p.addr, &format!("{HOST}:443"), "").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let name = ServerName::try_from(HOST).unwrap();
+    let mut stream = tls.connect(name, conn).await.expect("trusted for its host");
+    stream
+        .write_all(
+            format!("GET /v1/raw HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut resp = Vec::new();
+    let _ = stream.read_to_end(&mut resp).await;
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+
+    for other in ["www.hubapi.com", "google.com", "eu1.api.hubapi.com"] {
+        let (conn, head) = connect(p.addr, &format!("{HOST}:443"), "").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let name = ServerName::try_from(other).unwrap();
+        let Err(err) = tls.connect(name, conn).await else {
+            panic!("{other}: accepted");
+        };
+        assert!(
+            err.to_string().contains("not valid for name"),
+            "{other}: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_for_another_host_inside_a_tunnel_is_misdirected() {
+    let s = Setup::new(ProviderOptions::default()).await;
+    let p = s.start();
+    let (conn, _) = connect(p.addr, &format!("{HOST}:443"), "").await;
+    let mut stream = tls_client(&s.ca())
+        .connect(ServerName::try_from(HOST).unwrap(), conn)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /v1/x HTTP/1.1\r\nHost: other.example.com\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = Vec::new();
+    let _ = stream.read_to_end(&mut resp).await;
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 421"), "{resp}");
+    assert!(resp.contains("misdirected_request"), "{resp}");
+    assert_eq!(s.w.provider.api_requests(), 0);
+}
+
+/// Signs a leaf for `name` with the CA files of the setup, as someone holding the
+/// CA key could.
+fn leaf_signed_with_the_ca(s: &Setup, name: &str) -> Arc<rustls::ServerConfig> {
+    let cert = std::fs::read_to_string(s.ca()).unwrap();
+    let key = std::fs::read_to_string(s.w.dir.path().join("ca.key")).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&cert, rcgen::KeyPair::from_pem(&key).unwrap()).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+    Arc::new(config)
+}
+
+/// Serves one TLS handshake per connection with `config`, answering 200.
+async fn tls_server(config: Arc<rustls::ServerConfig>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(s).await {
+                    let mut buf = [0u8; 4096];
+                    let _ = tls.read(&mut buf).await;
+                    let _ = tls
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_key_cannot_mint_a_certificate_clients_accept_for_another_site() {
+    let s = Setup::new(ProviderOptions::default()).await;
+    assert!(s.ca_init().status.success());
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = s.ca();
+    let ca = ca.to_str().unwrap();
+    let try_curl = |name: &str, addr: SocketAddr| {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--noproxy", "*", "--cacert", ca])
+            .args(["--resolve", &format!("{name}:{}:127.0.0.1", addr.port())])
+            .arg(format!("https://{name}:{}/", addr.port()))
+            .output()
+            .unwrap()
+    };
+    // A leaf for a permitted name works: the test's signing is sound.
+    let allowed = tls_server(leaf_signed_with_the_ca(&s, HOST)).await;
+    let out = try_curl(HOST, allowed);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok");
+    // The same CA signing for any other site: curl (OpenSSL) refuses it.
+    for name in ["www.google.com", "login.microsoftonline.com", "hubapi.com"] {
+        let server = tls_server(leaf_signed_with_the_ca(&s, name)).await;
+        let out = try_curl(name, server);
+        assert!(!out.status.success(), "{name} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("subtree") || err.contains("name constraint"),
+            "{name}: {err}"
+        );
+    }
+    // And so does rustls (webpki).
+    let server = tls_server(leaf_signed_with_the_ca(&s, "www.google.com")).await;
+    let conn = TcpStream::connect(server).await.unwrap();
+    let Err(err) = tls_client(&s.ca())
+        .connect(ServerName::try_from("www.google.com").unwrap(), conn)
+        .await
+    else {
+        panic!("accepted");
+    };
+    assert!(err.to_string().to_lowercase().contains("name"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_trust_the_ca_fails_and_it_is_counted() {
+    let s = Setup::new(ProviderOptions::default()).await;
+    let p = s.start();
+    let (code, _, err) = curl(&p, &[&format!("https://{HOST}/v1/x")]);
+    assert_eq!(code, 60, "curl refuses the certificate: {err}");
+    let log = p.wait_log("does not trust the interception CA").await;
+    assert!(log.contains("tokenproxy ca show"), "{log}");
+    assert_eq!(
+        metric(
+            &p,
+            "tokenproxy_errors_total{",
+            &[
+                "error=\"intercept_certificate_rejected\"",
+                "route=\"api.hubapi.com\""
+            ]
+        )
+        .await,
+        1.0,
+        "{}",
+        get(&p.admin_url("/metrics")).await.1
+    );
+    assert_eq!(s.w.provider.api_requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_inside_the_tunnel_refreshes_once_and_resends_once() {
+    let s = Setup::new(ProviderOptions::default()).await;
+    let p = s.start();
+    p.wait_token("demo", "valid", Duration::from_secs(20)).await;
+    let before = s.w.provider.token_requests();
+    s.w.provider.revoke_access();
+    let ca = s.ca();
+    let (code, out, err) = curl(
+        &p,
+        &[
+            "--cacert",
+            ca.to_str().unwrap(),
+            "-w",
+            "\n%{http_code}",
+            "-d",
+            "{\"name\":\"x\"}",
+            &format!("https://{HOST}/crm/v3/objects/contacts"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.ends_with("\n200"), "{out}");
+    let body = json(out.rsplit_once('\n').unwrap().0);
+    assert_eq!(body["method"], "POST");
+    assert_eq!(body["body"], "{\"name\":\"x\"}", "the body was resent");
+    assert_eq!(s.w.provider.token_requests(), before + 1, "one refresh");
+    assert_eq!(s.w.provider.api_requests(), 2, "one resend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_connects_to_one_host_sign_one_leaf() {
+    let s = Setup::new(ProviderOptions::default()).await;
+    let p = s.start();
+    let tls = tls_client(&s.ca());
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let (addr, tls) = (p.addr, tls.clone());
+        tasks.push(tokio::spawn(async move {
+            let (conn, head) = connect(addr, &format!("{HOST}:443"), "").await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            // A sample of the tunnels completes a handshake and a request.
+            if i % 50 == 0 {
+                let mut tls = tls
+                    .connect(ServerName::try_from(HOST).unwrap(), conn)
+                    .await
+                    .unwrap();
+                tls.write_all(
+                    format!("GET /v1/{i} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await
+                .unwrap();
+                let mut resp = Vec::new();
+                let _ = tls.read_to_end(&mut resp).await;
+                assert!(resp.starts_with(b"HTTP/1.1 200"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        metric(&p, "tokenproxy_intercept_leaf_certificates_total", &[]).await,
+        1.0
+    );
+    assert_eq!(s.w.provider.api_requests(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_auto_is_created_once_in_the_state_directory_and_kept() {
+    let s = Setup::with(ProviderOptions::default(), "ca = \"auto\"", "").await;
+    let p = Proxy::start(&s.config, &[]);
+    let state = s.w.state_dir();
+    let (cert, key) = (state.join("ca.pem"), state.join("ca.key"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let first = std::fs::read(&cert).unwrap();
+    let (code, _, err) = curl(
+        &p,
+        &[
+            "--cacert",
+            cert.to_str().unwrap(),
+            &format!("https://{HOST}/v1/auto"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    drop(p);
+    let p = Proxy::start(&s.config, &[]);
+    assert_eq!(std::fs::read(&cert).unwrap(), first, "the CA was kept");
+    let (code, _, err) = curl(
+        &p,
+        &[
+            "--cacert",
+            cert.to_str().unwrap(),
+            &format!("https://{HOST}/v1/again"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_init_refuses_to_overwrite_and_ca_show_says_how_to_trust_it() {
+    let s = Setup::new(ProviderOptions::default()).await;
+    let out = s.ca_init();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("may sign for: api.hubapi.com"), "{said}");
+    let first = std::fs::read(s.ca()).unwrap();
+    let again = s.ca_init();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert_eq!(std::fs::read(s.ca()).unwrap(), first, "kept");
+    let show = Command::new(binary())
+        .args(["ca", "show", "-c"])
+        .arg(&s.config)
+        .env("DEMO_CLIENT_SECRET", "demo-secret")
+        .env("DEMO_REFRESH_TOKEN", "unused")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(show.status.success(), "{show:?}");
+    assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{text}");
+    for needle in [
+        "NODE_EXTRA_CA_CERTS",
+        "REQUESTS_CA_BUNDLE",
+        "keytool",
+        "--cacert",
+        "sha256:",
+    ] {
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+    // check: a routed host the CA does not cover is named.
+    let config = std::fs::read_to_string(&s.config).unwrap()
+        + "\n[[routes]]\nhost = \"api.salesforce.com\"\nupstream = \"https://api.salesforce.com/\"\ntoken = \"demo\"\n";
+    std::fs::write(&s.config, config).unwrap();
+    let check = Command::new(binary())
+        .args(["check", "-c"])
+        .arg(&s.config)
+        .env("DEMO_CLIENT_SECRET", "demo-secret")
+        .env("DEMO_REFRESH_TOKEN", "unused")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        text.contains("outside the CA's name constraints") && text.contains("api.salesforce.com"),
+        "{text}"
+    );
+    // And the running proxy refuses that host, by name.
+    let p = Proxy::start(&s.config, &[]);
+    let (_, head) = connect(p.addr, "api.salesforce.com:443", "").await;
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    assert!(head.contains("intercept_not_permitted"), "{head}");
+    let _ = client();
+}
