@@ -29,7 +29,7 @@ fi
 
 out=$(mktemp -d /tmp/tokenproxy-deploy.XXXXXX)
 trap 'rm -rf "$out"' EXIT
-for dir in base overlays/pvc overlays/shared-postgres cronjob; do
+for dir in base overlays/pvc overlays/shared-postgres overlays/intercept cronjob; do
   file="$out/$(echo "$dir" | tr / -).yaml"
   "$venv/bin/kubectl" kustomize "deploy/kubernetes/$dir" > "$file"
   "$venv/bin/kubernetes-validate" -k 1.33.0 --strict --quiet "$file" 2>&1 |

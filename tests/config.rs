@@ -250,6 +250,26 @@ fn bad_configs_exit_2_naming_file_key_and_fix() {
             "[store]\nkind = \"mongodb\"\n[tokens.api]",
             &["store.kind", "mongodb", "\"redis\""],
         ),
+        (
+            "[tokens.api]",
+            "[intercept]\n[tokens.api]",
+            &["intercept", "needs a CA", "ca init"],
+        ),
+        (
+            "[tokens.api]",
+            "[intercept]\nca = \"yes\"\n[tokens.api]",
+            &["intercept.ca", "`yes`", "ca = \"auto\""],
+        ),
+        (
+            "[tokens.api]",
+            "[intercept]\nca_cert = { file = \"/x/ca.pem\" }\nca_key = \"-----BEGIN PRIVATE KEY-----\"\n[tokens.api]",
+            &["intercept.ca_key", "readable only by tokenproxy"],
+        ),
+        (
+            "[tokens.api]",
+            "[intercept]\nca = \"auto\"\n[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\n[tokens.api]",
+            &["intercept.ca", "shared store", "same CA"],
+        ),
     ];
     for (from, to, expect) in cases {
         assert!(GOOD.contains(from), "{from}");

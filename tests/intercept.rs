@@ -74,6 +74,7 @@ impl Setup {
             .arg(&self.config)
             .env("DEMO_CLIENT_SECRET", "demo-secret")
             .env("DEMO_REFRESH_TOKEN", "unused")
+            .env("CALLER_KEY", "k3y-for-callers")
             .output()
             .unwrap()
     }
@@ -181,7 +182,8 @@ print(r.status_code)
 print(r.json()["path"])
 "#
     );
-    let out = Command::new("python3")
+    let python = std::env::var("TOKENPROXY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
         .args(["-c", &script])
         .env("HTTPS_PROXY", proxy_url(&p))
         .env("REQUESTS_CA_BUNDLE", s.ca())
@@ -657,4 +659,171 @@ async fn ca_init_refuses_to_overwrite_and_ca_show_says_how_to_trust_it() {
     assert!(head.starts_with("HTTP/1.1 405"), "{head}");
     assert!(head.contains("intercept_not_permitted"), "{head}");
     let _ = client();
+}
+
+/// A Python with `requests` and `simple-salesforce` (`.ci/run` makes a venv and
+/// names it in `TOKENPROXY_TEST_PYTHON`); `None` outside CI without one.
+fn sdk_python() -> Option<String> {
+    if let Ok(python) = std::env::var("TOKENPROXY_TEST_PYTHON") {
+        return Some(python);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but TOKENPROXY_TEST_PYTHON is not set: .ci/run makes the venv"
+    );
+    eprintln!("skipped: no TOKENPROXY_TEST_PYTHON (a python with simple-salesforce; see .ci/run)");
+    None
+}
+
+/// An unmodified vendor SDK whose URLs are hard-coded (`https://INSTANCE/services/
+/// data/v59.0/...`), given no token at all, reads every page through the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_salesforce_reads_all_pages_with_no_token_of_its_own() {
+    let Some(python) = sdk_python() else {
+        return;
+    };
+    let instance = "acme.my.salesforce.com";
+    let extra =
+        format!("\n[[routes]]\nhost = \"{instance}\"\nupstream = \"{{api}}\"\ntoken = \"demo\"\n");
+    let s = Setup::with(ProviderOptions::default(), "", &extra).await;
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("{api}", &s.w.provider.api_url);
+    std::fs::write(&s.config, text).unwrap();
+    let p = s.start();
+    let script = format!(
+        r#"
+from simple_salesforce import Salesforce
+sf = Salesforce(instance="{instance}", session_id="no-token-here")
+result = sf.query_all("SELECT Id, Name FROM Account")
+print(result["totalSize"], len(result["records"]), result["done"])
+"#
+    );
+    let out = Command::new(python)
+        .args(["-c", &script])
+        .env("HTTPS_PROXY", proxy_url(&p))
+        .env("REQUESTS_CA_BUNDLE", s.ca())
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        p.log()
+    );
+    assert_eq!(stdout, "30 30 True\n", "three pages of ten");
+    assert_eq!(s.w.provider.api_requests(), 3);
+    assert!(!p.log().contains("no-token-here"));
+}
+
+/// Java's HttpClient with a proxy and a truststore made by keytool, as
+/// `tokenproxy ca show` says. Runs where a JDK is installed (`.ci/run` installs one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn java_httpclient_with_a_keytool_truststore() {
+    if Command::new("javac").arg("-version").output().is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but no JDK: .ci/run installs one"
+        );
+        eprintln!("skipped: no JDK");
+        return;
+    }
+    let s = Setup::new(ProviderOptions::default()).await;
+    let p = s.start();
+    let store = s.w.dir.path().join("tokenproxy.jks");
+    let keytool = Command::new("keytool")
+        .args([
+            "-importcert",
+            "-noprompt",
+            "-alias",
+            "tokenproxy",
+            "-storepass",
+            "changeit",
+            "-file",
+        ])
+        .arg(s.ca())
+        .arg("-keystore")
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(keytool.status.success(), "{keytool:?}");
+    let source = s.w.dir.path().join("Get.java");
+    std::fs::write(
+        &source,
+        format!(
+            r#"
+import java.net.*;
+import java.net.http.*;
+public class Get {{
+  public static void main(String[] args) throws Exception {{
+    HttpClient client = HttpClient.newBuilder()
+        .proxy(ProxySelector.of(new InetSocketAddress("127.0.0.1", {port})))
+        .build();
+    HttpResponse<String> r = client.send(
+        HttpRequest.newBuilder(URI.create("https://{HOST}/crm/v3/objects/companies?limit=3")).build(),
+        HttpResponse.BodyHandlers.ofString());
+    System.out.println(r.statusCode() + " " + r.body().contains("\"path\":\"/crm/v3/objects/companies\""));
+  }}
+}}
+"#,
+            port = p.addr.port()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("java")
+        .arg(format!("-Djavax.net.ssl.trustStore={}", store.display()))
+        .arg("-Djavax.net.ssl.trustStorePassword=changeit")
+        .arg(&source)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        p.log()
+    );
+    assert_eq!(stdout, "200 true\n");
+}
+
+/// With `[listen] client_key`, the CONNECT must present it; a proxy URL with the
+/// key as its password (what `HTTPS_PROXY=http://user:KEY@...` sends) does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_key_guards_the_connect_and_may_come_as_the_proxy_password() {
+    let s = Setup::new(ProviderOptions::default()).await;
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        "[listen]\n",
+        "[listen]\nclient_key = { env = \"CALLER_KEY\" }\n",
+    );
+    std::fs::write(&s.config, text).unwrap();
+    assert!(s.ca_init().status.success());
+    let p = Proxy::start(&s.config, &[("CALLER_KEY", "k3y-for-callers")]);
+    let (_, head) = connect(p.addr, &format!("{HOST}:443"), "").await;
+    assert!(head.starts_with("HTTP/1.1 407"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let ca = s.ca();
+    let url = format!("https://{HOST}/v1/keyed");
+    let with = |proxy: String| {
+        Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(["-x", &proxy, "--cacert", ca.to_str().unwrap(), &url])
+            .output()
+            .unwrap()
+    };
+    let out = with(format!("http://tokenproxy:k3y-for-callers@{}", p.addr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{out:?}");
+    let out = with(format!("http://tokenproxy:wrong@{}", p.addr));
+    assert!(!out.status.success(), "a wrong key opens no tunnel");
+    assert_eq!(s.w.provider.api_requests(), 1);
 }

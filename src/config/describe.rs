@@ -40,6 +40,22 @@ impl Config {
                 previous.len()
             );
         }
+        match &self.intercept {
+            None => {}
+            Some(super::Intercept::Files { cert, key }) => {
+                let _ = writeln!(
+                    out,
+                    "intercept: CONNECT to routed hosts, CA certificate from {cert}, key from {key}"
+                );
+            }
+            Some(super::Intercept::Auto { dir }) => {
+                let _ = writeln!(
+                    out,
+                    "intercept: CONNECT to routed hosts, CA in {} (created at the first start)",
+                    dir.display()
+                );
+            }
+        }
         let _ = writeln!(out, "tokens:");
         for t in &self.tokens {
             let _ = writeln!(out, "  {}:", t.name);

@@ -542,10 +542,23 @@ impl CallerKey {
     fn check(&self, headers: &mut HeaderMap) -> Result<(), ProxyError> {
         let presented = headers.remove(&self.header);
         let value = presented.as_ref().map(|v| v.as_bytes()).unwrap_or_default();
-        let value = if self.bearer {
-            value.strip_prefix(b"Bearer ").unwrap_or_default()
-        } else {
-            value
+        // `Basic` is what clients send for a proxy URL with credentials
+        // (`HTTPS_PROXY=http://tokenproxy:KEY@host:8080`): the password is the key.
+        let basic = self
+            .bearer
+            .then(|| value.strip_prefix(b"Basic "))
+            .flatten()
+            .and_then(|b| {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b.trim_ascii())
+                    .ok()
+            });
+        let value = match &basic {
+            Some(pair) => pair
+                .iter()
+                .position(|&b| b == b':')
+                .map_or(&[][..], |i| &pair[i + 1..]),
+            None if self.bearer => value.strip_prefix(b"Bearer ").unwrap_or_default(),
+            None => value,
         };
         if bool::from(subtle::ConstantTimeEq::ct_eq(
             value,
