@@ -827,3 +827,45 @@ async fn a_caller_key_guards_the_connect_and_may_come_as_the_proxy_password() {
     assert!(!out.status.success(), "a wrong key opens no tunnel");
     assert_eq!(s.w.provider.api_requests(), 1);
 }
+
+/// A client coming back resumes its TLS session (no new signature), and the CA
+/// key never shows in the log, `/status` or `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_resume_and_the_ca_key_is_never_shown() {
+    let s = Setup::new(ProviderOptions::default()).await;
+    let p = s.start();
+    let tls = tls_client(&s.ca());
+    let mut kinds = Vec::new();
+    for i in 0..2 {
+        let (conn, _) = connect(p.addr, &format!("{HOST}:443"), "").await;
+        let mut stream = tls
+            .connect(ServerName::try_from(HOST).unwrap(), conn)
+            .await
+            .unwrap();
+        kinds.push(stream.get_ref().1.handshake_kind());
+        stream
+            .write_all(
+                format!("GET /v1/{i} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut resp = Vec::new();
+        let _ = stream.read_to_end(&mut resp).await;
+        assert!(resp.starts_with(b"HTTP/1.1 200"));
+    }
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(kinds, [Some(Full), Some(Resumed)]);
+
+    let key = std::fs::read_to_string(s.w.dir.path().join("ca.key")).unwrap();
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let shown = format!(
+        "{}{}{}",
+        p.log(),
+        get(&p.admin_url("/status")).await.1,
+        get(&p.admin_url("/metrics")).await.1
+    );
+    for piece in body.as_bytes().chunks(16) {
+        assert!(!shown.contains(std::str::from_utf8(piece).unwrap()));
+    }
+}
