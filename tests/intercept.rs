@@ -869,3 +869,86 @@ async fn sessions_resume_and_the_ca_key_is_never_shown() {
         assert!(!shown.contains(std::str::from_utf8(piece).unwrap()));
     }
 }
+
+/// A tunnel whose client never starts TLS is closed after the idle timeout, and
+/// one that speaks plain HTTP inside is closed at once: both are failed
+/// handshakes, counted by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_without_a_tls_client_is_closed_and_counted() {
+    let s = Setup::with(
+        ProviderOptions::default(),
+        "",
+        "\n[proxy]\nidle_timeout = \"1s\"\n",
+    )
+    .await;
+    let p = s.start();
+    let (mut silent, head) = connect(p.addr, &format!("{HOST}:443"), "").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), silent.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the silent tunnel was closed");
+
+    let (mut plain, _) = connect(p.addr, &format!("{HOST}:443"), "").await;
+    plain
+        .write_all(format!("GET /v1/x HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), plain.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the plain-text tunnel was closed");
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+    p.wait_log("TLS handshake in a CONNECT tunnel failed").await;
+    assert_eq!(
+        metric(
+            &p,
+            "tokenproxy_errors_total{",
+            &["error=\"intercept_handshake_failed\""]
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(s.w.provider.api_requests(), 0);
+}
+
+/// `[intercept]` cannot change on reload; a routed host added by a reload that the
+/// CA does not cover is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_the_ca_and_refuses_hosts_outside_it() {
+    let s = Setup::new(ProviderOptions::default()).await;
+    let p = s.start();
+    let original = std::fs::read_to_string(&s.config).unwrap();
+    let ca = s.ca();
+    let ca = ca.to_str().unwrap();
+    std::fs::write(
+        &s.config,
+        original
+            .replace(&format!("ca_cert = {{ file = \"{ca}\" }}"), "ca = \"auto\"")
+            .replace(
+                &format!(
+                    "ca_key = {{ file = \"{}\" }}",
+                    s.w.dir.path().join("ca.key").display()
+                ),
+                "",
+            ),
+    )
+    .unwrap();
+    let r = client().post(p.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("[intercept]"));
+
+    std::fs::write(
+        &s.config,
+        format!(
+            "{original}\n[[routes]]\nhost = \"api.other.example\"\nupstream = \"{}\"\ntoken = \"demo\"\n",
+            s.w.provider.api_url
+        ),
+    )
+    .unwrap();
+    let r = client().post(p.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    p.wait_log("do not cover this routed host").await;
+    let (_, head) = connect(p.addr, "api.other.example:443", "").await;
+    assert!(head.contains("intercept_not_permitted"), "{head}");
+    let (code, _, err) = curl(&p, &["--cacert", ca, &format!("https://{HOST}/v1/still")]);
+    assert_eq!(code, 0, "{err}");
+}
