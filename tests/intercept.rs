@@ -108,6 +108,19 @@ fn curl(p: &Proxy, args: &[&str]) -> (i32, String, String) {
 
 /// The value of the first metric line that starts with `name` and holds every
 /// one of `labels`.
+/// Runs a client program; its standard output, once it exited successfully.
+fn run_client(cmd: &mut Command, p: &Proxy) -> String {
+    let out = cmd.output().expect("the client is installed");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        p.log()
+    );
+    stdout
+}
+
 async fn metric(p: &Proxy, name: &str, labels: &[&str]) -> f64 {
     let text = get(&p.admin_url("/metrics")).await.1;
     text.lines()
@@ -183,20 +196,14 @@ print(r.json()["path"])
 "#
     );
     let python = std::env::var("TOKENPROXY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(python)
-        .args(["-c", &script])
-        .env("HTTPS_PROXY", proxy_url(&p))
-        .env("REQUESTS_CA_BUNDLE", s.ca())
-        .env_remove("NO_PROXY")
-        .env_remove("no_proxy")
-        .output()
-        .expect("python3 with requests");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        p.log()
+    let stdout = run_client(
+        Command::new(python)
+            .args(["-c", &script])
+            .env("HTTPS_PROXY", proxy_url(&p))
+            .env("REQUESTS_CA_BUNDLE", s.ca())
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy"),
+        &p,
     );
     assert_eq!(stdout, "200\n/crm/v3/objects/contacts\n");
 }
@@ -224,18 +231,12 @@ req.on('error', (e) => {{ console.log('proxy error ' + e.message); process.exit(
 req.end();
 "#
     );
-    let out = Command::new("node")
-        .args(["-e", &script])
-        .env("HTTPS_PROXY", proxy_url(&p))
-        .env("NODE_EXTRA_CA_CERTS", s.ca())
-        .output()
-        .expect("node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        p.log()
+    let stdout = run_client(
+        Command::new("node")
+            .args(["-e", &script])
+            .env("HTTPS_PROXY", proxy_url(&p))
+            .env("NODE_EXTRA_CA_CERTS", s.ca()),
+        &p,
     );
     assert_eq!(stdout, "200 /v1/node\n");
 }
@@ -699,20 +700,14 @@ result = sf.query_all("SELECT Id, Name FROM Account")
 print(result["totalSize"], len(result["records"]), result["done"])
 "#
     );
-    let out = Command::new(python)
-        .args(["-c", &script])
-        .env("HTTPS_PROXY", proxy_url(&p))
-        .env("REQUESTS_CA_BUNDLE", s.ca())
-        .env_remove("NO_PROXY")
-        .env_remove("no_proxy")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        p.log()
+    let stdout = run_client(
+        Command::new(python)
+            .args(["-c", &script])
+            .env("HTTPS_PROXY", proxy_url(&p))
+            .env("REQUESTS_CA_BUNDLE", s.ca())
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy"),
+        &p,
     );
     assert_eq!(stdout, "30 30 True\n", "three pages of ten");
     assert_eq!(s.w.provider.api_requests(), 3);
@@ -773,18 +768,12 @@ public class Get {{
         ),
     )
     .unwrap();
-    let out = Command::new("java")
-        .arg(format!("-Djavax.net.ssl.trustStore={}", store.display()))
-        .arg("-Djavax.net.ssl.trustStorePassword=changeit")
-        .arg(&source)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        p.log()
+    let stdout = run_client(
+        Command::new("java")
+            .arg(format!("-Djavax.net.ssl.trustStore={}", store.display()))
+            .arg("-Djavax.net.ssl.trustStorePassword=changeit")
+            .arg(&source),
+        &p,
     );
     assert_eq!(stdout, "200 true\n");
 }

@@ -361,6 +361,17 @@ fn cert_pem(intercept: &Intercept) -> Result<(String, String), InterceptError> {
     Ok((pem.expose().to_owned(), where_))
 }
 
+/// The configured CA certificate: its PEM text, where it is, what it says.
+fn configured_info(intercept: &Intercept) -> Result<(String, String, ca::CaInfo), InterceptError> {
+    let (pem, path) = cert_pem(intercept)?;
+    let info = ca::CaInfo::parse(&pem).map_err(|source| InterceptError::Ca {
+        what: path.clone(),
+        source,
+        fix: "create a new one with `tokenproxy ca init --force`",
+    })?;
+    Ok((pem, path, info))
+}
+
 /// `tokenproxy ca show`: the certificate, what it may sign for, and how clients
 /// trust it.
 pub fn show(config: &crate::config::Config) -> Result<String, InterceptError> {
@@ -368,12 +379,7 @@ pub fn show(config: &crate::config::Config) -> Result<String, InterceptError> {
         .intercept
         .as_ref()
         .ok_or_else(|| not_configured("ca show"))?;
-    let (pem, path) = cert_pem(intercept)?;
-    let info = ca::CaInfo::parse(&pem).map_err(|source| InterceptError::Ca {
-        what: path.clone(),
-        source,
-        fix: "create a new one with `tokenproxy ca init --force`",
-    })?;
+    let (pem, path, info) = configured_info(intercept)?;
     let mut text = format!(
         "{pem}
 file:         {path}
@@ -431,12 +437,7 @@ pub fn check(config: &crate::config::Config) -> Result<Option<String>, Intercept
             routed_hosts(&config.routes).join(", ")
         )));
     }
-    let (pem, path) = cert_pem(intercept)?;
-    let info = ca::CaInfo::parse(&pem).map_err(|source| InterceptError::Ca {
-        what: path.clone(),
-        source,
-        fix: "create a new one with `tokenproxy ca init --force`",
-    })?;
+    let (_, path, info) = configured_info(intercept)?;
     let uncovered: Vec<String> = routed_hosts(&config.routes)
         .into_iter()
         .filter(|h| !info.permits(h))
