@@ -13,13 +13,15 @@
 //! it is its cost whether or not core 0 is saturated (the table says how busy it
 //! was). Prints a Markdown table.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::Instance;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -32,19 +34,6 @@ const HOST: &str = "api.bench.test";
 const CONNECTIONS: usize = 64;
 const RUN: Duration = Duration::from_secs(10);
 const TUNNELS: u64 = 2000;
-
-struct Instance {
-    child: Child,
-    addr: String,
-    pid: u32,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The proxy's CPU time so far (user + system), from /proc/PID/stat.
 fn cpu(pid: u32) -> Duration {
@@ -104,31 +93,14 @@ token = "demo"
         .status()
         .expect("target/release/tokenproxy (cargo build --release first)");
     assert!(status.success());
-    let mut child = Command::new("taskset")
-        .args(["-c", "0", "target/release/tokenproxy", "run", "-c"])
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0", "target/release/tokenproxy", "run", "-c"])
         .arg(&config)
         .env("TOKIO_WORKER_THREADS", "1")
         .env("DEMO_CLIENT_SECRET", "demo-secret")
         .env("DEMO_REFRESH_TOKEN", "demo-refresh-0")
-        .env("RUST_LOG", "warn,tokenproxy=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("taskset and target/release/tokenproxy");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("tokenproxy listening"))
-        .expect("tokenproxy started");
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    let rest = &line[line.find("proxy=").unwrap() + 6..];
-    Instance {
-        addr: rest.split_whitespace().next().unwrap().to_owned(),
-        pid: child.id(),
-        child,
-    }
+        .env("RUST_LOG", "warn,tokenproxy=info");
+    Instance::start(cmd)
 }
 
 fn tls_config(ca: &std::path::Path, resume: bool) -> Arc<rustls::ClientConfig> {
@@ -202,9 +174,9 @@ async fn keep_alive(p: &Instance, tls: Option<tokio_rustls::TlsConnector>) -> (f
     let done = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
     for _ in 0..CONNECTIONS {
-        senders.push(open(&p.addr, tls.as_ref()).await);
+        senders.push(open(p.proxy_addr(), tls.as_ref()).await);
     }
-    let (cpu0, t0) = (cpu(p.pid), Instant::now());
+    let (cpu0, t0) = (cpu(p.pid()), Instant::now());
     let deadline = t0 + RUN;
     let tasks: Vec<_> = senders
         .into_iter()
@@ -223,7 +195,7 @@ async fn keep_alive(p: &Instance, tls: Option<tokio_rustls::TlsConnector>) -> (f
     for t in tasks {
         t.await.unwrap();
     }
-    let (elapsed, used) = (t0.elapsed(), cpu(p.pid) - cpu0);
+    let (elapsed, used) = (t0.elapsed(), cpu(p.pid()) - cpu0);
     let n = done.load(Ordering::Relaxed) as f64;
     (
         n / elapsed.as_secs_f64(),
@@ -236,10 +208,10 @@ async fn keep_alive(p: &Instance, tls: Option<tokio_rustls::TlsConnector>) -> (f
 /// µs per tunnel and tunnels/s.
 async fn new_tunnels(p: &Instance, tls: tokio_rustls::TlsConnector) -> (f64, f64) {
     let next = Arc::new(AtomicU64::new(0));
-    let (cpu0, t0) = (cpu(p.pid), Instant::now());
+    let (cpu0, t0) = (cpu(p.pid()), Instant::now());
     let tasks: Vec<_> = (0..16)
         .map(|_| {
-            let (next, tls, addr) = (Arc::clone(&next), tls.clone(), p.addr.clone());
+            let (next, tls, addr) = (Arc::clone(&next), tls.clone(), p.proxy_addr().to_owned());
             tokio::spawn(async move {
                 while next.fetch_add(1, Ordering::Relaxed) < TUNNELS {
                     let mut sender = open(&addr, Some(&tls)).await;
@@ -253,7 +225,7 @@ async fn new_tunnels(p: &Instance, tls: tokio_rustls::TlsConnector) -> (f64, f64
     for t in tasks {
         t.await.unwrap();
     }
-    let (elapsed, used) = (t0.elapsed(), cpu(p.pid) - cpu0);
+    let (elapsed, used) = (t0.elapsed(), cpu(p.pid()) - cpu0);
     (
         used.as_secs_f64() * 1e6 / TUNNELS as f64,
         TUNNELS as f64 / elapsed.as_secs_f64(),
@@ -299,7 +271,7 @@ fn main() {
 
 async fn keep_alive_warmup(p: &Instance, tls: &tokio_rustls::TlsConnector) {
     for tls in [None, Some(tls)] {
-        let mut sender = open(&p.addr, tls).await;
+        let mut sender = open(p.proxy_addr(), tls).await;
         for _ in 0..100 {
             let resp = sender.send_request(request(tls.is_none())).await.unwrap();
             assert_eq!(resp.status(), 200, "warm-up");

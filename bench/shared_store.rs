@@ -9,10 +9,12 @@
 //! reuse detection, 4-second access tokens); each instance is a real
 //! `target/release/tokenproxy` process on loopback. Prints a Markdown table.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::Instance;
 use tokenproxy::demo::{Provider, ProviderOptions};
 
 const LIFETIME: Duration = Duration::from_secs(4);
@@ -21,46 +23,13 @@ const MARGIN: &str = "1s";
 const RUN: Duration = Duration::from_secs(40);
 const PICKUPS: usize = 20;
 
-struct Instance {
-    child: Child,
-    proxy: String,
-    admin: String,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn spawn(config: &std::path::Path, store_url: &str) -> Instance {
-    let mut child = Command::new("target/release/tokenproxy")
-        .args(["run", "-c"])
+    let mut cmd = Command::new("target/release/tokenproxy");
+    cmd.args(["run", "-c"])
         .arg(config)
         .env("TP_STORE_URL", store_url)
-        .env("RUST_LOG", "warn,tokenproxy=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run target/release/tokenproxy (cargo build --release first)");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let line = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("tokenproxy listening"))
-        .expect("tokenproxy started");
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    let field = |name: &str| {
-        let rest = &line[line.find(&format!("{name}=")).expect("address") + name.len() + 1..];
-        rest.split_whitespace().next().unwrap_or("").to_owned()
-    };
-    Instance {
-        proxy: format!("http://{}", field("proxy")),
-        admin: format!("http://{}", field("admin")),
-        child,
-    }
+        .env("RUST_LOG", "warn,tokenproxy=info");
+    Instance::start(cmd)
 }
 
 /// The `[store]` lines and the URL of a fresh place on the server at `base`: a new
