@@ -15,6 +15,7 @@
 //! - `server`: listeners, accept loop, graceful drain, tunnels;
 //! - `intercept`: the local CA, leaf certificates, TLS inside `CONNECT` tunnels;
 //! - `control`: `tokenproxy token status|refresh`, a client of the admin listener;
+//! - `logging`: log lines to stderr in batches, from a thread of their own;
 //! - `login`: `tokenproxy login`, the authorization code flow with PKCE;
 //! - `demo`: a local token server and API for `tokenproxy demo` and the tests.
 //!
@@ -31,6 +32,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod intercept;
+pub mod logging;
 pub mod login;
 pub mod metrics;
 pub mod proxy;

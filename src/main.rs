@@ -122,16 +122,13 @@ fn load(arg: Option<PathBuf>) -> Option<Config> {
         .ok()
 }
 
-/// Log lines are formatted on the request path but written by a thread of their
-/// own, so a request never waits for stderr. The writer blocks rather than drops
-/// when its queue is full: no log line is lost. The guard flushes at exit.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Log lines are formatted on the request path and written to stderr in batches
+/// by a thread of their own (`tokenproxy::logging`): a request never waits for
+/// stderr, and no line is lost. The guard writes what is left at exit.
+fn init_logging(format: LogFormat) -> tokenproxy::logging::Guard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(4096)
-        .finish(std::io::stderr());
+    let (writer, guard) = tokenproxy::logging::batched(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
