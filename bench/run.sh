@@ -22,7 +22,11 @@
 #   RUST_LOG=warn) and on (nginx's buffered access log, tokenproxy's `info` line);
 #   1 connection with wrk on core 0 beside the proxy (latency without cross-core
 #   wake-ups); a 256 MiB download (CPU per GiB); peak RSS; RSS over a 1 GiB
-#   download; a forced refresh under 64 connections.
+#   download; a forced refresh under 64 connections; and 64 connections against
+#   a TLS upstream (nginx serving the same file over TLS 1.3; nginx proxying with
+#   proxy_ssl, certificate verification, session reuse and upstream keepalive;
+#   tokenproxy with the upstream's CA in [tls] ca_file), where pooling amortises
+#   the handshakes.
 #
 # Installs nginx, wrk and curl if missing. Writes bench/RESULTS.md's first part.
 set -euo pipefail
@@ -32,7 +36,7 @@ REPEATS="${2:-3}"
 MAX_OTHER=25
 
 missing=()
-for tool in nginx:nginx wrk:wrk curl:curl taskset:util-linux python3:python3; do
+for tool in nginx:nginx wrk:wrk curl:curl taskset:util-linux python3:python3 openssl:openssl; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -47,7 +51,7 @@ WORK=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for f in up px pxlog; do
+  for f in up px pxlog pxtls; do
     [ -f "$WORK/$f.pid" ] && kill "$(cat "$WORK/$f.pid")" 2>/dev/null || true
   done
   [ -n "${KEEP:-}" ] || rm -rf "$WORK"
@@ -56,6 +60,7 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(port); PX=$(port); PXLOG=$(port); TP=$(port); TPLOG=$(port); AD=$(port); ADLOG=$(port); TS=$(port)
+UPS=$(port); PXTLS=$(port); TPTLS=$(port); ADTLS=$(port)
 
 mkdir -p "$WORK/www" "$WORK/logs"
 chmod 755 "$WORK"   # nginx workers run as an unprivileged user
@@ -63,6 +68,15 @@ python3 -c 'import json; print(json.dumps({"value": [{"id": i, "name": "item %d"
 head -c $((256 << 20)) /dev/zero > "$WORK/www/large.bin"
 truncate -s 1G "$WORK/www/huge.bin"
 
+# The TLS upstream's certificate (for localhost) from a CA of its own, which both
+# proxies trust (ca.pem) and verify the upstream against.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
+  -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+  -keyout "$WORK/up.key" -out "$WORK/up.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost\nbasicConstraints=critical,CA:FALSE\n' > "$WORK/up.ext"
+openssl x509 -req -in "$WORK/up.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial \
+  -days 2 -extfile "$WORK/up.ext" -out "$WORK/up.pem" 2>/dev/null
 cat > "$WORK/up.conf" <<CONF
 worker_processes 1;
 pid $WORK/up.pid;
@@ -77,6 +91,14 @@ http {
     listen 127.0.0.1:$UP;
     root $WORK/www;
     # A proxy that forgot the token gets 401 (and shows in the non-2xx row).
+    if (\$http_authorization !~ "^Bearer ") { return 401; }
+  }
+  server {
+    listen 127.0.0.1:$UPS ssl;
+    ssl_certificate $WORK/up.pem;
+    ssl_certificate_key $WORK/up.key;
+    ssl_protocols TLSv1.3;
+    root $WORK/www;
     if (\$http_authorization !~ "^Bearer ") { return 401; }
   }
 }
@@ -106,6 +128,32 @@ CONF
 }
 nginx_proxy px "$PX" off
 nginx_proxy pxlog "$PXLOG" "$WORK/logs/px-access.log combined buffer=64k"
+cat > "$WORK/pxtls.conf" <<CONF
+worker_processes 1;
+pid $WORK/pxtls.pid;
+error_log $WORK/logs/pxtls-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream upt { server 127.0.0.1:$UPS; keepalive 128; }
+  server {
+    listen 127.0.0.1:$PXTLS;
+    location / {
+      proxy_pass https://upt;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer bench-static-token";
+      proxy_ssl_name localhost;
+      proxy_ssl_server_name on;
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate $WORK/ca.pem;
+      proxy_ssl_session_reuse on;
+      proxy_ssl_protocols TLSv1.3;
+    }
+  }
+}
+CONF
 tokenproxy_config() {  # NAME PORT ADMIN
   cat > "$WORK/$1.toml" <<CONF
 [listen]
@@ -127,21 +175,30 @@ CONF
 }
 tokenproxy_config tp "$TP" "$AD"
 tokenproxy_config tplog "$TPLOG" "$ADLOG"
+# The TLS upstream: the same absolute-form requests (for host 127.0.0.1:UP) go to
+# https://localhost:UPS, verified against its certificate.
+tokenproxy_config tptls "$TPTLS" "$ADTLS"
+sed -i "s|^upstream = .*|upstream = \"https://localhost:$UPS/\"\nhost = \"127.0.0.1:$UP\"|; 1i [tls]\nca_file = \"$WORK/ca.pem\"" "$WORK/tptls.toml"
 
 taskset -c 1 python3 bench/token_server.py "$TS" & pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$TS/count" >/dev/null && break; sleep 0.1; done
 taskset -c 1 "$NGINX" -c "$WORK/up.conf" -g 'daemon on;' -p "$WORK"
 taskset -c 0 "$NGINX" -c "$WORK/px.conf" -g 'daemon on;' -p "$WORK"
 taskset -c 0 "$NGINX" -c "$WORK/pxlog.conf" -g 'daemon on;' -p "$WORK"
+taskset -c 0 "$NGINX" -c "$WORK/pxtls.conf" -g 'daemon on;' -p "$WORK"
 RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 0 "$BIN" run -c "$WORK/tp.toml" 2> "$WORK/logs/tp.log" & TP_PID=$!; pids+=($TP_PID)
 RUST_LOG=info TOKIO_WORKER_THREADS=1 taskset -c 0 "$BIN" run -c "$WORK/tplog.toml" 2> "$WORK/logs/tplog.log" & TPLOG_PID=$!; pids+=($TPLOG_PID)
-for p in $TP $TPLOG; do
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p/small.json" >/dev/null && break; sleep 0.1; done
+RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 0 "$BIN" run -c "$WORK/tptls.toml" 2> "$WORK/logs/tptls.log" & TPTLS_PID=$!; pids+=($TPTLS_PID)
+for p in $TP $TPLOG $TPTLS; do
+  for _ in $(seq 300); do curl -sf "http://127.0.0.1:$p/small.json" >/dev/null && break; sleep 0.1; done
+  curl -sf "http://127.0.0.1:$p/small.json" >/dev/null || {
+    echo "tokenproxy on port $p does not answer after 30 s:" >&2; tail -5 "$WORK"/logs/tp*.log >&2; exit 1; }
 done
 curl -sf "http://127.0.0.1:$PX/small.json" >/dev/null
 worker() { pgrep -P "$(cat "$WORK/$1.pid")" | head -1; }
-declare -A PID=([direct]="" [nginx]=$(worker px) [nginx_log]=$(worker pxlog) [tokenproxy]=$TP_PID [tokenproxy_log]=$TPLOG_PID)
-declare -A PORT=([direct]=$UP [nginx]=$PX [nginx_log]=$PXLOG [tokenproxy]=$TP [tokenproxy_log]=$TPLOG)
+curl -sf -x "http://127.0.0.1:$PXTLS" "http://127.0.0.1:$UP/small.json" >/dev/null
+declare -A PID=([direct]="" [nginx]=$(worker px) [nginx_log]=$(worker pxlog) [tokenproxy]=$TP_PID [tokenproxy_log]=$TPLOG_PID [nginx_tls]=$(worker pxtls) [tokenproxy_tls]=$TPTLS_PID)
+declare -A PORT=([direct]=$UP [nginx]=$PX [nginx_log]=$PXLOG [tokenproxy]=$TP [tokenproxy_log]=$TPLOG [nginx_tls]=$PXTLS [tokenproxy_tls]=$TPTLS)
 
 # Absolute-form requests for the upstream's small file, whichever port wrk connects to.
 cat > "$WORK/absolute.lua" <<LUA
@@ -203,7 +260,7 @@ measure() {
 }
 
 declare -A R
-for name in direct nginx tokenproxy nginx_log tokenproxy_log; do
+for name in direct nginx tokenproxy nginx_log tokenproxy_log nginx_tls tokenproxy_tls; do
   measure "$name" 64 2 1
   read -r R[$name,rps] R[$name,p50] R[$name,p99] R[$name,bad] _ R[$name,us] R[$name,busy] <<<"$RUN"
 done
@@ -255,10 +312,13 @@ cpu=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
   echo "| p99, 64 connections (µs) | ${R[direct,p99]} | ${R[nginx,p99]} | ${R[tokenproxy,p99]} | $(ratio "${R[tokenproxy,p99]}" "${R[nginx,p99]}") |"
   echo "| with request logs: requests/s, 64 connections | - | ${R[nginx_log,rps]} | ${R[tokenproxy_log,rps]} | $(ratio "${R[tokenproxy_log,rps]}" "${R[nginx_log,rps]}") |"
   echo "| with request logs: CPU µs per request | - | ${R[nginx_log,us]} | ${R[tokenproxy_log,us]} | $(ratio "${R[tokenproxy_log,us]}" "${R[nginx_log,us]}") |"
+  echo "| TLS upstream: requests/s, 64 connections | - | ${R[nginx_tls,rps]} | ${R[tokenproxy_tls,rps]} | $(ratio "${R[tokenproxy_tls,rps]}" "${R[nginx_tls,rps]}") |"
+  echo "| TLS upstream: CPU µs per request | - | ${R[nginx_tls,us]} | ${R[tokenproxy_tls,us]} | $(ratio "${R[tokenproxy_tls,us]}" "${R[nginx_tls,us]}") |"
+  echo "| TLS upstream: proxy core busy | - | ${R[nginx_tls,busy]} % | ${R[tokenproxy_tls,busy]} % | |"
   echo "| same core, 1 connection: p50 (µs) | ${R[direct,p50_1]} | ${R[nginx,p50_1]} | ${R[tokenproxy,p50_1]} | $(ratio "${R[tokenproxy,p50_1]}" "${R[nginx,p50_1]}") |"
   echo "| 256 MiB download: proxy CPU ms per GiB | - | ${R[nginx,gib]} | ${R[tokenproxy,gib]} | $(ratio "${R[tokenproxy,gib]}" "${R[nginx,gib]}") |"
   echo "| peak RSS (MiB) | - | ${R[nginx,rss]} (worker) | ${R[tokenproxy,rss]} | $(ratio "${R[tokenproxy,rss]}" "${R[nginx,rss]}") |"
-  echo "| non-2xx answers, 64 connections | ${R[direct,bad]} | ${R[nginx,bad]} | ${R[tokenproxy,bad]} | |"
+  echo "| non-2xx answers, 64 connections (plain / TLS upstream) | ${R[direct,bad]} | ${R[nginx,bad]} / ${R[nginx_tls,bad]} | ${R[tokenproxy,bad]} / ${R[tokenproxy_tls,bad]} | |"
   echo
   echo "- RSS growth of tokenproxy during a 1 GiB download: ${GROWTH} MiB."
   echo "- A forced refresh during a ${DUR} s run at 64 connections: ${REFRESHES} token request(s), ${RF_BAD} non-2xx answers, ${RF_RPS} requests/s, p99 ${RF_P99} µs."

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Where tokenproxy's CPU goes with the proxy saturated: the same set-up as run.sh
+# (tokenproxy alone on core 0 with one worker; upstream nginx and wrk -t2 on core 1;
+# 64 connections of absolute-form requests for a small JSON file), sampled with
+# `perf record` (software clock, so it works in VMs without PMU access) for
+# SECONDS, and summarised by where the samples fall: kernel or user space, then
+# the top symbols.
+#
+#   bash bench/profile.sh [SECONDS] [RUST_LOG]     # default 10 s, RUST_LOG=warn
+#   PERF_DATA=/tmp/p.data bash bench/profile.sh     # and keep the samples
+#
+# Needs perf, nginx, wrk; uses target/release/tokenproxy (built with symbols off
+# by the release profile, so user-space frames resolve to the functions LTO kept).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR="${1:-10}"
+LOG="${2:-warn}"
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+for tool in perf wrk "$NGINX"; do
+  command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
+done
+cargo build --release --quiet
+WORK=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/up.pid" ] && kill "$(cat "$WORK/up.pid")" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(port); TP=$(port); AD=$(port); TS=$(port)
+mkdir -p "$WORK/www"
+chmod 755 "$WORK"
+python3 -c 'import json; print(json.dumps({"value": [{"id": i, "name": "item %d" % i} for i in range(12)], "next": None}))' > "$WORK/www/small.json"
+cat > "$WORK/up.conf" <<CONF
+worker_processes 1;
+pid $WORK/up.pid;
+error_log $WORK/up-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  types { application/json json; }
+  server { listen 127.0.0.1:$UP; root $WORK/www; }
+}
+CONF
+cat > "$WORK/tp.toml" <<CONF
+[listen]
+proxy = "127.0.0.1:$TP"
+admin = "127.0.0.1:$AD"
+[store]
+path = "$WORK/state"
+[tokens.bench]
+grant = "refresh_token"
+token_url = "http://127.0.0.1:$TS/token"
+client_id = "bench"
+client_secret = "bench-secret"
+refresh_token = "bench-rt"
+[[routes]]
+prefix = "/"
+upstream = "http://127.0.0.1:$UP/"
+token = "bench"
+CONF
+taskset -c 1 python3 bench/token_server.py "$TS" & pids+=($!)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$TS/count" >/dev/null && break; sleep 0.1; done
+taskset -c 1 "$NGINX" -c "$WORK/up.conf" -g 'daemon on;' -p "$WORK"
+RUST_LOG=$LOG TOKIO_WORKER_THREADS=1 taskset -c 0 target/release/tokenproxy run -c "$WORK/tp.toml" 2> "$WORK/tp.log" & TP_PID=$!; pids+=($TP_PID)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$TP/small.json" >/dev/null && break; sleep 0.1; done
+echo "wrk.path = \"http://127.0.0.1:$UP/small.json\"" > "$WORK/abs.lua"
+taskset -c 1 wrk -t2 -c64 -d1s -s "$WORK/abs.lua" "http://127.0.0.1:$TP/" >/dev/null
+taskset -c 1 wrk -t2 -c64 -d"$((DUR + 2))s" -s "$WORK/abs.lua" "http://127.0.0.1:$TP/" > "$WORK/wrk.txt" &
+W=$!
+sleep 1
+perf record -q -e cpu-clock -F 2000 -g -p "$TP_PID" -o "$WORK/perf.data" -- sleep "$DUR" 2>/dev/null
+wait "$W"
+# PERF_DATA=path keeps the samples for `perf report -i path`.
+[ -z "${PERF_DATA:-}" ] || cp "$WORK/perf.data" "$PERF_DATA"
+set +o pipefail   # head closes the reports early
+grep -E "Requests/sec" "$WORK/wrk.txt"
+echo
+echo "## samples by privilege level"
+perf report -i "$WORK/perf.data" --no-children --sort cpu_mode 2>/dev/null | grep -E '^ +[0-9]' | head -5 || true
+perf report -i "$WORK/perf.data" --no-children --sort dso 2>/dev/null | grep -E '^ +[0-9]' | head -8
+echo
+echo "## top symbols (self time)"
+perf report -i "$WORK/perf.data" --no-children --sort dso,sym 2>/dev/null | grep -E '^ +[0-9]' | head -40
