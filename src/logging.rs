@@ -65,10 +65,7 @@ pub fn batched(out: impl Write + Send + 'static) -> (BatchWriter, Guard) {
         .name("tokenproxy-log".into())
         .spawn(move || write_batches(&writer, out))
         .ok();
-    (
-        BatchWriter(Arc::clone(&shared)),
-        Guard { shared, thread },
-    )
+    (BatchWriter(Arc::clone(&shared)), Guard { shared, thread })
 }
 
 fn write_batches(shared: &Shared, mut out: impl Write) {
@@ -186,7 +183,11 @@ mod tests {
         for line in text.lines() {
             let (t, i) = line.split_once(' ').unwrap();
             let t: usize = t.parse().unwrap();
-            assert_eq!(i.parse::<u32>().unwrap(), next[t], "thread {t}'s lines in order");
+            assert_eq!(
+                i.parse::<u32>().unwrap(),
+                next[t],
+                "thread {t}'s lines in order"
+            );
             next[t] += 1;
         }
         assert_eq!(next, [20_000; 4], "none lost");
