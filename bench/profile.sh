@@ -28,40 +28,13 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 UP=$(port); TP=$(port); AD=$(port); TS=$(port)
 mkdir -p "$WORK/www"
 chmod 755 "$WORK"
-python3 -c 'import json; print(json.dumps({"value": [{"id": i, "name": "item %d" % i} for i in range(12)], "next": None}))' > "$WORK/www/small.json"
-cat > "$WORK/up.conf" <<CONF
-worker_processes 1;
-pid $WORK/up.pid;
-error_log $WORK/up-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  types { application/json json; }
-  server { listen 127.0.0.1:$UP; root $WORK/www; }
-}
-CONF
-cat > "$WORK/tp.toml" <<CONF
-[listen]
-proxy = "127.0.0.1:$TP"
-admin = "127.0.0.1:$AD"
-[store]
-path = "$WORK/state"
-[tokens.bench]
-grant = "refresh_token"
-token_url = "http://127.0.0.1:$TS/token"
-client_id = "bench"
-client_secret = "bench-secret"
-refresh_token = "bench-rt"
-[[routes]]
-prefix = "/"
-upstream = "http://127.0.0.1:$UP/"
-token = "bench"
-CONF
+small_json "$WORK/www"
+upstream_conf "$WORK/up.conf" "$UP" "$WORK/www" "$WORK/up.pid"
+tokenproxy_toml "$WORK/tp.toml" "$TP" "$AD" "$WORK/state" "$TS" "$UP"
 taskset -c 1 python3 bench/token_server.py "$TS" & pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$TS/count" >/dev/null && break; sleep 0.1; done
 taskset -c 1 "$NGINX" -c "$WORK/up.conf" -g 'daemon on;' -p "$WORK"

@@ -58,13 +58,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 UP=$(port); PX=$(port); PXLOG=$(port); TP=$(port); TPLOG=$(port); AD=$(port); ADLOG=$(port); TS=$(port)
 UPS=$(port); PXTLS=$(port); TPTLS=$(port); ADTLS=$(port)
 
 mkdir -p "$WORK/www" "$WORK/logs"
 chmod 755 "$WORK"   # nginx workers run as an unprivileged user
-python3 -c 'import json; print(json.dumps({"value": [{"id": i, "name": "item %d" % i} for i in range(12)], "next": None}))' > "$WORK/www/small.json"
+small_json "$WORK/www"
 head -c $((256 << 20)) /dev/zero > "$WORK/www/large.bin"
 truncate -s 1G "$WORK/www/huge.bin"
 
@@ -155,23 +155,7 @@ http {
 }
 CONF
 tokenproxy_config() {  # NAME PORT ADMIN
-  cat > "$WORK/$1.toml" <<CONF
-[listen]
-proxy = "127.0.0.1:$2"
-admin = "127.0.0.1:$3"
-[store]
-path = "$WORK/state-$1"
-[tokens.bench]
-grant = "refresh_token"
-token_url = "http://127.0.0.1:$TS/token"
-client_id = "bench"
-client_secret = "bench-secret"
-refresh_token = "bench-rt"
-[[routes]]
-prefix = "/"
-upstream = "http://127.0.0.1:$UP/"
-token = "bench"
-CONF
+  tokenproxy_toml "$WORK/$1.toml" "$2" "$3" "$WORK/state-$1" "$TS" "$UP"
 }
 tokenproxy_config tp "$TP" "$AD"
 tokenproxy_config tplog "$TPLOG" "$ADLOG"

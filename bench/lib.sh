@@ -1,0 +1,47 @@
+# Shared by run.sh, profile.sh and ab.sh (sourced): free ports, the upstream's
+# small JSON file, a plain upstream nginx, and tokenproxy's bench configuration.
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# DIR/small.json: the 378-byte answer every small request gets.
+small_json() {
+  python3 -c 'import json; print(json.dumps({"value": [{"id": i, "name": "item %d" % i} for i in range(12)], "next": None}))' > "$1/small.json"
+}
+
+# A one-worker nginx serving DIR on PORT, pid file PIDFILE: the upstream.
+upstream_conf() {  # FILE PORT DIR PIDFILE
+  cat > "$1" <<CONF
+worker_processes 1;
+pid $4;
+error_log $1.error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  types { application/json json; }
+  server { listen 127.0.0.1:$2; root $3; }
+}
+CONF
+}
+
+# tokenproxy with one refresh-token source (bench/token_server.py on TS_PORT) and
+# one route, prefix "/", to the upstream on UP_PORT.
+tokenproxy_toml() {  # FILE PROXY_PORT ADMIN_PORT STATE_DIR TS_PORT UP_PORT
+  cat > "$1" <<CONF
+[listen]
+proxy = "127.0.0.1:$2"
+admin = "127.0.0.1:$3"
+[store]
+path = "$4"
+[tokens.bench]
+grant = "refresh_token"
+token_url = "http://127.0.0.1:$5/token"
+client_id = "bench"
+client_secret = "bench-secret"
+refresh_token = "bench-rt"
+[[routes]]
+prefix = "/"
+upstream = "http://127.0.0.1:$6/"
+token = "bench"
+CONF
+}
