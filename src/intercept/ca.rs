@@ -98,20 +98,24 @@ pub fn create(hosts: &[String]) -> Result<(String, Secret), CaError> {
     });
     params.not_before = (now - BACKDATE).into();
     params.not_after = (now + CA_LIFETIME).into();
-    params.serial_number = Some(serial());
+    params.serial_number = Some(serial()?);
     let cert = params
         .self_signed(&key)
         .map_err(|e| CaError::Sign(e.to_string()))?;
     Ok((cert.pem(), Secret::new(key.serialize_pem())))
 }
 
-/// A random positive 128-bit serial number.
-fn serial() -> SerialNumber {
+/// A positive 128-bit serial number from the system's CSPRNG (CA/B Forum: serials
+/// unpredictable to whoever asks for a certificate).
+fn serial() -> Result<SerialNumber, CaError> {
+    use ring::rand::SecureRandom;
     let mut bytes = [0u8; 16];
-    bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| CaError::Sign("the system's random number generator failed".into()))?;
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01;
-    SerialNumber::from_slice(&bytes)
+    Ok(SerialNumber::from_slice(&bytes))
 }
 
 /// What a CA certificate says, read without its key (`ca show`, `check`).
@@ -208,7 +212,7 @@ impl Ca {
         let not_after = (now + LEAF_LIFETIME).min(self.info.not_after);
         params.not_before = (now - BACKDATE).into();
         params.not_after = not_after.into();
-        params.serial_number = Some(serial());
+        params.serial_number = Some(serial()?);
         let cert = params.signed_by(&key, &self.issuer).map_err(sign)?;
         Ok(Leaf {
             chain: vec![cert.der().clone(), self.cert.clone()],
