@@ -340,6 +340,22 @@ mod tests {
     }
 
     #[test]
+    fn unreadable_files_are_named_errors() {
+        let (cert, key) = create(&["a.example".into()]).unwrap();
+        assert!(matches!(
+            Ca::load("not a certificate", key.expose()),
+            Err(CaError::CertPem(_))
+        ));
+        assert!(matches!(
+            Ca::load(
+                &cert,
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+            ),
+            Err(CaError::Key(_))
+        ));
+    }
+
+    #[test]
     fn no_hosts_no_ca() {
         assert!(matches!(create(&[]), Err(CaError::NoHosts)));
     }
