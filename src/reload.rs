@@ -33,7 +33,7 @@ use crate::config::{
 };
 use crate::intercept::Interceptor;
 use crate::metrics::Metrics;
-use crate::proxy::{self, CallerKey, HttpsClient, Proxy};
+use crate::proxy::{self, CallerKey, Proxy, Upstreams};
 use crate::secret::SecretRef;
 use crate::server::{self, Limits, Listener, Reporting};
 use crate::store::TokenStore;
@@ -141,7 +141,7 @@ struct Serving {
 struct Applied {
     listen: Listen,
     settings: ProxySettings,
-    client: HttpsClient,
+    client: Upstreams,
     tokens: Vec<Token>,
     proxy: Serving,
     admin: Serving,
@@ -280,7 +280,7 @@ impl Reloader {
             .map(|t| spawn_token(&fixed, t, false))
             .collect();
         let sources: Vec<_> = tokens.iter().map(|t| Arc::clone(&t.source)).collect();
-        let client = proxy::client(fixed.tls.clone(), &config.proxy);
+        let client = Upstreams::new(fixed.tls.clone(), &config.proxy);
         let admin = Arc::new(Admin::new(
             View::new(sources.clone(), &config.routes),
             fixed.store.kind(),
@@ -437,7 +437,7 @@ impl Reloader {
             applied.client.clone()
         } else {
             summary.push("new upstream connections".into());
-            proxy::client(self.fixed.tls.clone(), &config.proxy)
+            Upstreams::new(self.fixed.tls.clone(), &config.proxy)
         };
         summary.push(format!("{} routes", config.routes.len()));
         self.admin.show(View::new(sources.clone(), &config.routes));

@@ -1,6 +1,7 @@
 //! The one body type the proxy sends and returns, boxed only when transformed.
 //!
-//! Upstream responses stream through as hyper's `Incoming`. A client's request body
+//! Upstream responses stream through as an [`UpstreamBody`] (hyper's `Incoming`,
+//! driving its HTTP/1 connection). A client's request body
 //! is a [`ClientBody`]: `Incoming` with a per-read timeout (a client that stops
 //! sending, also after `Expect: 100-continue`, fails its request with 408 instead of
 //! holding a connection and an upstream request open) and the size limit for bodies
@@ -23,9 +24,11 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::upstream::UpstreamBody;
+
 pub enum ProxyBody {
     Full(Option<Bytes>),
-    Incoming(Incoming),
+    Upstream(UpstreamBody),
     Client(ClientBody),
     Prefixed {
         head: VecDeque<Bytes>,
@@ -161,7 +164,7 @@ impl Body for ProxyBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Incoming(body) => boxed(Pin::new(body).poll_frame(cx)),
+            ProxyBody::Upstream(body) => boxed(Pin::new(body).poll_frame(cx)),
             ProxyBody::Client(body) => Pin::new(body).poll_frame(cx),
             ProxyBody::Prefixed { head, rest } => match head.pop_front() {
                 Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
@@ -177,7 +180,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full(bytes) => bytes.is_none(),
-            ProxyBody::Incoming(body) => body.is_end_stream(),
+            ProxyBody::Upstream(body) => body.is_end_stream(),
             ProxyBody::Client(body) => body.is_end_stream(),
             ProxyBody::Prefixed { head, rest } => head.is_empty() && rest.is_end_stream(),
             ProxyBody::Stream(_) => false,
@@ -189,7 +192,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            ProxyBody::Incoming(body) => body.size_hint(),
+            ProxyBody::Upstream(body) => body.size_hint(),
             ProxyBody::Client(body) => body.size_hint(),
             ProxyBody::Prefixed { head, rest } => {
                 let buffered: u64 = head.iter().map(|b| b.len() as u64).sum();

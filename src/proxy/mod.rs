@@ -22,6 +22,7 @@ mod body;
 mod headers;
 mod rewrite;
 mod route;
+mod upstream;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,14 +31,11 @@ use std::time::{Duration, Instant};
 use http::header::{HOST, HeaderMap};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use body::{BoxError, ProxyBody};
 pub use rewrite::{Rewriter, rewrite_stream};
 pub use route::{Router, upstream_uri};
+pub use upstream::{SendError, UpstreamBody, Upstreams};
 
 use crate::config::{Credential, Inject, ProxySettings, Route, RouteUpstream};
 use crate::error::ProxyError;
@@ -48,32 +46,11 @@ use crate::token::{TokenSource, TokenState, Trigger};
 use body::Prepared;
 use route::{Miss, Target};
 
-pub type HttpsClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
-
-/// A pooled client for upstreams: HTTP/1.1, or HTTP/2 when ALPN agrees.
-pub fn client(tls: rustls::ClientConfig, settings: &ProxySettings) -> HttpsClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(settings.connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(settings.pool_idle_timeout)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https)
-}
-
 pub struct Proxy {
     router: Router,
     /// Indexed by `Route::token`.
     sources: Vec<Arc<TokenSource>>,
-    client: HttpsClient,
+    upstreams: Upstreams,
     settings: ProxySettings,
     /// When set, callers must present this key.
     client_key: Option<CallerKey>,
@@ -97,7 +74,7 @@ impl Proxy {
     pub fn new(
         router: Router,
         sources: Vec<Arc<TokenSource>>,
-        client: HttpsClient,
+        upstreams: Upstreams,
         settings: ProxySettings,
         client_key: Option<CallerKey>,
         metrics: Arc<Metrics>,
@@ -115,7 +92,7 @@ impl Proxy {
             metrics,
             router,
             sources,
-            client,
+            upstreams,
             settings,
         }
     }
@@ -304,7 +281,7 @@ impl Proxy {
                 rewrite::link_headers(&mut parts.headers, &rw);
                 rewrite::body(&mut parts.headers, body, rw, refuses_identity)
             }
-            _ => ProxyBody::Incoming(body),
+            _ => ProxyBody::Upstream(body),
         };
         Ok(Response::from_parts(parts, body))
     }
@@ -449,7 +426,7 @@ impl Proxy {
         state: &TokenState,
         mut headers: HeaderMap,
         body: ProxyBody,
-    ) -> Result<(Response<Incoming>, String), ProxyError> {
+    ) -> Result<(Response<UpstreamBody>, String), ProxyError> {
         let upstream = match &out.route.upstream {
             RouteUpstream::Static(u) => u,
             RouteUpstream::Dynamic { index, .. } => {
@@ -478,14 +455,15 @@ impl Proxy {
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
         let timeout = self.settings.response_timeout;
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+        // Boxed, as hyper's client boxes its futures: a connection's request future
+        // stays small while it waits (thousands of them may wait at once).
+        match tokio::time::timeout(timeout, Box::pin(self.upstreams.send(req))).await {
             Ok(Ok(resp)) => Ok((resp, upstream.base_url.clone())),
             Ok(Err(e)) => {
                 tracing::warn!(error = %error_chain(&e), "upstream request failed");
-                Err(if e.is_connect() {
-                    ProxyError::UpstreamUnreachable
-                } else {
-                    ProxyError::UpstreamFailed
+                Err(match e {
+                    SendError::Connect(_) => ProxyError::UpstreamUnreachable,
+                    SendError::Http(_) => ProxyError::UpstreamFailed,
                 })
             }
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),

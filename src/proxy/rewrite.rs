@@ -26,10 +26,10 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::HeaderValue;
 use http::header::{self, HeaderMap};
 use http_body_util::BodyDataStream;
-use hyper::body::Incoming;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::ProxyBody;
+use super::upstream::UpstreamBody;
 
 /// Replaces an upstream base URL (and its JSON-escaped form) with a proxy base.
 pub struct Rewriter {
@@ -272,12 +272,12 @@ pub fn refuses_identity(accept: Option<&HeaderValue>) -> bool {
 /// coding the proxy can read; otherwise returns it untouched.
 pub fn body(
     headers: &mut HeaderMap,
-    body: Incoming,
+    body: UpstreamBody,
     rewriter: Rewriter,
     client_refuses_identity: bool,
 ) -> ProxyBody {
     let (true, Some(coding)) = (is_rewritable(headers), coding(headers)) else {
-        return ProxyBody::Incoming(body);
+        return ProxyBody::Upstream(body);
     };
     let raw = StreamReader::new(BodyDataStream::new(body).map_err(io::Error::other));
     let decoded: Pin<Box<dyn tokio::io::AsyncRead + Send>> = match coding {

@@ -1,0 +1,521 @@
+//! Upstream connections: a pool of our own, driven by the task that uses them.
+//!
+//! hyper's pooled client runs every connection in a task of its own: each request
+//! is handed to that task through a channel, its response handed back, and a
+//! further task is spawned per request to put the connection back when the body
+//! ends. That is four task switches and a spawn for each request. Here an HTTP/1
+//! connection is polled by whoever holds it: while the response head is awaited,
+//! by the request's future; while the body streams, by the body itself
+//! ([`UpstreamBody`]), which hands the connection back to the pool when it has
+//! been read to the end. A connection sitting in the pool is polled by no one: it
+//! is checked as it is taken out (a peer's close is seen then), and a request that
+//! a stale connection could not even start to send is sent again on a new one.
+//!
+//! HTTP/2 (when the upstream's ALPN agrees) multiplexes one connection for all
+//! requests to that upstream; its connection runs in a task of its own, as it
+//! must serve every stream at once.
+//!
+//! Pools are kept per scheme and authority, in a short list (a proxy talks to a
+//! handful of upstreams). Idle connections are closed after the pool's idle
+//! timeout, by a sweeper task that holds the pool weakly.
+
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderValue};
+use http::uri::{Authority, Parts, Scheme};
+use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tower_service::Service;
+
+use super::body::{BoxError, ProxyBody};
+use crate::config::ProxySettings;
+
+type Stream = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+type H1Conn = http1::Connection<Stream, ProxyBody>;
+
+/// Why a request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be opened (refused, unresolvable, TLS handshake failed).
+    #[error("connecting to the upstream: {0}")]
+    Connect(#[source] BoxError),
+    /// The connection failed while the request was sent or the response read.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+/// The upstream connection pools; cheap to clone (all clones share them).
+#[derive(Clone)]
+pub struct Upstreams(Arc<Shared>);
+
+struct Shared {
+    connector: HttpsConnector<HttpConnector>,
+    idle_timeout: Duration,
+    pools: Mutex<Vec<Pool>>,
+    sweeping: std::sync::Once,
+}
+
+/// The connections to one scheme and authority.
+struct Pool {
+    scheme: Scheme,
+    authority: Authority,
+    /// What HTTP/1 requests to it carry as `Host`.
+    host: HeaderValue,
+    /// Idle HTTP/1 connections, the most recently used last.
+    idle: Vec<Idle>,
+    /// The multiplexed HTTP/2 connection, once one was negotiated.
+    h2: Option<http2::SendRequest<ProxyBody>>,
+}
+
+struct Idle {
+    conn: Lease,
+    since: Instant,
+}
+
+/// An HTTP/1 connection taken from (or opened for) a pool, returned to it by
+/// [`UpstreamBody`] when its response has been read.
+struct Lease {
+    send: http1::SendRequest<ProxyBody>,
+    /// `None` once the connection has ended. Boxed: it is large (its buffers and
+    /// state), and a lease moves from pool to request to body and back.
+    conn: Option<Pin<Box<H1Conn>>>,
+    /// The pool's index in `Shared::pools` (pools are never removed).
+    pool: usize,
+    home: Weak<Shared>,
+}
+
+impl Lease {
+    /// Drives the connection; false once it has ended.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(conn) = &mut self.conn
+            && conn.as_mut().poll(cx).is_ready()
+        {
+            self.conn = None;
+        }
+        self.conn.is_some()
+    }
+
+    /// Whether a connection taken from the pool can carry a request: it has not
+    /// ended (a peer's close is read here) and is waiting for one.
+    fn usable(&mut self, cx: &mut Context<'_>) -> bool {
+        self.drive(cx) && matches!(self.send.poll_ready(cx), Poll::Ready(Ok(())))
+    }
+
+    fn release(self) {
+        if self.conn.is_none() || self.send.is_closed() {
+            return;
+        }
+        if let Some(shared) = self.home.upgrade() {
+            shared.put(self);
+        }
+    }
+}
+
+impl Upstreams {
+    pub fn new(tls: rustls::ClientConfig, settings: &ProxySettings) -> Upstreams {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        Upstreams(Arc::new(Shared {
+            connector,
+            idle_timeout: settings.pool_idle_timeout,
+            pools: Mutex::new(Vec::new()),
+            sweeping: std::sync::Once::new(),
+        }))
+    }
+
+    /// Sends `req` (an absolute URI, no `Host` header) on a pooled connection, or
+    /// on a new one.
+    pub async fn send(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let (scheme, authority) = match (req.uri().scheme(), req.uri().authority()) {
+            (Some(s), Some(a)) => (s.clone(), a.clone()),
+            _ => {
+                return Err(SendError::Connect(
+                    "the upstream URI is not absolute".into(),
+                ));
+            }
+        };
+        let (pool, host, h2) = self.0.pool(&scheme, &authority);
+        if let Some(mut h2) = h2 {
+            let resp = h2.send_request(req).await?;
+            return Ok(resp.map(|body| UpstreamBody::new(body, None)));
+        }
+        req.headers_mut().insert(HOST, host);
+        origin_form(req.uri_mut());
+        let mut fresh = false;
+        let mut lease = match self.checkout(pool).await {
+            Some(lease) => lease,
+            None => {
+                fresh = true;
+                match Box::pin(self.connect(pool, &scheme, &authority)).await? {
+                    Opened::Http1(lease) => lease,
+                    Opened::Http2(mut h2) => {
+                        // Negotiated now: HTTP/2 wants the absolute URI and no `Host`.
+                        req.headers_mut().remove(HOST);
+                        absolute_form(req.uri_mut(), scheme, authority);
+                        let resp = h2.send_request(req).await?;
+                        return Ok(resp.map(|body| UpstreamBody::new(body, None)));
+                    }
+                }
+            }
+        };
+        loop {
+            match exchange(&mut lease, req).await {
+                Ok(resp) => return Ok(resp.map(|body| UpstreamBody::new(body, Some(lease)))),
+                Err(mut e) => match e.take_message() {
+                    // A pooled connection that closed before the request could be
+                    // written: nothing was sent, so send it on a new connection.
+                    Some(again) if !fresh => {
+                        req = again;
+                        fresh = true;
+                        lease = match Box::pin(self.connect(pool, &scheme, &authority)).await? {
+                            Opened::Http1(lease) => lease,
+                            Opened::Http2(mut h2) => {
+                                req.headers_mut().remove(HOST);
+                                absolute_form(req.uri_mut(), scheme, authority);
+                                let resp = h2.send_request(req).await?;
+                                return Ok(resp.map(|body| UpstreamBody::new(body, None)));
+                            }
+                        };
+                    }
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still usable.
+    async fn checkout(&self, pool: usize) -> Option<Lease> {
+        loop {
+            let mut lease = self.0.take(pool)?;
+            if poll_fn(|cx| Poll::Ready(lease.usable(cx))).await {
+                return Some(lease);
+            }
+        }
+    }
+
+    async fn connect(
+        &self,
+        pool: usize,
+        scheme: &Scheme,
+        authority: &Authority,
+    ) -> Result<Opened, SendError> {
+        let uri = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| SendError::Connect(e.into()))?;
+        let mut connector = self.0.connector.clone();
+        let stream = connector.call(uri).await.map_err(SendError::Connect)?;
+        if stream.connected().is_negotiated_h2() {
+            let (send, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(stream)
+                .await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            self.0.set_h2(pool, send.clone());
+            return Ok(Opened::Http2(send));
+        }
+        let (send, conn) = http1::Builder::new().handshake(stream).await?;
+        Ok(Opened::Http1(Lease {
+            send,
+            conn: Some(Box::pin(conn)),
+            pool,
+            home: Arc::downgrade(&self.0),
+        }))
+    }
+}
+
+enum Opened {
+    Http1(Lease),
+    Http2(http2::SendRequest<ProxyBody>),
+}
+
+/// Sends `req` on `lease`, driving the connection until the response head is in.
+async fn exchange(
+    lease: &mut Lease,
+    req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ProxyBody>>> {
+    let mut response = std::pin::pin!(lease.send.try_send_request(req));
+    poll_fn(|cx| {
+        // The connection writes the request and reads the response into the
+        // future; once it has ended, the future holds the outcome.
+        lease.drive(cx);
+        response.as_mut().poll(cx)
+    })
+    .await
+}
+
+impl Shared {
+    /// The pool for `scheme://authority` (made on first use), its `Host` value and
+    /// its HTTP/2 connection if one is open.
+    fn pool(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+    ) -> (usize, HeaderValue, Option<http2::SendRequest<ProxyBody>>) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let found = pools
+            .iter()
+            .position(|p| p.scheme == *scheme && p.authority == *authority);
+        let index = found.unwrap_or_else(|| {
+            pools.push(Pool {
+                host: host_value(scheme, authority),
+                scheme: scheme.clone(),
+                authority: authority.clone(),
+                idle: Vec::new(),
+                h2: None,
+            });
+            pools.len() - 1
+        });
+        let pool = &mut pools[index];
+        if pool.h2.as_ref().is_some_and(|h2| h2.is_closed()) {
+            pool.h2 = None;
+        }
+        (index, pool.host.clone(), pool.h2.clone())
+    }
+
+    fn take(&self, pool: usize) -> Option<Lease> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = &mut pools[pool].idle;
+        let now = Instant::now();
+        // Oldest first: those past the idle timeout are closed, not used.
+        let stale = idle
+            .iter()
+            .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
+            .count();
+        idle.drain(..stale);
+        idle.pop().map(|i| i.conn)
+    }
+
+    fn put(self: Arc<Self>, conn: Lease) {
+        let pool = conn.pool;
+        {
+            let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+            pools[pool].idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+        self.sweeping.call_once(|| {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(sweep(Arc::downgrade(&self)));
+            }
+        });
+    }
+
+    fn set_h2(&self, pool: usize, send: http2::SendRequest<ProxyBody>) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let h2 = &mut pools[pool].h2;
+        if h2.as_ref().is_none_or(|h| h.is_closed()) {
+            *h2 = Some(send);
+        }
+    }
+
+    /// Closes the connections idle for longer than the timeout.
+    fn sweep(&self) {
+        let now = Instant::now();
+        let mut closed = Vec::new();
+        {
+            let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+            for pool in pools.iter_mut() {
+                let stale = pool
+                    .idle
+                    .iter()
+                    .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
+                    .count();
+                closed.extend(pool.idle.drain(..stale));
+            }
+        }
+        // Dropped (and so closed) outside the lock.
+        drop(closed);
+    }
+}
+
+/// Runs while the pools are in use; each round closes what has idled too long.
+async fn sweep(shared: Weak<Shared>) {
+    let every = match shared.upgrade() {
+        Some(s) => (s.idle_timeout / 2).max(Duration::from_millis(100)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        match shared.upgrade() {
+            Some(s) => s.sweep(),
+            None => return,
+        }
+    }
+}
+
+/// The `Host` an HTTP/1 request to `authority` carries: without a default port.
+fn host_value(scheme: &Scheme, authority: &Authority) -> HeaderValue {
+    let default = match authority.port_u16() {
+        Some(443) => *scheme == Scheme::HTTPS,
+        Some(80) => *scheme == Scheme::HTTP,
+        _ => false,
+    };
+    let text = if default {
+        authority.host()
+    } else {
+        authority.as_str()
+    };
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn origin_form(uri: &mut Uri) {
+    let mut parts = Parts::default();
+    parts.path_and_query = uri.path_and_query().cloned();
+    if let Ok(origin) = Uri::from_parts(parts) {
+        *uri = origin;
+    }
+}
+
+fn absolute_form(uri: &mut Uri, scheme: Scheme, authority: Authority) {
+    let mut parts = Parts::default();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(authority);
+    parts.path_and_query = uri.path_and_query().cloned();
+    if let Ok(absolute) = Uri::from_parts(parts) {
+        *uri = absolute;
+    }
+}
+
+/// An upstream response body. Over HTTP/1 it drives its connection as it is read,
+/// and returns the connection to the pool once read to the end; dropped earlier,
+/// it closes the connection (the rest of the response would be in the way).
+///
+/// An error (the upstream cut the body short) is reported one poll late: the
+/// server flushes what it has buffered when a body is pending, so the client gets
+/// the head and the bytes that did arrive before its connection is cut, not a
+/// connection closed without a word.
+pub struct UpstreamBody {
+    body: Incoming,
+    lease: Option<Lease>,
+    ended: bool,
+    failed: Option<hyper::Error>,
+}
+
+impl UpstreamBody {
+    fn new(body: Incoming, lease: Option<Lease>) -> UpstreamBody {
+        UpstreamBody {
+            body,
+            lease,
+            ended: false,
+            failed: None,
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take()
+            && (self.ended || self.body.is_end_stream())
+        {
+            lease.release();
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        if let Some(lease) = &mut this.lease
+            && !lease.drive(cx)
+        {
+            // Ended: what it read is in the body's channel; nothing to return.
+            this.lease = None;
+        }
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                this.failed = Some(e);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Ready(None) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+            polled => polled,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_leaves_out_the_default_port_only() {
+        let host = |s: Scheme, a: &str| host_value(&s, &a.parse().unwrap());
+        assert_eq!(host(Scheme::HTTPS, "api.example.com"), "api.example.com");
+        assert_eq!(
+            host(Scheme::HTTPS, "api.example.com:443"),
+            "api.example.com"
+        );
+        assert_eq!(
+            host(Scheme::HTTPS, "api.example.com:80"),
+            "api.example.com:80"
+        );
+        assert_eq!(host(Scheme::HTTP, "127.0.0.1:80"), "127.0.0.1");
+        assert_eq!(host(Scheme::HTTP, "127.0.0.1:8080"), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn a_lease_is_cheap_to_move() {
+        // It moves from pool to request to body and back on every request; the
+        // connection itself (over a kilobyte) stays put in its box.
+        assert!(std::mem::size_of::<Lease>() <= 64);
+        assert!(std::mem::size_of::<H1Conn>() > 512);
+    }
+
+    #[test]
+    fn uri_forms() {
+        let mut uri: Uri = "https://api.example.com/v1/items?page=2".parse().unwrap();
+        origin_form(&mut uri);
+        assert_eq!(uri, "/v1/items?page=2");
+        absolute_form(&mut uri, Scheme::HTTPS, "api.example.com".parse().unwrap());
+        assert_eq!(uri, "https://api.example.com/v1/items?page=2");
+    }
+}
