@@ -196,35 +196,38 @@ LUA
 script() { if [ "$1" = direct ]; then echo "$WORK/direct.lua"; else echo "$WORK/absolute.lua"; fi; }
 
 ticks() { [ -z "$1" ] && { echo 0; return; }; awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# The kernel's share of them (stime).
+kticks() { [ -z "$1" ] && { echo 0; return; }; awk '{ print $15 }' "/proc/$1/stat"; }
 # Clock ticks of every process on the machine (from /proc/stat), to tell how much
 # others used during a run.
 all_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 HZ=$(getconf CLK_TCK)
 
-# One wrk run against NAME: "rps p50_us p99_us non2xx proxy_cpu_s other_cores".
+# One wrk run against NAME: "rps p50_us p99_us non2xx proxy_cpu_s other_cores
+# proxy_kernel_cpu_s".
 # CORE: where wrk runs; CONNS, THREADS.
 one_run() {
   local name=$1 conns=$2 threads=$3 core=$4
   local pid=${PID[$name]} upw
   upw=$(pgrep -P "$(cat "$WORK/up.pid")" | head -1)
-  local t0 a0 u0 w0 out
-  t0=$(ticks "$pid"); a0=$(all_ticks); u0=$(ticks "$upw")
+  local t0 a0 u0 k0 out
+  t0=$(ticks "$pid"); a0=$(all_ticks); u0=$(ticks "$upw"); k0=$(kticks "$pid")
   out=$(taskset -c "$core" wrk -t"$threads" -c"$conns" -d"${DUR}s" --latency -s "$(script "$name")" \
         "http://127.0.0.1:${PORT[$name]}/")
-  local t1 a1 u1
-  t1=$(ticks "$pid"); a1=$(all_ticks); u1=$(ticks "$upw")
+  local t1 a1 u1 k1
+  t1=$(ticks "$pid"); a1=$(all_ticks); u1=$(ticks "$upw"); k1=$(kticks "$pid")
   # Others: all CPU less the proxy, the upstream and wrk (wrk's share is estimated as
   # what is left on its core; we only flag runs where the total exceeds the three).
-  echo "$out" | awk -v cpu="$(( t1 - t0 ))" -v hz="$HZ" -v all="$(( a1 - a0 ))" -v up="$(( u1 - u0 ))" -v dur="$DUR" '
+  echo "$out" | awk -v cpu="$(( t1 - t0 ))" -v hz="$HZ" -v all="$(( a1 - a0 ))" -v up="$(( u1 - u0 ))" -v dur="$DUR" -v kern="$(( k1 - k0 ))" '
     function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return v*1000; if (v ~ /s$/) return v*1000000; return v }
     /^ +50%/ { p50 = us($2) } /^ +99%/ { p99 = us($2) }
     /Requests\/sec/ { rps = $2 } /Non-2xx/ { bad = $NF }
-    END { printf "%.0f %.0f %.0f %d %.3f %.3f\n", rps, p50, p99, bad, cpu / hz, (all - cpu - up) / hz / dur - 1 }'
+    END { printf "%.0f %.0f %.0f %d %.3f %.3f %.3f\n", rps, p50, p99, bad, cpu / hz, (all - cpu - up) / hz / dur - 1, kern / hz }'
 }
 
 # REPEATS runs (a run is repeated, at most twice, when others used more than
 # MAX_OTHER % of a core); the median run by requests/s. Sets RUN (the fields of
-# one_run plus µs/request and busy %) and adds to REPEATED.
+# one_run plus µs/request, busy % and kernel µs/request) and adds to REPEATED.
 REPEATED=0
 measure() {
   local name=$1 conns=$2 threads=$3 core=$4 rows=() i r tries
@@ -240,13 +243,14 @@ measure() {
     rows+=("$r")
   done
   RUN=$(printf '%s\n' "${rows[@]}" | sort -n -k1 | awk -v n="$REPEATS" -v dur="$DUR" 'NR == int((n + 1) / 2) {
-    reqs = $1 * dur; printf "%s %s %s %s %s %.1f %.0f\n", $1, $2, $3, $4, $5, (reqs > 0 ? $5 * 1e6 / reqs : 0), $5 / dur * 100 }')
+    reqs = $1 * dur; printf "%s %s %s %s %s %.1f %.0f %.1f\n", $1, $2, $3, $4, $5, (reqs > 0 ? $5 * 1e6 / reqs : 0), $5 / dur * 100, (reqs > 0 ? $7 * 1e6 / reqs : 0) }')
 }
 
 declare -A R
 for name in direct nginx tokenproxy nginx_log tokenproxy_log nginx_tls tokenproxy_tls; do
   measure "$name" 64 2 1
-  read -r R[$name,rps] R[$name,p50] R[$name,p99] R[$name,bad] _ R[$name,us] R[$name,busy] <<<"$RUN"
+  read -r R[$name,rps] R[$name,p50] R[$name,p99] R[$name,bad] _ R[$name,us] R[$name,busy] R[$name,kus] <<<"$RUN"
+  R[$name,uus]=$(awk -v a="${R[$name,us]}" -v k="${R[$name,kus]}" 'BEGIN { printf "%.1f", a - k }')
 done
 # One connection, wrk beside the proxy on core 0 (direct: beside nothing).
 for name in direct nginx tokenproxy; do
@@ -292,6 +296,8 @@ cpu=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
   echo "|---|---|---|---|---|"
   echo "| requests/s, 64 connections | ${R[direct,rps]} | ${R[nginx,rps]} | ${R[tokenproxy,rps]} | $(ratio "${R[tokenproxy,rps]}" "${R[nginx,rps]}") |"
   echo "| proxy CPU µs per request, 64 connections | - | ${R[nginx,us]} | ${R[tokenproxy,us]} | **$(ratio "${R[tokenproxy,us]}" "${R[nginx,us]}")** |"
+  echo "| of which in the kernel (system time) | - | ${R[nginx,kus]} | ${R[tokenproxy,kus]} | $(ratio "${R[tokenproxy,kus]}" "${R[nginx,kus]}") |"
+  echo "| of which in user space | - | ${R[nginx,uus]} | ${R[tokenproxy,uus]} | $(ratio "${R[tokenproxy,uus]}" "${R[nginx,uus]}") |"
   echo "| proxy core busy, 64 connections | - | ${R[nginx,busy]} % | ${R[tokenproxy,busy]} % | |"
   echo "| p99, 64 connections (µs) | ${R[direct,p99]} | ${R[nginx,p99]} | ${R[tokenproxy,p99]} | $(ratio "${R[tokenproxy,p99]}" "${R[nginx,p99]}") |"
   echo "| with request logs: requests/s, 64 connections | - | ${R[nginx_log,rps]} | ${R[tokenproxy_log,rps]} | $(ratio "${R[tokenproxy_log,rps]}" "${R[nginx_log,rps]}") |"
