@@ -565,13 +565,28 @@ fn check_host(headers: &HeaderMap) -> Result<(), ProxyError> {
             && !h.contains('@')
             && h.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b))
-            && h.parse::<http::uri::Authority>().is_ok()
+            && (plain_host(h) || h.parse::<http::uri::Authority>().is_ok())
     });
     if valid {
         Ok(())
     } else {
         Err(ProxyError::BadHost)
     }
+}
+
+/// `name` or `name:port` with a name of letters, digits, `.`, `-`, `_` and a port
+/// that fits 16 bits: an authority for certain, told without parsing one (which
+/// copies it).
+fn plain_host(h: &str) -> bool {
+    let (name, port) = match h.split_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (h, None),
+    };
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_".contains(&b))
+        && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok())
 }
 
 /// A protocol upgrade other than `h2c` (which is ignored: the connection simply
@@ -600,4 +615,35 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_host_is_always_an_authority() {
+        for h in [
+            "api.example.com",
+            "a",
+            "x_y",
+            "-a-",
+            "a..b",
+            "127.0.0.1",
+            "a:1",
+            "a:65535",
+            "a:0",
+            "a:00080",
+            "A.B.C:8080",
+        ] {
+            assert!(plain_host(h), "{h}");
+            assert!(h.parse::<http::uri::Authority>().is_ok(), "{h}");
+        }
+        // Left to the full parse.
+        for h in [
+            "", ":80", "a:", "a:65536", "a:123456", "a:b", "a:1:2", "[::1]", "[::1]:80", "a b",
+        ] {
+            assert!(!plain_host(h), "{h}");
+        }
+    }
 }

@@ -10,7 +10,7 @@
 use http::Uri;
 use http::uri::PathAndQuery;
 
-use crate::config::{Route, Upstream, normalise_host};
+use crate::config::{Route, Upstream};
 
 /// A matched request.
 #[derive(Debug)]
@@ -108,11 +108,15 @@ impl Router {
         } else {
             80
         };
-        let host = normalise_host(authority.host(), authority.port_u16(), default);
+        let (host, port) = (authority.host(), authority.port_u16());
         let path = uri.path();
         let mut best: Option<(usize, usize)> = None;
         for (i, route) in self.routes.iter().enumerate() {
-            if route.host.as_deref() != Some(host.as_str()) {
+            if !route
+                .host
+                .as_deref()
+                .is_some_and(|h| same_host(h, host, port, default))
+            {
                 continue;
             }
             let Some(rest_at) = after(path, route.upstream.base_path()) else {
@@ -133,6 +137,23 @@ impl Router {
             uri,
         )
     }
+}
+
+/// Whether a route's `host` (normalised: lower case, no trailing dot, a port only
+/// when not the default) names `host:port`; what [`crate::config::normalise_host`] would make of
+/// the request's authority, compared without building it.
+fn same_host(route_host: &str, host: &str, port: Option<u16>, default: u16) -> bool {
+    let host = host.trim_end_matches('.');
+    let (name, route_port) = match port.filter(|&p| p != default) {
+        Some(p) => match route_host.rsplit_once(':') {
+            Some((name, rp)) if !rp.is_empty() && rp.bytes().all(|b| b.is_ascii_digit()) => {
+                (name, rp.parse::<u16>().ok() == Some(p))
+            }
+            _ => return false,
+        },
+        None => (route_host, true),
+    };
+    route_port && name.eq_ignore_ascii_case(host)
 }
 
 fn checked(target: Target, uri: &Uri) -> Result<Target, Miss> {
@@ -196,23 +217,87 @@ fn climbs(path: &str) -> bool {
     if !path.contains(['.', '%', ';', '\\']) {
         return false;
     }
+    if !path.contains('%') {
+        // Decoding changes nothing: read the path as it is, without copying it.
+        return climbs_decoded(path.as_bytes());
+    }
     let once = percent_encoding::percent_decode_str(path).collect::<Vec<u8>>();
     let twice = percent_encoding::percent_decode(&once).collect::<Vec<u8>>();
-    [once, twice].iter().any(|decoded| {
-        let Ok(text) = std::str::from_utf8(decoded) else {
-            return true;
-        };
-        text.contains('\0')
-            || text.split(['/', '\\']).any(|segment| {
-                let segment = segment.split(';').next().unwrap_or("");
-                segment == ".." || segment == "." || (segment.is_empty() && text.contains("//"))
-            })
-    })
+    climbs_decoded(&once) || climbs_decoded(&twice)
+}
+
+/// A decoded path with a NUL, a `.` or `..` segment (`\\` read as `/`, a `;`
+/// parameter ignored), or an empty segment.
+fn climbs_decoded(decoded: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(decoded) else {
+        return true;
+    };
+    text.contains('\0')
+        || text.split(['/', '\\']).any(|segment| {
+            let segment = segment.split(';').next().unwrap_or("");
+            segment == ".." || segment == "." || (segment.is_empty() && text.contains("//"))
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_host_agrees_with_normalise_host() {
+        let routes = [
+            "api.example.com",
+            "api.example.com:8443",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[::1]:8080",
+            "x",
+        ];
+        let requests = [
+            "api.example.com",
+            "API.Example.COM",
+            "api.example.com.",
+            "api.example.com:443",
+            "api.example.com:80",
+            "api.example.com:8443",
+            "api.example.com:08443",
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:8080",
+            "[::1]:443",
+            "x",
+            "x:1",
+            "xx",
+        ];
+        for route in routes {
+            for request in requests {
+                let a: http::uri::Authority = request.parse().unwrap();
+                for default in [80, 443] {
+                    let want =
+                        crate::config::normalise_host(a.host(), a.port_u16(), default) == route;
+                    assert_eq!(
+                        same_host(route, a.host(), a.port_u16(), default),
+                        want,
+                        "route {route}, request {request}, default {default}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn paths_without_escapes_are_judged_as_the_decoded_ones() {
+        for path in [
+            "a/b.json", "a/./b", "a/../b", "a/..;x/b", "a\\..\\b", "..", ".", "a.b/c..d", "a;b/c",
+        ] {
+            let decoded = percent_encoding::percent_decode_str(path).collect::<Vec<u8>>();
+            assert_eq!(climbs(path), climbs_decoded(&decoded), "{path}");
+        }
+        assert!(climbs("a/%2e%2e/b"));
+        assert!(climbs("a/%252e%252e/b"));
+        assert!(!climbs("a/b%20c.json"));
+    }
     use crate::config::{Config, RouteUpstream};
 
     fn router() -> Router {

@@ -387,12 +387,13 @@ fn host_value(scheme: &Scheme, authority: &Authority) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// Keeps only the path and query (moved, not cloned: cloning the `Bytes` behind a
+/// freshly built URI allocates).
 fn origin_form(uri: &mut Uri) {
-    let mut parts = Parts::default();
-    parts.path_and_query = uri.path_and_query().cloned();
-    if let Ok(origin) = Uri::from_parts(parts) {
-        *uri = origin;
-    }
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.scheme = None;
+    parts.authority = None;
+    *uri = Uri::from_parts(parts).unwrap_or_default();
 }
 
 fn absolute_form(uri: &mut Uri, scheme: Scheme, authority: Authority) {
