@@ -54,23 +54,34 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for name in &HOP_BY_HOP {
+    remove_where(headers, is_hop_by_hop);
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE
+}
+
+/// Removes the headers `doomed` picks, judging each name the map holds once: a
+/// message carries a handful of headers and the rules name seventeen, so this is
+/// cheaper than looking each rule up (a hash per name).
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+    for name in names {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
 }
 
 /// Prepares the client's headers for the upstream, in place.
 pub fn to_upstream(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(header::HOST);
-    // tokenproxy answered the expectation (hyper sends `100 Continue` when the body
-    // is first read); the upstream gets the body without being asked.
-    headers.remove(header::EXPECT);
-    for name in CLIENT_IDENTITY {
-        headers.remove(name);
-    }
+    remove_where(headers, |name| {
+        name == header::AUTHORIZATION
+            || name == header::HOST
+            // tokenproxy answered the expectation (hyper sends `100 Continue` when
+            // the body is first read); the upstream gets the body without being asked.
+            || name == header::EXPECT
+            || CLIENT_IDENTITY.contains(&name.as_str())
+    });
 }
 
 /// Prepares the upstream's headers for the client, in place. `proxy_base` is built
