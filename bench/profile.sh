@@ -8,6 +8,8 @@
 #
 #   bash bench/profile.sh [SECONDS] [RUST_LOG]     # default 10 s, RUST_LOG=warn
 #   PERF_DATA=/tmp/p.data bash bench/profile.sh     # and keep the samples
+#   PERF_CALLGRAPH="--call-graph dwarf,16384" bash bench/profile.sh 3
+#                  # call chains through the LTO binary (no frame pointers); large
 #
 # Needs perf, nginx, wrk; uses target/release/tokenproxy (built with symbols off
 # by the release profile, so user-space frames resolve to the functions LTO kept).
@@ -45,7 +47,7 @@ taskset -c 1 wrk -t2 -c64 -d1s -s "$WORK/abs.lua" "http://127.0.0.1:$TP/" >/dev/
 taskset -c 1 wrk -t2 -c64 -d"$((DUR + 2))s" -s "$WORK/abs.lua" "http://127.0.0.1:$TP/" > "$WORK/wrk.txt" &
 W=$!
 sleep 1
-perf record -q -e cpu-clock -F 2000 -g -p "$TP_PID" -o "$WORK/perf.data" -- sleep "$DUR" 2>/dev/null
+perf record -q -e cpu-clock -F 2000 ${PERF_CALLGRAPH:--g} -p "$TP_PID" -o "$WORK/perf.data" -- sleep "$DUR" 2>/dev/null
 wait "$W"
 # PERF_DATA=path keeps the samples for `perf report -i path`.
 [ -z "${PERF_DATA:-}" ] || cp "$WORK/perf.data" "$PERF_DATA"
