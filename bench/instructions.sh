@@ -68,7 +68,7 @@ CONF
   else
     rm -rf "$WORK/state"
     tokenproxy_toml "$WORK/tp.toml" "$PX" "$AD" "$WORK/state" "$TS" "$UP"
-    RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 0 valgrind --tool=callgrind \
+    RUST_LOG=${LOG:-warn} TOKIO_WORKER_THREADS=1 taskset -c 0 valgrind --tool=callgrind \
       --callgrind-out-file="$WORK/cg.out" "$target" run -c "$WORK/tp.toml" 2> "$WORK/px.log" & P=$!
   fi
   for _ in $(seq 300); do curl -sf -o /dev/null "http://127.0.0.1:$PX/small.json" && break; sleep 0.2; done

@@ -129,10 +129,15 @@ fn init_logging(format: LogFormat) -> tokenproxy::logging::Guard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tokenproxy::logging::batched(std::io::stderr());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if matches!(format, LogFormat::Text) && !ansi {
+        // The per-request line, written without tracing's formatter (same bytes).
+        tokenproxy::logging::write_request_lines_to(writer.clone());
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -469,6 +469,44 @@ async fn one_log_line_per_request_without_query_or_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_text_request_line_has_every_field_and_one_line_per_request() {
+    // Plain text (stderr is not a terminal here): the line tokenproxy writes without
+    // tracing's formatter, in tracing's format.
+    let w = World::default().await;
+    let p = w.spawn(&w.config("", ""));
+    assert_eq!(get(&p.url("/demo/items?filter=private-value")).await.0, 200);
+    assert_eq!(get(&p.url("/nowhere")).await.0, 404);
+    p.wait_log("error=\"no_route\"").await;
+    let log = p.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(": request ")).collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    let shape = |l: &str| {
+        let (time, rest) = l.split_once(' ').unwrap();
+        assert!(time.len() == 27 && time.ends_with('Z'), "{l}");
+        rest.split("duration_ms=")
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let ok = shape(lines[0]);
+    assert_eq!(
+        ok[0],
+        " INFO tokenproxy::proxy: request method=GET route=\"demo\" status=200 "
+    );
+    assert!(ok[1].ends_with(" retried=false"), "{}", lines[0]);
+    let miss = shape(lines[1]);
+    assert_eq!(
+        miss[0],
+        " INFO tokenproxy::proxy: request method=GET route=\"none\" status=404 "
+    );
+    assert!(
+        miss[1].ends_with(" retried=false error=\"no_route\""),
+        "{}",
+        lines[1]
+    );
+    assert!(!log.contains("private-value"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_a_refresh_in_flight() {
     let w = World::default().await;
     let p = w.spawn(&w.config("", "timeout = \"2s\""));

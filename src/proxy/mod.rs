@@ -132,16 +132,32 @@ impl Proxy {
         if let Some(e) = &error {
             self.metrics.error(route, e.code());
         }
-        crate::log_at!(
-            error.as_ref().map_or(tracing::Level::INFO, ProxyError::level),
-            method = %method,
+        let line = crate::logging::RequestLine {
+            level: error
+                .as_ref()
+                .map_or(tracing::Level::INFO, ProxyError::level),
+            method: method.as_str(),
             route,
-            status = resp.status().as_u16(),
-            duration_ms = elapsed.as_micros() as f64 / 1000.0,
-            retried = trace.retry == Some(RetryOutcome::Success) || trace.retry == Some(RetryOutcome::Rejected),
-            error = error.as_ref().map(ProxyError::code),
-            "request"
-        );
+            status: resp.status().as_u16(),
+            duration_ms: elapsed.as_micros() as f64 / 1000.0,
+            retried: matches!(
+                trace.retry,
+                Some(RetryOutcome::Success | RetryOutcome::Rejected)
+            ),
+            error: error.as_ref().map(ProxyError::code),
+        };
+        if enabled(line.level) && !crate::logging::request_line(&line) {
+            crate::log_at!(
+                line.level,
+                method = %line.method,
+                route = line.route,
+                status = line.status,
+                duration_ms = line.duration_ms,
+                retried = line.retried,
+                error = line.error,
+                "request"
+            );
+        }
         Ok(resp)
     }
 
@@ -468,6 +484,18 @@ impl Proxy {
             }
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
         }
+    }
+}
+
+/// Whether this module's events at `level` are logged (`tracing::enabled!` wants
+/// its level as a constant).
+fn enabled(level: tracing::Level) -> bool {
+    match level {
+        tracing::Level::ERROR => tracing::enabled!(tracing::Level::ERROR),
+        tracing::Level::WARN => tracing::enabled!(tracing::Level::WARN),
+        tracing::Level::INFO => tracing::enabled!(tracing::Level::INFO),
+        tracing::Level::DEBUG => tracing::enabled!(tracing::Level::DEBUG),
+        _ => tracing::enabled!(tracing::Level::TRACE),
     }
 }
 
