@@ -43,27 +43,9 @@ echo "wrk.path = \"http://127.0.0.1:$UP/small.json\"" > "$WORK/abs.lua"
 for target in "$@"; do
   PX=$(port); AD=$(port)
   if [ "$target" = nginx ]; then
-    cat > "$WORK/px.conf" <<CONF
-worker_processes 1;
-error_log $WORK/px-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream up { server 127.0.0.1:$UP; keepalive 128; }
-  server {
-    listen 127.0.0.1:$PX;
-    location / {
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Authorization "Bearer bench-static-token";
-    }
-  }
-}
-CONF
+    nginx_proxy_conf "$WORK/px.conf" "$PX" "$UP" "$WORK/px.pid" "$WORK/px-error.log" off
     taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
-      "$NGINX" -c "$WORK/px.conf" -p "$WORK" -g "daemon off; master_process off; pid $WORK/px.pid;" \
+      "$NGINX" -c "$WORK/px.conf" -p "$WORK" -g "daemon off; master_process off;" \
       2> "$WORK/px.log" & P=$!
   else
     rm -rf "$WORK/state"

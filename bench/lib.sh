@@ -1,4 +1,4 @@
-# Shared by run.sh, profile.sh and ab.sh (sourced): free ports, the upstream's
+# Shared by run.sh, profile.sh, ab.sh and instructions.sh (sourced): free ports, the upstream's
 # small JSON file, a plain upstream nginx, and tokenproxy's bench configuration.
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -20,6 +20,31 @@ http {
   keepalive_requests 1000000;
   types { application/json json; }
   server { listen 127.0.0.1:$2; root $3; }
+}
+CONF
+}
+
+# nginx as the forward proxy tokenproxy is compared with: one worker, upstream
+# keepalive to UP_PORT, the Authorization header set.
+nginx_proxy_conf() {  # FILE PORT UP_PORT PIDFILE ERROR_LOG ACCESS_LOG
+  cat > "$1" <<CONF
+worker_processes 1;
+pid $4;
+error_log $5;
+events { worker_connections 4096; }
+http {
+  access_log $6;
+  keepalive_requests 1000000;
+  upstream up { server 127.0.0.1:$3; keepalive 128; }
+  server {
+    listen 127.0.0.1:$2;
+    location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer bench-static-token";
+    }
+  }
 }
 CONF
 }

@@ -105,26 +105,7 @@ http {
 CONF
 # nginx as the forward proxy: one worker, upstream keepalive, the header set.
 nginx_proxy() {  # NAME PORT ACCESS_LOG
-  cat > "$WORK/$1.conf" <<CONF
-worker_processes 1;
-pid $WORK/$1.pid;
-error_log $WORK/logs/$1-error.log;
-events { worker_connections 4096; }
-http {
-  access_log $3;
-  keepalive_requests 1000000;
-  upstream up { server 127.0.0.1:$UP; keepalive 128; }
-  server {
-    listen 127.0.0.1:$2;
-    location / {
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Authorization "Bearer bench-static-token";
-    }
-  }
-}
-CONF
+  nginx_proxy_conf "$WORK/$1.conf" "$2" "$UP" "$WORK/$1.pid" "$WORK/logs/$1-error.log" "$3"
 }
 nginx_proxy px "$PX" off
 nginx_proxy pxlog "$PXLOG" "$WORK/logs/px-access.log combined buffer=64k"

@@ -156,47 +156,30 @@ impl Upstreams {
             }
         };
         let (pool, host, h2) = self.0.pool(&scheme, &authority);
-        if let Some(mut h2) = h2 {
-            let resp = h2.send_request(req).await?;
-            return Ok(resp.map(|body| UpstreamBody::new(body, None)));
+        if let Some(h2) = h2 {
+            return over_h2(h2, req, scheme, authority).await;
         }
+        let mut lease = self.checkout(pool).await;
+        // A request on a connection opened for it is not sent again.
+        let mut fresh = lease.is_none();
         req.headers_mut().insert(HOST, host);
         origin_form(req.uri_mut());
-        let mut fresh = false;
-        let mut lease = match self.checkout(pool).await {
-            Some(lease) => lease,
-            None => {
-                fresh = true;
-                match Box::pin(self.connect(pool, &scheme, &authority)).await? {
-                    Opened::Http1(lease) => lease,
-                    Opened::Http2(mut h2) => {
-                        // Negotiated now: HTTP/2 wants the absolute URI and no `Host`.
-                        req.headers_mut().remove(HOST);
-                        absolute_form(req.uri_mut(), scheme, authority);
-                        let resp = h2.send_request(req).await?;
-                        return Ok(resp.map(|body| UpstreamBody::new(body, None)));
-                    }
-                }
-            }
-        };
         loop {
-            match exchange(&mut lease, req).await {
-                Ok(resp) => return Ok(resp.map(|body| UpstreamBody::new(body, Some(lease)))),
+            let mut conn = match lease.take() {
+                Some(conn) => conn,
+                None => match Box::pin(self.connect(pool, &scheme, &authority)).await? {
+                    Opened::Http1(conn) => conn,
+                    Opened::Http2(h2) => return over_h2(h2, req, scheme, authority).await,
+                },
+            };
+            match exchange(&mut conn, req).await {
+                Ok(resp) => return Ok(resp.map(|body| UpstreamBody::new(body, Some(conn)))),
                 Err(mut e) => match e.take_message() {
                     // A pooled connection that closed before the request could be
                     // written: nothing was sent, so send it on a new connection.
                     Some(again) if !fresh => {
                         req = again;
                         fresh = true;
-                        lease = match Box::pin(self.connect(pool, &scheme, &authority)).await? {
-                            Opened::Http1(lease) => lease,
-                            Opened::Http2(mut h2) => {
-                                req.headers_mut().remove(HOST);
-                                absolute_form(req.uri_mut(), scheme, authority);
-                                let resp = h2.send_request(req).await?;
-                                return Ok(resp.map(|body| UpstreamBody::new(body, None)));
-                            }
-                        };
                     }
                     _ => return Err(e.into_error().into()),
                 },
@@ -254,6 +237,19 @@ impl Upstreams {
 enum Opened {
     Http1(Lease),
     Http2(http2::SendRequest<ProxyBody>),
+}
+
+/// Sends `req` over HTTP/2: the absolute URI, no `Host` (`:authority` says it).
+async fn over_h2(
+    mut h2: http2::SendRequest<ProxyBody>,
+    mut req: Request<ProxyBody>,
+    scheme: Scheme,
+    authority: Authority,
+) -> Result<Response<UpstreamBody>, SendError> {
+    req.headers_mut().remove(HOST);
+    absolute_form(req.uri_mut(), scheme, authority);
+    let resp = h2.send_request(req).await?;
+    Ok(resp.map(|body| UpstreamBody::new(body, None)))
 }
 
 /// Sends `req` on `lease`, driving the connection until the response head is in.
