@@ -31,27 +31,15 @@ const CLIENT_IDENTITY: [&str; 6] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut connection = headers.get_all(header::CONNECTION).iter();
-    match (connection.next().cloned(), connection.next()) {
-        (None, _) => {}
-        // The usual case, one `Connection` header: its value is shared, not copied,
-        // and the names it lists are looked up without being built.
-        (Some(value), None) => {
-            for name in value.to_str().unwrap_or("").split(',') {
-                headers.remove(name.trim());
-            }
-        }
-        (Some(_), Some(_)) => {
-            let named: Vec<HeaderName> = headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-                .collect();
-            for name in named {
-                headers.remove(name);
-            }
+    // The names `Connection` lists are removed by `&str` lookups, not built as
+    // `HeaderName`s; its values are shared, not copied (and the vector for a second
+    // `Connection` header stays empty, so unallocated, in the usual case).
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    let first = values.next().cloned();
+    let more: Vec<HeaderValue> = values.cloned().collect();
+    for value in first.iter().chain(&more) {
+        for name in value.to_str().unwrap_or("").split(',') {
+            headers.remove(name.trim());
         }
     }
     remove_where(headers, is_hop_by_hop);
@@ -148,6 +136,20 @@ mod tests {
         let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, ["accept", "content-type"]);
+    }
+
+    #[test]
+    fn every_connection_header_names_hops() {
+        let mut h = map(&[
+            ("connection", "x-one, bad name"),
+            ("connection", " X-Two ,,"),
+            ("x-one", "1"),
+            ("x-two", "2"),
+            ("x-kept", "3"),
+        ]);
+        to_upstream(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
     }
 
     #[test]
