@@ -104,8 +104,9 @@ fn write_batches(shared: &Shared, mut out: impl Write) {
     }
 }
 
-impl Write for BatchWriter {
-    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+impl BatchWriter {
+    /// Queues `line` for the writer thread (waiting while 4 MiB are queued).
+    fn append(&self, line: &[u8]) {
         let mut state = self.0.lock();
         while state.buf.len() >= MAX_WAITING && !state.closed {
             state = self.0.room.wait(state).unwrap_or_else(|e| e.into_inner());
@@ -116,6 +117,12 @@ impl Write for BatchWriter {
         if state.idle || (before < FLUSH_AT && state.buf.len() >= FLUSH_AT) {
             self.0.lines.notify_one();
         }
+    }
+}
+
+impl Write for BatchWriter {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        self.append(line);
         Ok(line.len())
     }
 
@@ -176,7 +183,7 @@ pub fn request_line(line: &RequestLine<'_>) -> bool {
     let mut text = String::with_capacity(160);
     timestamp(&mut text, time::OffsetDateTime::now_utc());
     format_request_line(&mut text, line);
-    let _ = out.clone().write_all(text.as_bytes());
+    out.append(text.as_bytes());
     true
 }
 
