@@ -361,3 +361,35 @@ async fn no_refresh_starts_after_shutdown_began() {
         "no token request after close"
     );
 }
+
+/// Shutdown asks idle keep-alive connections to close at once: they do not hold the
+/// process for the drain timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_close_at_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = World::default().await;
+    let p = w.spawn(&w.config("[proxy]\ndrain_timeout = \"120s\"\n", ""));
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"GET /demo/x HTTP/1.1\r\nHost: tokenproxy\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0; 4096];
+    let n = s.read(&mut head).await.unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    let stopped = tokio::task::spawn_blocking(move || p.stop_and_log());
+    // Without the request to close, the connection would stay open for the drain
+    // timeout (120 s); the margin is for a busy machine.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the idle connection was not closed at shutdown"
+    );
+    let (status, log) = stopped.await.unwrap();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("drain timed out"), "{log}");
+}

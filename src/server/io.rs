@@ -15,14 +15,13 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
 
 use super::framing::{Framing, Verdicts};
 
@@ -33,8 +32,12 @@ pub struct ConnState {
     /// Woken when the last request in flight ends, so an idle read starts its timer.
     reader: AtomicWaker,
     pub verdicts: Verdicts,
-    /// Cancelled to close the connection gracefully (shutdown, or room for others).
-    pub evict: CancellationToken,
+    /// Set to close the connection gracefully (shutdown, or room for others).
+    stop: AtomicBool,
+    /// Woken when `stop` is set. The connection's task polls this on every wake-up:
+    /// an atomic load, where a `CancellationToken` took a mutex (two per wake-up,
+    /// 2.4 % of the instructions per proxied request).
+    stopper: AtomicWaker,
     /// Accept order; the oldest idle connection is evicted first.
     pub serial: u64,
 }
@@ -45,13 +48,37 @@ impl ConnState {
             in_flight: AtomicUsize::new(0),
             reader: AtomicWaker::new(),
             verdicts: Verdicts::default(),
-            evict: CancellationToken::new(),
+            stop: AtomicBool::new(false),
+            stopper: AtomicWaker::new(),
             serial,
         })
     }
 
     pub fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Asks the connection to close gracefully.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.stopper.wake();
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Ready once [`stop`](Self::stop) has been called.
+    pub fn poll_stop(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_stopping() {
+            return Poll::Ready(());
+        }
+        self.stopper.register(cx.waker());
+        if self.is_stopping() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Marks a request in flight until the returned guard is dropped.

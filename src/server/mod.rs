@@ -190,28 +190,36 @@ impl Registry {
         let Ok(c) = self.conns.lock() else {
             return false;
         };
-        match c.values().find(|s| s.is_idle() && !s.evict.is_cancelled()) {
+        match c.values().find(|s| s.is_idle() && !s.is_stopping()) {
             Some(s) => {
-                s.evict.cancel();
+                s.stop();
                 true
             }
             None => false,
         }
     }
+
+    /// Asks every connection to close gracefully (shutdown).
+    fn stop_all(&self) {
+        if let Ok(c) = self.conns.lock() {
+            for s in c.values() {
+                s.stop();
+            }
+        }
+    }
 }
 
-/// Drives a connection until it ends, is evicted, or shutdown asks it to finish
-/// (then gracefully, until the drain is over). Evaluates to whether it ended by
+/// Drives a connection until it ends, or is asked to stop (evicted, or shutdown;
+/// then gracefully, until the drain is over). Evaluates to whether it ended by
 /// itself, without an error. (A macro: the two kinds of hyper connection share
 /// no trait.)
 macro_rules! drive {
-    ($conn:expr, $state:expr, $shutdown:expr, $force:expr) => {{
+    ($conn:expr, $state:expr, $force:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
         let ended = tokio::select! {
             r = conn.as_mut() => Some(r),
-            _ = $shutdown.cancelled() => None,
-            _ = $state.evict.cancelled() => None,
+            _ = std::future::poll_fn(|cx| $state.poll_stop(cx)) => None,
         };
         let (by_itself, result) = match ended {
             Some(r) => (true, Some(r)),
@@ -316,10 +324,10 @@ pub async fn serve<F, Fut>(
             }
         }
         .into_owned();
-        let (registry, shutdown, force) = (Arc::clone(&registry), shutdown.clone(), force.clone());
+        let (registry, force) = (Arc::clone(&registry), force.clone());
         let (builder, handler, cx) = (builder.clone(), handler.clone(), cx.clone());
         tokio::spawn(async move {
-            let ended = drive!(conn, state, shutdown, force);
+            let ended = drive!(conn, state, force);
             if ended && let Some(tunnel) = slot.take() {
                 let opened = async {
                     let upgraded = tunnel.upgrade.await.ok()?;
@@ -327,8 +335,7 @@ pub async fn serve<F, Fut>(
                 };
                 let opened = tokio::select! {
                     o = tokio::time::timeout(limits.idle, opened) => o.ok().flatten(),
-                    _ = shutdown.cancelled() => None,
-                    _ = state.evict.cancelled() => None,
+                    _ = std::future::poll_fn(|cx| state.poll_stop(cx)) => None,
                 };
                 if let Some(io) = opened {
                     let io =
@@ -337,13 +344,15 @@ pub async fn serve<F, Fut>(
                     let inner = builder
                         .serve_connection(TokioIo::new(Box::pin(io) as TunnelIo), svc)
                         .into_owned();
-                    let _ = drive!(inner, state, shutdown, force);
+                    let _ = drive!(inner, state, force);
                 }
             }
             registry.remove(state.serial);
         });
     }
     drop(listener);
+    // Every connection was registered before its task started, so each is asked.
+    registry.stop_all();
     let drained = async {
         loop {
             let empty = registry.empty.notified();
