@@ -49,12 +49,13 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name == header::UPGRADE
 }
 
-/// Removes the headers `doomed` picks, judging each name the map holds once: a
-/// message carries a handful of headers and the rules name seventeen, so this is
-/// cheaper than looking each rule up (a hash per name).
+/// Removes the headers `doomed` picks, judging the names the map holds: a message
+/// carries a handful of headers and the rules name seventeen, so this is cheaper
+/// than looking each rule up (a hash per name). One name is found and removed at a
+/// time, without collecting them: usually none or one is doomed, and at most the
+/// seventeen the rules name, so the scans stay bounded.
 fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
-    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
-    for name in names {
+    while let Some(name) = headers.keys().find(|n| doomed(n)).cloned() {
         headers.remove(name);
     }
 }

@@ -226,24 +226,29 @@ fn climbs(path: &str) -> bool {
         return false;
     }
     if !path.contains('%') {
-        // Decoding changes nothing: read the path as it is, without copying it.
-        return climbs_decoded(path.as_bytes());
+        // Decoding changes nothing: read the path as it is, without copying it
+        // (and it is UTF-8 already).
+        return climbs_text(path.as_bytes());
     }
     let once = percent_encoding::percent_decode_str(path).collect::<Vec<u8>>();
     let twice = percent_encoding::percent_decode(&once).collect::<Vec<u8>>();
     climbs_decoded(&once) || climbs_decoded(&twice)
 }
 
-/// A decoded path with a NUL, a `.` or `..` segment (`\\` read as `/`, a `;`
-/// parameter ignored), or an empty segment.
+/// A decoded path that is not UTF-8, or that [`climbs_text`] refuses.
 fn climbs_decoded(decoded: &[u8]) -> bool {
-    let Ok(text) = std::str::from_utf8(decoded) else {
-        return true;
-    };
-    text.contains('\0')
-        || text.split(['/', '\\']).any(|segment| {
-            let segment = segment.split(';').next().unwrap_or("");
-            segment == ".." || segment == "." || (segment.is_empty() && text.contains("//"))
+    std::str::from_utf8(decoded).is_err() || climbs_text(decoded)
+}
+
+/// A path with a NUL, a `.` or `..` segment (`\\` read as `/`, a `;` parameter
+/// ignored), or an empty segment where the path holds a `//`.
+fn climbs_text(path: &[u8]) -> bool {
+    path.contains(&0)
+        || path.split(|&b| b == b'/' || b == b'\\').any(|segment| {
+            let segment = segment.split(|&b| b == b';').next().unwrap_or_default();
+            segment == b".."
+                || segment == b"."
+                || (segment.is_empty() && path.windows(2).any(|w| w == b"//"))
         })
 }
 
@@ -305,6 +310,47 @@ mod tests {
         assert!(climbs("a/%2e%2e/b"));
         assert!(climbs("a/%252e%252e/b"));
         assert!(!climbs("a/b%20c.json"));
+    }
+
+    #[test]
+    fn climbing_paths_are_refused_and_others_pass() {
+        for path in [
+            "a/./b",
+            "a/../b",
+            "a/..;x/b",
+            "a\\..\\b",
+            "..",
+            ".",
+            "a/.",
+            "a/..",
+            "./a",
+            "a//b",
+            "/a",
+            "a/%2e%2e/b",
+            "a/%2F/b",
+            "a%5c..%5cb",
+            "a/%00",
+            "a/%ff",
+            "a/.;x/b",
+        ] {
+            assert!(climbs(path), "{path} should be refused");
+        }
+        for path in [
+            "",
+            "a",
+            "a/b.json",
+            "a.b/c..d",
+            "a;b/c",
+            "a/b/",
+            "...",
+            "a/.../b",
+            "a/..x/b",
+            "a/x../b",
+            "a/b%20c.json",
+            "a\\b",
+        ] {
+            assert!(!climbs(path), "{path} should pass");
+        }
     }
     use crate::config::{Config, RouteUpstream};
 
