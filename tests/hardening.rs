@@ -402,6 +402,58 @@ async fn a_corrupt_record_names_the_field_not_its_value() {
     );
 }
 
+/// A request head that trickles in (a byte at a time, each well within the idle
+/// timeout) is bounded as a whole: the connection is closed once the head has
+/// taken longer than the idle timeout. So is a stream of empty lines before a
+/// request line, and a head trickling in after a first request on the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_request_heads_are_cut_off() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config("[proxy]\nidle_timeout = \"1s\"\n", ""));
+    let openers: [(&[u8], &[u8]); 3] = [
+        (b"GET /demo/x HTTP/1.1\r\nHost: x\r\nX-Slow: ", b"a"),
+        (b"", b"\r\n"),
+        (
+            b"GET /demo/x HTTP/1.1\r\nHost: x\r\n\r\nGET /demo/y HTTP/1.1\r\nX-Slow: ",
+            b"a",
+        ),
+    ];
+    let mut readers = Vec::new();
+    for (i, (opener, drip)) in openers.into_iter().enumerate() {
+        let (mut read, mut write) = TcpStream::connect(p.addr).await.unwrap().into_split();
+        write.write_all(opener).await.unwrap();
+        tokio::spawn(async move {
+            // Each piece comes well within the idle timeout; stops when the proxy
+            // has closed the connection.
+            while write.write_all(drip).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        readers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            // Generous for a loaded machine; without a bound on the whole head the
+            // connection stays open as long as the client keeps dripping.
+            let closed =
+                tokio::time::timeout(Duration::from_secs(15), read.read_to_end(&mut got)).await;
+            (
+                i,
+                closed.is_ok(),
+                String::from_utf8_lossy(&got).into_owned(),
+            )
+        }));
+    }
+    for reader in readers {
+        let (i, closed, got) = reader.await.unwrap();
+        assert!(closed, "opener {i} is still open: {got}");
+        if i == 2 {
+            assert!(
+                got.starts_with("HTTP/1.1 200"),
+                "the first request was served: {got}"
+            );
+        }
+    }
+}
+
 /// An HTTP/2 connection that goes quiet after its request is closed too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_connections_are_closed_after_their_requests() {

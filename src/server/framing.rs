@@ -97,6 +97,9 @@ pub struct Framing {
     max_head: usize,
     /// While undecided: how many bytes of the HTTP/2 preface have arrived.
     preface: Option<usize>,
+    /// Bytes of a request head (or of empty lines before one, or of the HTTP/2
+    /// preface) have arrived and the head has not ended.
+    head_begun: bool,
 }
 
 impl Framing {
@@ -106,7 +109,15 @@ impl Framing {
             head: Vec::new(),
             max_head,
             preface: Some(0),
+            head_begun: false,
         }
+    }
+
+    /// Whether a request head has begun to arrive and has not ended: the wait for
+    /// the rest of it is bounded as a whole, not per read. Stays true past
+    /// `max_head` (hyper refuses the head once it holds that much).
+    pub fn mid_head(&self) -> bool {
+        self.head_begun
     }
 
     /// Reads `bytes` as they arrive, queueing a verdict per complete head.
@@ -120,8 +131,10 @@ impl Framing {
                 if matched + n == PREFACE.len() {
                     self.preface = None;
                     self.phase = Phase::Off;
+                    self.head_begun = false;
                 } else {
                     self.preface = Some(matched + n);
+                    self.head_begun = true;
                 }
                 return;
             }
@@ -172,6 +185,7 @@ impl Framing {
             }
             if let Some(end) = find_end(&bytes[start..]) {
                 self.phase = judge(&bytes[start..start + end], out);
+                self.head_begun = false;
                 return start + end;
             }
         }
@@ -180,12 +194,14 @@ impl Framing {
         let Some(end) =
             find_end(&self.head[before.saturating_sub(3)..]).map(|e| e + before.saturating_sub(3))
         else {
+            self.head_begun = true;
             if self.head.len() > self.max_head {
                 self.phase = Phase::Off;
             }
             return bytes.len();
         };
         self.phase = judge(&self.head[..end], out);
+        self.head_begun = false;
         self.head.clear();
         start + (end - before)
     }
@@ -325,6 +341,56 @@ mod tests {
             f.feed(chunk, &out);
         }
         out.0.lock().unwrap().iter().copied().collect()
+    }
+
+    /// Whether a head is under way after each of `pieces` is fed.
+    fn mid_head_after(pieces: &[&[u8]]) -> Vec<bool> {
+        let out = Verdicts::default();
+        let mut f = Framing::new(64);
+        pieces
+            .iter()
+            .map(|p| {
+                f.feed(p, &out);
+                f.mid_head()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn knows_when_a_head_is_under_way() {
+        let head: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(mid_head_after(&[head]), [false]);
+        assert_eq!(
+            mid_head_after(&[b"GET / HT", b"TP/1.1\r\n\r\n"]),
+            [true, false]
+        );
+        assert_eq!(
+            mid_head_after(&[b"\r\n", b"\r\n"]),
+            [true, true],
+            "empty lines"
+        );
+        assert_eq!(
+            mid_head_after(&[b"PRI * HT"]),
+            [true],
+            "part of the preface"
+        );
+        assert_eq!(mid_head_after(&[PREFACE]), [false], "HTTP/2");
+        assert_eq!(
+            mid_head_after(&[b"GET / HTTP/1.1\r\n\r\nGET /b HT"]),
+            [true],
+            "a whole head and part of the next"
+        );
+        assert_eq!(
+            mid_head_after(&[b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab", b"cd"]),
+            [false, false],
+            "a body is not a head"
+        );
+        let long = [b'a'; 100];
+        assert_eq!(
+            mid_head_after(&[b"GET / HTTP/1.1\r\nX: ", &long, b"a"]),
+            [true, true, true],
+            "past the size the reader follows, until hyper refuses it"
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! A client connection's socket, with the timers hyper does not have.
 //!
-//! hyper closes a connection whose request head trickles in too slowly, but not
-//! one that sends nothing at all: before its first request, between keep-alive
-//! requests, or after the HTTP/2 preface. [`Guarded`] closes those: while no
+//! [`Guarded`] closes a connection that sends nothing, or too little: while no
 //! request of the connection is in flight, a read that waits longer than the idle
-//! timeout ends the connection. A write that waits that long (a client that stopped
+//! timeout ends the connection — before its first request, between keep-alive
+//! requests, after the HTTP/2 preface — and so does a request head that has taken
+//! longer than that to arrive, however it trickles in (the framing reader knows
+//! where heads begin and end; hyper's own header timer, which allocated a timer
+//! per request, is off). A write that waits that long (a client that stopped
 //! reading its response) ends it too. Request bodies have their own per-read
 //! timeout, on the body (`crate::proxy`), because only the body knows it is owed
 //! bytes.
@@ -162,9 +164,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                this.read_timer.armed = false;
+                let mut mid_head = false;
                 if let Some(f) = &mut this.framing {
                     f.feed(&buf.filled()[before..], &this.state.verdicts);
+                    mid_head = f.mid_head();
+                }
+                // A head that has begun keeps the deadline its wait started with:
+                // a head trickling in is bounded as a whole, not per read.
+                if !mid_head {
+                    this.read_timer.armed = false;
                 }
                 Poll::Ready(Ok(()))
             }
@@ -176,7 +184,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                     return Poll::Pending;
                 }
                 if this.read_timer.expired(this.idle, cx) {
-                    return Poll::Ready(Err(timed_out("idle connection closed")));
+                    return Poll::Ready(Err(timed_out(
+                        if this.framing.as_ref().is_some_and(Framing::mid_head) {
+                            "request head too slow"
+                        } else {
+                            "idle connection closed"
+                        },
+                    )));
                 }
                 Poll::Pending
             }

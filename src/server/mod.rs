@@ -3,8 +3,8 @@
 //!
 //! Listeners are TCP, or (for the proxy) a Unix socket. Connections speak HTTP/1.1
 //! or HTTP/2 (prior knowledge), chosen per connection. Every phase of a connection
-//! has a bound: a head that trickles in (hyper's header timeout), a connection with
-//! nothing in flight that sends nothing, and a client that stops reading (`io`), a
+//! has a bound: a connection with nothing in flight that sends nothing or trickles
+//! its next head in, and a client that stops reading (`io`), a
 //! request body that stalls (the proxy's body timeout). At most `max_connections`
 //! are open per listener; past that the oldest idle connection is closed to make
 //! room, and when none is idle the newcomer gets a 503. Running out of file
@@ -249,10 +249,11 @@ pub async fn serve<F, Fut>(
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // No header timer in hyper: the socket's read timer (`io::Guarded`) bounds a
+    // head as a whole, without the timer hyper would allocate for every request.
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.idle)
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_size.max(8192));
     builder
         .http2()
