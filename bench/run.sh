@@ -2,7 +2,7 @@
 # tokenproxy against nginx doing the same job (adding `Authorization: Bearer …` to
 # requests for an upstream, keep-alive to it), with the proxy as the bottleneck.
 #
-#   bash bench/run.sh [SECONDS] [REPEATS]      # default 10 s per run, 3 runs, medians
+#   bash bench/run.sh [SECONDS] [REPEATS]      # default 10 s per run, 3 rounds, medians
 #
 # Method (what makes the proxy the bottleneck, and how we know):
 # - The proxy under test runs alone on core 0 with one worker (nginx
@@ -16,6 +16,11 @@
 #   over wall time. A proxy whose core is ~100 % busy is the bottleneck; the direct
 #   column (wrk to the upstream, no proxy) shows what the upstream and client could
 #   carry without one.
+# - The columns of a row run interleaved, round by round (nginx, tokenproxy,
+#   nginx, ...): this VM's speed drifts by ±10 % over minutes, and a slow spell
+#   then falls on both columns of a round rather than on one column's runs. Each
+#   cell is the median run by requests/s; the "same round" rows are the median of
+#   the per-round ratios of CPU per request, the figure drift moves least.
 # - Runs where other processes used more than 25 % of a core are repeated (twice at
 #   most) and counted.
 # - Rows: 64 connections with request logs off (nginx `access_log off`, tokenproxy
@@ -206,36 +211,61 @@ one_run() {
     END { printf "%.0f %.0f %.0f %d %.3f %.3f %.3f\n", rps, p50, p99, bad, cpu / hz, (all - cpu - up) / hz / dur - 1, kern / hz }'
 }
 
-# REPEATS runs (a run is repeated, at most twice, when others used more than
-# MAX_OTHER % of a core); the median run by requests/s. Sets RUN (the fields of
-# one_run plus µs/request, busy % and kernel µs/request) and adds to REPEATED.
+# REPEATS rounds over the NAMES of one row, interleaved (nginx, tokenproxy, nginx,
+# ...), so that a slow spell of this shared machine falls on every column of a
+# round instead of on one column's runs. A run is repeated, at most twice, when
+# others used more than MAX_OTHER % of a core (counted in REPEATED). Each name's
+# runs are kept in ROWS[NAME,KEY]; `median` picks one.
 REPEATED=0
-measure() {
-  local name=$1 conns=$2 threads=$3 core=$4 rows=() i r tries
-  taskset -c "$core" wrk -t1 -c4 -d1s -s "$(script "$name")" "http://127.0.0.1:${PORT[$name]}/" >/dev/null
-  for i in $(seq "$REPEATS"); do
-    tries=0
-    while :; do
-      r=$(one_run "$name" "$conns" "$threads" "$core")
-      other=$(echo "$r" | awk -v m="$MAX_OTHER" '{ print ($6 * 100 > m) ? 1 : 0 }')
-      if [ "$other" = 1 ] && [ $tries -lt 2 ]; then tries=$((tries + 1)); REPEATED=$((REPEATED + 1)); continue; fi
-      break
-    done
-    rows+=("$r")
+declare -A ROWS
+measure() {  # KEY CONNS THREADS CORE NAME...
+  local key=$1 conns=$2 threads=$3 core=$4 name i r tries other
+  shift 4
+  for name in "$@"; do
+    taskset -c "$core" wrk -t1 -c4 -d1s -s "$(script "$name")" "http://127.0.0.1:${PORT[$name]}/" >/dev/null
   done
-  RUN=$(printf '%s\n' "${rows[@]}" | sort -n -k1 | awk -v n="$REPEATS" -v dur="$DUR" 'NR == int((n + 1) / 2) {
+  for i in $(seq "$REPEATS"); do
+    for name in "$@"; do
+      tries=0
+      while :; do
+        r=$(one_run "$name" "$conns" "$threads" "$core")
+        other=$(echo "$r" | awk -v m="$MAX_OTHER" '{ print ($6 * 100 > m) ? 1 : 0 }')
+        if [ "$other" = 1 ] && [ $tries -lt 2 ]; then tries=$((tries + 1)); REPEATED=$((REPEATED + 1)); continue; fi
+        break
+      done
+      ROWS[$name,$key]+="$r"$'\n'
+    done
+  done
+}
+
+# The median run of NAME in row KEY (by requests/s): sets RUN, the fields of
+# one_run plus µs/request, busy % and kernel µs/request.
+median() {  # NAME KEY
+  RUN=$(printf '%s' "${ROWS[$1,$2]}" | sort -n -k1 | awk -v n="$REPEATS" -v dur="$DUR" 'NR == int((n + 1) / 2) {
     reqs = $1 * dur; printf "%s %s %s %s %s %.1f %.0f %.1f\n", $1, $2, $3, $4, $5, (reqs > 0 ? $5 * 1e6 / reqs : 0), $5 / dur * 100, (reqs > 0 ? $7 * 1e6 / reqs : 0) }')
 }
 
+# The median over the rounds of row KEY of B's CPU per request over A's, each pair
+# measured in the same round.
+paired() {  # A B KEY
+  paste <(printf '%s' "${ROWS[$1,$3]}") <(printf '%s' "${ROWS[$2,$3]}") \
+    | awk '$1 > 0 && $5 > 0 && $8 > 0 { print ($12 / $8) / ($5 / $1) }' \
+    | sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "%.2f", v[int((NR + 1) / 2)]; else print "-" }'
+}
+
 declare -A R
+measure c64 64 2 1 direct nginx tokenproxy
+measure c64 64 2 1 nginx_log tokenproxy_log
+measure c64 64 2 1 nginx_tls tokenproxy_tls
 for name in direct nginx tokenproxy nginx_log tokenproxy_log nginx_tls tokenproxy_tls; do
-  measure "$name" 64 2 1
+  median "$name" c64
   read -r R[$name,rps] R[$name,p50] R[$name,p99] R[$name,bad] _ R[$name,us] R[$name,busy] R[$name,kus] <<<"$RUN"
   R[$name,uus]=$(awk -v a="${R[$name,us]}" -v k="${R[$name,kus]}" 'BEGIN { printf "%.1f", a - k }')
 done
 # One connection, wrk beside the proxy on core 0 (direct: beside nothing).
+measure c1 1 1 0 direct nginx tokenproxy
 for name in direct nginx tokenproxy; do
-  measure "$name" 1 1 0
+  median "$name" c1
   read -r R[$name,rps1] R[$name,p50_1] R[$name,p99_1] _ _ R[$name,us1] _ <<<"$RUN"
 done
 
@@ -270,21 +300,24 @@ cpu=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
 {
   echo "# tokenproxy vs nginx, with the proxy as the bottleneck"
   echo
-  echo "Run on $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), $(uname -sr), nginx $("$NGINX" -v 2>&1 | sed 's/.*\///'), \`bash bench/run.sh $DUR $REPEATS\`: ${REPEATS} runs of ${DUR} s per cell, the median run (by requests/s); ${REPEATED} run(s) repeated because other processes were busy."
+  echo "Run on $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), $(uname -sr), nginx $("$NGINX" -v 2>&1 | sed 's/.*\///'), \`bash bench/run.sh $DUR $REPEATS\`: ${REPEATS} rounds of ${DUR} s runs, the columns of a row interleaved within each round; each cell the median run (by requests/s); ${REPEATED} run(s) repeated because other processes were busy."
   echo "Proxies alone on core 0 with one worker; upstream nginx and \`wrk -t2\` on core 1; absolute-form requests for a $(stat -c %s "$WORK/www/small.json")-byte JSON file. CPU µs per request from the proxy's /proc/PID/stat; \"busy\" is the proxy's CPU time over wall time."
   echo
   echo "| | direct | nginx | tokenproxy | tokenproxy / nginx |"
   echo "|---|---|---|---|---|"
   echo "| requests/s, 64 connections | ${R[direct,rps]} | ${R[nginx,rps]} | ${R[tokenproxy,rps]} | $(ratio "${R[tokenproxy,rps]}" "${R[nginx,rps]}") |"
   echo "| proxy CPU µs per request, 64 connections | - | ${R[nginx,us]} | ${R[tokenproxy,us]} | **$(ratio "${R[tokenproxy,us]}" "${R[nginx,us]}")** |"
+  echo "| CPU per request, same-round ratio (median of ${REPEATS} rounds) | - | | | **$(paired nginx tokenproxy c64)** |"
   echo "| of which in the kernel (system time) | - | ${R[nginx,kus]} | ${R[tokenproxy,kus]} | $(ratio "${R[tokenproxy,kus]}" "${R[nginx,kus]}") |"
   echo "| of which in user space | - | ${R[nginx,uus]} | ${R[tokenproxy,uus]} | $(ratio "${R[tokenproxy,uus]}" "${R[nginx,uus]}") |"
   echo "| proxy core busy, 64 connections | - | ${R[nginx,busy]} % | ${R[tokenproxy,busy]} % | |"
   echo "| p99, 64 connections (µs) | ${R[direct,p99]} | ${R[nginx,p99]} | ${R[tokenproxy,p99]} | $(ratio "${R[tokenproxy,p99]}" "${R[nginx,p99]}") |"
   echo "| with request logs: requests/s, 64 connections | - | ${R[nginx_log,rps]} | ${R[tokenproxy_log,rps]} | $(ratio "${R[tokenproxy_log,rps]}" "${R[nginx_log,rps]}") |"
   echo "| with request logs: CPU µs per request | - | ${R[nginx_log,us]} | ${R[tokenproxy_log,us]} | $(ratio "${R[tokenproxy_log,us]}" "${R[nginx_log,us]}") |"
+  echo "| with request logs: same-round ratio | - | | | $(paired nginx_log tokenproxy_log c64) |"
   echo "| TLS upstream: requests/s, 64 connections | - | ${R[nginx_tls,rps]} | ${R[tokenproxy_tls,rps]} | $(ratio "${R[tokenproxy_tls,rps]}" "${R[nginx_tls,rps]}") |"
   echo "| TLS upstream: CPU µs per request | - | ${R[nginx_tls,us]} | ${R[tokenproxy_tls,us]} | $(ratio "${R[tokenproxy_tls,us]}" "${R[nginx_tls,us]}") |"
+  echo "| TLS upstream: same-round ratio | - | | | $(paired nginx_tls tokenproxy_tls c64) |"
   echo "| TLS upstream: proxy core busy | - | ${R[nginx_tls,busy]} % | ${R[tokenproxy_tls,busy]} % | |"
   echo "| same core, 1 connection: p50 (µs) | ${R[direct,p50_1]} | ${R[nginx,p50_1]} | ${R[tokenproxy,p50_1]} | $(ratio "${R[tokenproxy,p50_1]}" "${R[nginx,p50_1]}") |"
   echo "| 256 MiB download: proxy CPU ms per GiB | - | ${R[nginx,gib]} | ${R[tokenproxy,gib]} | $(ratio "${R[tokenproxy,gib]}" "${R[nginx,gib]}") |"
