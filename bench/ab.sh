@@ -13,22 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 A="$1"; B="$2"; DUR="${3:-10}"; ROUNDS="${4:-5}"; LOG="${5:-warn}"
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-WORK=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/up.pid" ] && kill "$(cat "$WORK/up.pid")" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 . bench/lib.sh
-UP=$(port); TS=$(port)
-mkdir -p "$WORK/www"; chmod 755 "$WORK"
-small_json "$WORK/www"
-upstream_conf "$WORK/up.conf" "$UP" "$WORK/www" "$WORK/up.pid"
-taskset -c 1 python3 bench/token_server.py "$TS" & pids+=($!)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$TS/count" >/dev/null && break; sleep 0.1; done
-taskset -c 1 "$NGINX" -c "$WORK/up.conf" -g 'daemon on;' -p "$WORK"
+backends
 declare -A PORT PID
 for side in a b; do
   PORT[$side]=$(port)
@@ -37,7 +23,6 @@ for side in a b; do
   RUST_LOG=$LOG TOKIO_WORKER_THREADS=1 taskset -c 0 "$bin" run -c "$WORK/$side.toml" 2> "$WORK/$side.log" & PID[$side]=$!; pids+=(${PID[$side]})
   for _ in $(seq 300); do curl -sf "http://127.0.0.1:${PORT[$side]}/small.json" >/dev/null && break; sleep 0.1; done
 done
-echo "wrk.path = \"http://127.0.0.1:$UP/small.json\"" > "$WORK/abs.lua"
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 declare -A US

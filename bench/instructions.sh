@@ -22,23 +22,8 @@ for tool in valgrind callgrind_control wrk "$NGINX"; do
   command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
 done
 [ $# -gt 0 ] || set -- target/release/tokenproxy nginx
-WORK=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/up.pid" ] && kill "$(cat "$WORK/up.pid")" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 . bench/lib.sh
-UP=$(port); TS=$(port)
-mkdir -p "$WORK/www"; chmod 755 "$WORK"
-small_json "$WORK/www"
-upstream_conf "$WORK/up.conf" "$UP" "$WORK/www" "$WORK/up.pid"
-taskset -c 1 python3 bench/token_server.py "$TS" & pids+=($!)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$TS/count" >/dev/null && break; sleep 0.1; done
-taskset -c 1 "$NGINX" -c "$WORK/up.conf" -g 'daemon on;' -p "$WORK"
-echo "wrk.path = \"http://127.0.0.1:$UP/small.json\"" > "$WORK/abs.lua"
+backends
 
 for target in "$@"; do
   PX=$(port); AD=$(port)

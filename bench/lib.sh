@@ -1,5 +1,6 @@
 # Shared by run.sh, profile.sh, ab.sh and instructions.sh (sourced): free ports, the upstream's
-# small JSON file, a plain upstream nginx, and tokenproxy's bench configuration.
+# small JSON file, a plain upstream nginx, tokenproxy's bench configuration, and the
+# set-up the last three share (`backends`).
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -69,4 +70,30 @@ prefix = "/"
 upstream = "http://127.0.0.1:$6/"
 token = "bench"
 CONF
+}
+
+# The set-up of ab.sh, profile.sh and instructions.sh: a scratch directory WORK
+# (removed on exit, with the processes in `pids` and the upstream nginx), the
+# upstream nginx serving small.json on UP and the token server on TS (both on core
+# 1, both answering when this returns), and WORK/abs.lua, which makes wrk send
+# absolute-form requests for the upstream's small.json. Uses NGINX.
+backends() {
+  WORK=$(mktemp -d)
+  chmod 755 "$WORK"
+  pids=()
+  trap backends_cleanup EXIT
+  UP=$(port); TS=$(port)
+  mkdir -p "$WORK/www"
+  small_json "$WORK/www"
+  upstream_conf "$WORK/up.conf" "$UP" "$WORK/www" "$WORK/up.pid"
+  taskset -c 1 python3 bench/token_server.py "$TS" & pids+=($!)
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$TS/count" >/dev/null && break; sleep 0.1; done
+  taskset -c 1 "$NGINX" -c "$WORK/up.conf" -g 'daemon on;' -p "$WORK"
+  echo "wrk.path = \"http://127.0.0.1:$UP/small.json\"" > "$WORK/abs.lua"
+}
+
+backends_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/up.pid" ] && kill "$(cat "$WORK/up.pid")" 2>/dev/null || true
+  rm -rf "$WORK"
 }

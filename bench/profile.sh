@@ -22,27 +22,12 @@ for tool in perf wrk "$NGINX"; do
   command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
 done
 cargo build --release --quiet
-WORK=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/up.pid" ] && kill "$(cat "$WORK/up.pid")" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 . bench/lib.sh
-UP=$(port); TP=$(port); AD=$(port); TS=$(port)
-mkdir -p "$WORK/www"
-chmod 755 "$WORK"
-small_json "$WORK/www"
-upstream_conf "$WORK/up.conf" "$UP" "$WORK/www" "$WORK/up.pid"
+backends
+TP=$(port); AD=$(port)
 tokenproxy_toml "$WORK/tp.toml" "$TP" "$AD" "$WORK/state" "$TS" "$UP"
-taskset -c 1 python3 bench/token_server.py "$TS" & pids+=($!)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$TS/count" >/dev/null && break; sleep 0.1; done
-taskset -c 1 "$NGINX" -c "$WORK/up.conf" -g 'daemon on;' -p "$WORK"
 RUST_LOG=$LOG TOKIO_WORKER_THREADS=1 taskset -c 0 target/release/tokenproxy run -c "$WORK/tp.toml" 2> "$WORK/tp.log" & TP_PID=$!; pids+=($TP_PID)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$TP/small.json" >/dev/null && break; sleep 0.1; done
-echo "wrk.path = \"http://127.0.0.1:$UP/small.json\"" > "$WORK/abs.lua"
 taskset -c 1 wrk -t2 -c64 -d1s -s "$WORK/abs.lua" "http://127.0.0.1:$TP/" >/dev/null
 taskset -c 1 wrk -t2 -c64 -d"$((DUR + 2))s" -s "$WORK/abs.lua" "http://127.0.0.1:$TP/" > "$WORK/wrk.txt" &
 W=$!
