@@ -104,7 +104,7 @@ impl Drop for InFlight {
 pub struct Guarded<S> {
     inner: S,
     state: Arc<ConnState>,
-    framing: Option<Framing>,
+    framing: Framing,
     idle: Duration,
     /// Armed while a read waits with nothing in flight.
     read_timer: Timer,
@@ -142,7 +142,7 @@ impl<S> Guarded<S> {
         Guarded {
             inner,
             state,
-            framing: Some(Framing::new(max_head)),
+            framing: Framing::new(max_head),
             idle,
             read_timer: Timer::new(),
             write_timer: Timer::new(),
@@ -164,14 +164,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                let mut mid_head = false;
-                if let Some(f) = &mut this.framing {
-                    f.feed(&buf.filled()[before..], &this.state.verdicts);
-                    mid_head = f.mid_head();
-                }
+                this.framing
+                    .feed(&buf.filled()[before..], &this.state.verdicts);
                 // A head that has begun keeps the deadline its wait started with:
                 // a head trickling in is bounded as a whole, not per read.
-                if !mid_head {
+                if !this.framing.mid_head() {
                     this.read_timer.armed = false;
                 }
                 Poll::Ready(Ok(()))
@@ -184,13 +181,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                     return Poll::Pending;
                 }
                 if this.read_timer.expired(this.idle, cx) {
-                    return Poll::Ready(Err(timed_out(
-                        if this.framing.as_ref().is_some_and(Framing::mid_head) {
-                            "request head too slow"
-                        } else {
-                            "idle connection closed"
-                        },
-                    )));
+                    return Poll::Ready(Err(timed_out(if this.framing.mid_head() {
+                        "request head too slow"
+                    } else {
+                        "idle connection closed"
+                    })));
                 }
                 Poll::Pending
             }
