@@ -146,7 +146,7 @@ impl Proxy {
             ),
             error: error.as_ref().map(ProxyError::code),
         };
-        if enabled(line.level) && !crate::logging::request_line(&line) {
+        if crate::enabled_at!(line.level) && !crate::logging::request_line(&line) {
             crate::log_at!(
                 line.level,
                 method = %line.method,
@@ -484,18 +484,6 @@ impl Proxy {
             }
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
         }
-    }
-}
-
-/// Whether this module's events at `level` are logged (`tracing::enabled!` wants
-/// its level as a constant).
-fn enabled(level: tracing::Level) -> bool {
-    match level {
-        tracing::Level::ERROR => tracing::enabled!(tracing::Level::ERROR),
-        tracing::Level::WARN => tracing::enabled!(tracing::Level::WARN),
-        tracing::Level::INFO => tracing::enabled!(tracing::Level::INFO),
-        tracing::Level::DEBUG => tracing::enabled!(tracing::Level::DEBUG),
-        _ => tracing::enabled!(tracing::Level::TRACE),
     }
 }
 
