@@ -506,6 +506,27 @@ async fn the_text_request_line_has_every_field_and_one_line_per_request() {
     assert!(!log.contains("private-value"), "{log}");
 }
 
+/// The request line (written without tracing's formatter) is still filtered by
+/// `RUST_LOG`, by its level and its target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_line_follows_rust_log() {
+    let w = World::default().await;
+    let p = w.spawn_with(
+        &w.config("[proxy]\nresponse_timeout = \"300ms\"\n", ""),
+        &[("RUST_LOG", "info,tokenproxy::proxy=warn")],
+    );
+    assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    assert_eq!(get(&p.url("/demo/slow?ms=3000")).await.0, 504);
+    p.wait_log("error=\"upstream_timeout\"").await;
+    let log = p.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(": request ")).collect();
+    assert_eq!(lines.len(), 1, "only the warn line: {log}");
+    assert!(
+        lines[0].contains(" WARN tokenproxy::proxy: request method=GET route=\"demo\" status=504 "),
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_a_refresh_in_flight() {
     let w = World::default().await;
