@@ -19,7 +19,7 @@ use crate::config::{Route, RouteUpstream};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::proxy::ProxyBody;
-use crate::token::{TokenSource, Trigger, ms_to_time, rfc3339};
+use crate::token::{InDoubtNow, TokenSource, Trigger, ms_to_time, rfc3339};
 
 pub struct Admin {
     view: arc_swap::ArcSwap<View>,
@@ -264,6 +264,10 @@ fn token_status(source: &TokenSource, store_kind: &str) -> Value {
         "last_error": s.failure.as_ref().map(|f| f.message.clone()),
         "next_attempt_in_s": s.failure.as_ref().filter(|f| !f.terminal).map(|f| f.retry_at.saturating_duration_since(std::time::Instant::now()).as_secs()),
         "unsaved": s.unsaved,
+        "in_doubt": source.in_doubt().map(|d| match d {
+            InDoubtNow::Own => json!({"by": "this instance", "detail": "new tokens are held in memory until the store takes them; the other instances do not present the spent refresh token meanwhile"}),
+            InDoubtNow::Another(since) => json!({"by": "another instance", "seen_since": rfc3339(since), "detail": "another instance sent this refresh token and stored no answer yet; waiting for its result"}),
+        }),
         "store": store_kind,
     })
 }

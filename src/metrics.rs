@@ -41,6 +41,8 @@ pub struct Metrics {
     panics_total: IntCounter,
     intercept_leaves: IntCounter,
     refresh_interrupted: IntCounterVec,
+    in_doubt: IntCounterVec,
+    lease_lost: IntCounterVec,
     config_reloads: IntCounterVec,
     store_up: prometheus::IntGauge,
     store_operations: IntCounterVec,
@@ -204,6 +206,16 @@ impl Metrics {
                 "Refreshes that found an earlier one interrupted: a process died, or an instance's lock lapsed, between announcing a refresh and storing its result.",
                 &["token"],
             ),
+            in_doubt: counter(
+                "tokenproxy_refresh_in_doubt_total",
+                "Refreshes whose outcome was in doubt (the request may have reached the provider, no answer yet) by how that ended: late_answer (read after the callers' timeout), written_after_restart (stored once the store answered again), retried (another instance's, presented once after the grace), needs_login (after the grace, with in_doubt = \"needs_login\").",
+                &["token", "resolution"],
+            ),
+            lease_lost: counter(
+                "tokenproxy_lease_lost_total",
+                "Refreshes whose store lease ended under them, by phase: before_send (abandoned, nothing spent), in_flight (the answer was written by compare-and-set without the lease).",
+                &["token", "phase"],
+            ),
             config_reloads: counter(
                 "tokenproxy_config_reloads_total",
                 "Configuration reloads (SIGHUP, POST /reload) by result (success, error: refused, the old configuration stays).",
@@ -291,6 +303,15 @@ impl Metrics {
         self.refresh_interrupted.with_label_values(&[token]).inc();
     }
 
+    /// How an in-doubt refresh ended (see the metric's help).
+    pub fn in_doubt(&self, token: &str, resolution: &str) {
+        self.in_doubt.with_label_values(&[token, resolution]).inc();
+    }
+
+    pub fn lease_lost(&self, token: &str, phase: &str) {
+        self.lease_lost.with_label_values(&[token, phase]).inc();
+    }
+
     pub fn config_reload(&self, success: bool) {
         let result = if success { "success" } else { "error" };
         self.config_reloads.with_label_values(&[result]).inc();
@@ -304,6 +325,17 @@ impl Metrics {
     pub fn declare_token(&self, token: &str) {
         self.store_write_errors.with_label_values(&[token]);
         self.refresh_interrupted.with_label_values(&[token]);
+        for resolution in [
+            "late_answer",
+            "written_after_restart",
+            "retried",
+            "needs_login",
+        ] {
+            self.in_doubt.with_label_values(&[token, resolution]);
+        }
+        for phase in ["before_send", "in_flight"] {
+            self.lease_lost.with_label_values(&[token, phase]);
+        }
         self.valid.with_label_values(&[token]);
     }
 

@@ -47,6 +47,8 @@ on_both!(
     the_store_holds_no_token_in_clear_with_an_encryption_key,
     check_reports_the_store,
     seed_writes_to_the_shared_store,
+    a_holder_frozen_past_the_timeout_keeps_the_late_answer,
+    a_refusal_is_presented_once_in_total,
 );
 
 /// The test server of `kind`, from the environment; `None` (after saying why)
@@ -442,9 +444,12 @@ async fn refresh_into_a_hang(w: &World, p: &Proxy) -> tokio::task::JoinHandle<()
     held
 }
 
-/// The lock holder is killed in the middle of a refresh: its lock ends with it
-/// (PostgreSQL: with its session, at once; Redis: when its lease runs out), and
-/// another instance refreshes.
+/// The lock holder is killed in the middle of a refresh, its request unanswered:
+/// its lock ends with it (PostgreSQL: with its session, at once; Redis: when its
+/// lease runs out). Its refresh is in doubt — a killed holder cannot be told from
+/// a frozen one — so another instance waits out the grace (the lease) on the
+/// intent, then presents the refresh token once (`in_doubt = "retry"`); the
+/// provider never processed the lost request, so the chain goes on.
 async fn a_killed_lock_holder_does_not_block_the_others(kind: Kind) {
     let Some((store, w, a, b, held)) = holder_in_a_hang(kind).await else {
         return;
@@ -455,22 +460,29 @@ async fn a_killed_lock_holder_does_not_block_the_others(kind: Kind) {
     // B's caller stops waiting after the token timeout; the refresh goes on.
     let _ = force_refresh(&b, "demo").await;
     let lease = Duration::from_secs(15);
-    let took = killed.elapsed() + wait_generation(&b, 1, lease + Duration::from_secs(15)).await;
+    let took = killed.elapsed() + wait_generation(&b, 1, lease * 2 + Duration::from_secs(15)).await;
     let bound = match kind {
-        Kind::Postgres => Duration::from_secs(10),
-        Kind::Redis => lease + Duration::from_secs(5),
+        Kind::Postgres => lease + Duration::from_secs(8),
+        Kind::Redis => lease * 2 + Duration::from_secs(8),
     };
-    assert!(took < bound, "B waited {took:?} for a dead holder's lock");
+    assert!(
+        took >= lease,
+        "B presented the token {took:?} after the kill, inside the grace"
+    );
+    assert!(took < bound, "B waited {took:?} for a dead holder");
+    b.wait_log("an earlier refresh of this token stopped in the middle")
+        .await;
     assert_eq!(store.generation().await, 2);
     assert_eq!(w.provider.reuse_detected(), 0);
     assert_eq!(get(&b.url("/demo/after")).await.0, 200);
 }
 
 /// The lock holder is frozen (SIGSTOP) longer than its lease while its token
-/// request is unanswered. The lock holds for the whole lease, then another instance
-/// takes over and says it found a refresh that did not finish; the frozen one,
-/// woken, abandons its request (its deadline passed long ago), writes nothing, and
-/// serves the new token. No refresh token is spent twice.
+/// request is unanswered. The lock holds for the whole lease; then another
+/// instance takes it, finds the holder's refresh in doubt and waits the grace on
+/// it, then presents the token once; the frozen one, woken, finds its lease gone
+/// and its answer never came, writes nothing, and serves the new token. No
+/// refresh token is spent twice.
 async fn a_frozen_lock_holder_is_taken_over_and_spends_nothing(kind: Kind) {
     let Some((store, w, a, b, held)) = holder_in_a_hang(kind).await else {
         return;
@@ -479,10 +491,10 @@ async fn a_frozen_lock_holder_is_taken_over_and_spends_nothing(kind: Kind) {
     a.signal("STOP");
     let _ = force_refresh(&b, "demo").await;
     let lease = Duration::from_secs(15);
-    wait_generation(&b, 1, lease + Duration::from_secs(20)).await;
+    wait_generation(&b, 1, lease * 2 + Duration::from_secs(20)).await;
     assert!(
-        locked.elapsed() >= lease - Duration::from_secs(1),
-        "B refreshed {:?} after A took the lock, inside A's lease",
+        locked.elapsed() >= lease * 2 - Duration::from_secs(1),
+        "B refreshed {:?} after A took the lock, inside A's lease and the grace",
         locked.elapsed()
     );
     b.wait_log("an earlier refresh of this token stopped in the middle")
@@ -1307,4 +1319,100 @@ async fn a_corrupt_redis_record_names_the_field_not_its_value() {
     assert!(status.contains("field `generation`"), "{status}");
     assert!(!status.contains("LEAKED"), "{status}");
     assert_eq!(w.provider.token_requests(), 0, "nothing refreshed over it");
+}
+
+/// The holder is frozen (SIGSTOP) after the provider rotated, for longer than the
+/// token request's timeout (3 s) and shorter than the lease (15 s): the answer
+/// sits in its socket. Woken, it reads the answer (the timeout bounds callers, not
+/// the holder), stores it, and no instance presents the spent refresh token: the
+/// store ends with the provider's current one and the grant is never revoked.
+async fn a_holder_frozen_past_the_timeout_keeps_the_late_answer(kind: Kind) {
+    let Some(store) = Store::fresh(kind).await else {
+        return;
+    };
+    let w = World::default().await;
+    let config = store.config(&w, "");
+    let a = store.spawn(&w, &config);
+    let b = store.spawn(&w, &config);
+    assert_eq!(get(&a.url("/demo/x")).await.0, 200);
+    assert_eq!(get(&b.url("/demo/x")).await.0, 200);
+    let before = w.provider.token_requests();
+    w.provider.set_mode(Mode::SlowOk(1000));
+    let url = a.admin_url("/tokens/demo/refresh");
+    let caller = tokio::spawn(async move { client().post(url).send().await.map(|r| r.status()) });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.provider.token_requests_in_flight() == 0 {
+        assert!(Instant::now() < deadline, "no token request came");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.signal("STOP");
+    let frozen = Instant::now();
+    // The provider rotates and answers into the frozen holder's socket.
+    while w.provider.token_requests_in_flight() > 0 {
+        assert!(Instant::now() < deadline, "the provider did not answer");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    w.provider.set_mode(Mode::Normal);
+    assert_eq!(w.provider.token_requests(), before + 1);
+    // Meanwhile another instance is asked to refresh: it waits for the lock.
+    let b_url = b.admin_url("/tokens/demo/refresh");
+    let other = tokio::spawn(async move { client().post(b_url).send().await.map(|r| r.status()) });
+    // The fault itself: a freeze of 5 s against a 3 s timeout.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(frozen.elapsed())).await;
+    a.signal("CONT");
+    let _ = caller.await;
+    let _ = other.await;
+    a.wait_log("answered after the request's timeout").await;
+    wait_generation(&b, 1, Duration::from_secs(30)).await;
+    wait_generation(&a, 1, Duration::from_secs(30)).await;
+    assert_eq!(w.provider.reuse_detected(), 0, "{}\n{}", a.log(), b.log());
+    assert_eq!(
+        store.field("refresh_token").await,
+        w.provider.current_refresh_token(),
+        "the store holds the provider's current refresh token"
+    );
+    assert_eq!(get(&a.url("/demo/after")).await.0, 200);
+    assert_eq!(get(&b.url("/demo/after")).await.0, 200);
+    let metrics = client()
+        .get(a.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "tokenproxy_refresh_in_doubt_total{resolution=\"late_answer\",token=\"demo\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+/// The provider refuses the refresh token once (`invalid_grant`): the refusal is
+/// recorded in the store, and of four instances asked to refresh, none presents
+/// the refused token again; all say a login is needed.
+async fn a_refusal_is_presented_once_in_total(kind: Kind) {
+    let Some(store) = Store::fresh(kind).await else {
+        return;
+    };
+    let w = World::default().await;
+    let config = store.config(&w, "");
+    let proxies: Vec<Proxy> = (0..4).map(|_| store.spawn(&w, &config)).collect();
+    for p in &proxies {
+        assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    }
+    let before = w.provider.token_requests();
+    w.provider.set_mode(Mode::InvalidGrant);
+    let asked = proxies.iter().map(|p| force_refresh(p, "demo"));
+    futures_util::future::join_all(asked).await;
+    for p in &proxies {
+        p.wait_token("demo", "needs_login", Duration::from_secs(20))
+            .await;
+    }
+    assert_eq!(
+        w.provider.token_requests(),
+        before + 1,
+        "the refused refresh token was presented more than once"
+    );
 }

@@ -24,6 +24,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use crate::secret::SecretRef;
 
 pub use preset::{PRESETS, Preset};
+pub use raw::InDoubt;
 
 /// A configuration problem: which file, which key, what is wrong, and how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -371,6 +372,7 @@ pub struct TokenConfig {
     pub min_interval: Duration,
     pub default_lifetime: Duration,
     pub timeout: Duration,
+    pub in_doubt: InDoubt,
     /// The distinct injection templates of the routes that use this token; a token's
     /// state carries one pre-built credential per template, in this order.
     pub injects: Vec<Inject>,

@@ -200,6 +200,23 @@ pub struct RawToken {
     pub default_lifetime: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// Shared stores: what to do with a refresh token whose refresh stayed in
+    /// doubt for the whole grace.
+    pub in_doubt: Option<InDoubt>,
+}
+
+/// What an instance does with a refresh token another refresh may already have
+/// spent (its request was sent, no answer was ever stored), once the grace ended.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InDoubt {
+    /// Present it once, logged and counted: providers that did not process the
+    /// lost request, or that allow a retry of the last one (Xero), carry on.
+    #[default]
+    Retry,
+    /// Stop and wait for a person (`tokenproxy login` or `seed`): for providers
+    /// where a second presentation revokes the whole grant.
+    NeedsLogin,
 }
 
 #[derive(Deserialize)]

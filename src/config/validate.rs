@@ -845,6 +845,7 @@ impl Validator<'_> {
                 Duration::from_secs(3600),
             ),
             timeout: raw.timeout.unwrap_or(Duration::from_secs(30)),
+            in_doubt: raw.in_doubt.unwrap_or_default(),
             injects: Vec::new(),
             dynamic_upstreams: Vec::new(),
             name,

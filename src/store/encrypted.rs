@@ -16,7 +16,7 @@ use base64::Engine;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::{Held, Intent, StoreError, StoredToken, TokenStore};
+use super::{Held, Intent, IntentRead, StoreError, StoredToken, TokenStore};
 use crate::secret::Secret;
 
 const PREFIX: &str = "enc:v1:";
@@ -237,17 +237,27 @@ impl TokenStore for Encrypted {
         }))
     }
 
-    async fn save_intent(&self, token: &str, intent: &Intent) -> Result<(), StoreError> {
-        // An intent holds a hash, never a token.
-        self.inner.save_intent(token, intent).await
+    async fn write(&self, token: &str, record: &StoredToken, seen: u64) -> Result<(), StoreError> {
+        let sealed = seal_record(self.keys.as_deref(), token, record)?;
+        self.inner.write(token, &sealed, seen).await
     }
 
-    async fn load_intent(&self, token: &str) -> Result<Option<Intent>, StoreError> {
+    // An intent holds a hash, never a token.
+    async fn load_intent(&self, token: &str) -> Result<IntentRead, StoreError> {
         self.inner.load_intent(token).await
     }
 
-    async fn clear_intent(&self, token: &str) -> Result<(), StoreError> {
-        self.inner.clear_intent(token).await
+    async fn swap_intent(
+        &self,
+        token: &str,
+        expected: Option<&Intent>,
+        new: Option<&Intent>,
+    ) -> Result<bool, StoreError> {
+        self.inner.swap_intent(token, expected, new).await
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        self.inner.lease()
     }
 
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
@@ -271,6 +281,14 @@ impl Held for EncryptedHeld {
     async fn save(&mut self, record: &StoredToken, seen: Option<u64>) -> Result<(), StoreError> {
         let sealed = seal_record(self.keys.as_deref(), &self.token, record)?;
         self.inner.save(&sealed, seen).await
+    }
+
+    async fn renew(&mut self) -> Result<Option<tokio::time::Instant>, StoreError> {
+        self.inner.renew().await
+    }
+
+    async fn release(self: Box<Self>) {
+        self.inner.release().await
     }
 }
 

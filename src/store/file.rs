@@ -21,7 +21,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::{Held, Intent, RECORD_VERSION, StoreError, StoredToken, TokenStore};
+use super::{Held, Intent, IntentRead, RECORD_VERSION, StoreError, StoredToken, TokenStore};
 
 /// Longest wait for one read or write of a record.
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -349,6 +349,12 @@ impl Held for FileHeld {
         })
         .await
     }
+
+    async fn renew(&mut self) -> Result<Option<tokio::time::Instant>, StoreError> {
+        Ok(None)
+    }
+
+    async fn release(self: Box<Self>) {}
 }
 
 #[async_trait::async_trait]
@@ -404,31 +410,63 @@ impl TokenStore for FileStore {
         }
     }
 
-    async fn save_intent(&self, token: &str, intent: &Intent) -> Result<(), StoreError> {
-        self.write_json(self.path(token, ".intent.json"), intent)
-            .await
+    async fn write(&self, token: &str, record: &StoredToken, seen: u64) -> Result<(), StoreError> {
+        let mut held = self.lock(token, OP_TIMEOUT).await?;
+        held.save(record, Some(seen)).await
     }
 
-    async fn clear_intent(&self, token: &str) -> Result<(), StoreError> {
+    /// Read, compared and written under the token's `flock`, which every caller
+    /// holds: on one host, the lock never lapses.
+    async fn swap_intent(
+        &self,
+        token: &str,
+        expected: Option<&Intent>,
+        new: Option<&Intent>,
+    ) -> Result<bool, StoreError> {
+        let stored = self.load_intent(token).await?.intent;
+        let matches = match (&stored, expected) {
+            (None, None) => true,
+            (Some(s), Some(e)) => s.same(e),
+            _ => false,
+        };
+        if !matches {
+            return Ok(false);
+        }
         let path = self.path(token, ".intent.json");
-        let p = path.clone();
-        blocking("write", &path, move || match fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(StoreError::Io { path: p, source: e })
+        match new {
+            Some(intent) => {
+                let intent = Intent {
+                    at_ms: crate::token::time_to_ms(SystemTime::now()),
+                    ..intent.clone()
+                };
+                self.write_json(path, &intent).await?;
             }
-            _ => Ok(()),
-        })
-        .await
+            None => {
+                let p = path.clone();
+                blocking("write", &path, move || match fs::remove_file(&p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(StoreError::Io { path: p, source: e })
+                    }
+                    _ => Ok(()),
+                })
+                .await?;
+            }
+        }
+        Ok(true)
     }
 
-    async fn load_intent(&self, token: &str) -> Result<Option<Intent>, StoreError> {
+    async fn load_intent(&self, token: &str) -> Result<IntentRead, StoreError> {
         let path = self.path(token, ".intent.json");
         let p = path.clone();
-        blocking("read", &path, move || {
+        let intent = blocking("read", &path, move || {
             // An unreadable intent says nothing; it is only ever advice.
             Ok(read_small(&p)?.and_then(|b| serde_json::from_slice(&b).ok()))
         })
-        .await
+        .await?;
+        Ok(IntentRead {
+            intent,
+            now_ms: crate::token::time_to_ms(SystemTime::now()),
+        })
     }
 }
 

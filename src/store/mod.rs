@@ -12,6 +12,8 @@
 
 mod encrypted;
 mod file;
+#[cfg(test)]
+pub(crate) mod memory;
 mod observed;
 mod postgres;
 mod redis;
@@ -24,6 +26,8 @@ use crate::secret::Secret;
 
 pub use encrypted::{Encrypted, Key, Keys};
 pub use file::FileStore;
+#[cfg(test)]
+pub use memory::MemoryStore;
 pub use observed::{Observed, StoreHealth};
 pub use postgres::{PgStore, SCHEMA_VERSION};
 pub use redis::{REDIS_SCHEMA_VERSION, RedisStore};
@@ -85,16 +89,43 @@ pub fn shape_error(value: &serde_json::Value) -> Option<String> {
     None
 }
 
-/// Written before a refresh token is spent, so that a start after a crash knows a
-/// refresh was under way: the refresh token of `generation` (by its hash) was about
-/// to be presented. Stale once the record's generation is past it.
+/// Written before a refresh token is spent, so that every other instance, and a
+/// start after a crash, knows a refresh was under way: the refresh token of
+/// `generation` (by its hash) was about to be presented by `owner`. Stale once the
+/// record's generation is past it. With `refused`, the provider refused that refresh
+/// token: nobody presents it again.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Intent {
+    /// The writing process's random id: only it removes its intent.
+    #[serde(default)]
+    pub owner: String,
     pub generation: u64,
     /// SHA-256 of the refresh token, hex: enough to recognise it, useless to spend.
     pub refresh_token_sha256: String,
+    /// When it was written, on the store's clock (set by the store).
     pub at_ms: u64,
+    #[serde(default)]
+    pub refused: bool,
+}
+
+impl Intent {
+    /// Whether `other` is this intent as written (the compare of a compare-and-set;
+    /// the time is the store's and is not compared).
+    pub fn same(&self, other: &Intent) -> bool {
+        self.owner == other.owner
+            && self.generation == other.generation
+            && self.refresh_token_sha256 == other.refresh_token_sha256
+            && self.refused == other.refused
+    }
+}
+
+/// A token's intent as read, with the store's clock at the reading, so that its
+/// age is measured on one clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntentRead {
+    pub intent: Option<Intent>,
+    pub now_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +164,8 @@ pub enum StoreError {
         seen: u64,
         stored: u64,
     },
+    #[error("the store's lock on token `{token}` is no longer this process's (its lease ended)")]
+    LeaseLost { token: String },
     #[error(
         "{path}: another process held the lock for more than {}s; it may be hung refreshing the token",
         .waited.as_secs()
@@ -165,9 +198,11 @@ impl StoreError {
     }
 }
 
-/// A token's lock, held: the record is read and written through it. Dropping it
-/// releases the lock. On a shared store the lock is a lease that ends with its
-/// holder, so a write is fenced by the generation the holder saw.
+/// A token's lock, held: the record is read and written through it. On a shared
+/// store the lock is a lease that ends with its holder (or when it is not renewed),
+/// so a write is fenced by the generation the holder saw. Release it with
+/// [`Held::release`]; dropping it releases it too, as soon as the runtime runs the
+/// release (not at all if the process exits first).
 #[async_trait::async_trait]
 pub trait Held: Send {
     /// The record as stored now, read under the lock.
@@ -175,8 +210,16 @@ pub trait Held: Send {
     /// Writes `record` durably (durable when it returns `Ok`). With `seen`, only if
     /// the stored generation is still `seen` (0: no record); otherwise
     /// [`StoreError::Fenced`]: another process refreshed meanwhile. `None` replaces
-    /// whatever is there (`seed` and `login`, a person's deliberate act).
+    /// whatever is there (`seed` and `login`, a person's deliberate act). A shared
+    /// store's lock ends with a successful write.
     async fn save(&mut self, record: &StoredToken, seen: Option<u64>) -> Result<(), StoreError>;
+    /// Extends the lease now and says until when, on this process's monotonic
+    /// clock, it surely lasts (measured from before the store was asked). `None`:
+    /// a lock that lasts as long as its holder (the file store's `flock`).
+    /// [`StoreError::LeaseLost`] when the lock is no longer this holder's.
+    async fn renew(&mut self) -> Result<Option<tokio::time::Instant>, StoreError>;
+    /// Releases the lock and waits until the store has let go of it.
+    async fn release(self: Box<Self>);
 }
 
 /// Says once, in the log, that a lock on a shared store ended before its holder
@@ -218,11 +261,30 @@ pub trait TokenStore: Send + Sync {
         token: &str,
         wait: std::time::Duration,
     ) -> Result<Box<dyn Held>, StoreError>;
-    /// Durable when it returns `Ok`.
-    async fn save_intent(&self, token: &str, intent: &Intent) -> Result<(), StoreError>;
-    async fn load_intent(&self, token: &str) -> Result<Option<Intent>, StoreError>;
-    /// The refresh the intent announced has ended (with new tokens or a refusal).
-    async fn clear_intent(&self, token: &str) -> Result<(), StoreError>;
+    /// Writes `record` if the stored generation is still `seen` (0: no record),
+    /// without the lock: the generation guards writes, the lease guards token
+    /// requests. For a holder whose lease ended, or a record kept in memory while
+    /// the store could not be reached. Durable when it returns `Ok`;
+    /// [`StoreError::Fenced`] when the store moved on. Must not be called while this
+    /// process holds the token's lock.
+    async fn write(&self, token: &str, record: &StoredToken, seen: u64) -> Result<(), StoreError>;
+    /// The token's intent, if any, and the store's clock now.
+    async fn load_intent(&self, token: &str) -> Result<IntentRead, StoreError>;
+    /// Compare-and-set of the token's intent: replaces what is stored by `new`
+    /// (`None`: removes it) only if what is stored is `expected` ([`Intent::same`];
+    /// `None`: nothing). The store sets `at_ms` to its own clock. `Ok(false)` when
+    /// what is stored is something else. Durable when it returns `Ok(true)`.
+    async fn swap_intent(
+        &self,
+        token: &str,
+        expected: Option<&Intent>,
+        new: Option<&Intent>,
+    ) -> Result<bool, StoreError>;
+    /// How long a lock lasts without renewal; `None` when it lasts as long as its
+    /// holder.
+    fn lease(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// Names of tokens another process stored a new record for, as they are
     /// written (`*`: anything may have changed, after a reconnection). `None` for a
     /// store that cannot tell; instances then see new records at their next refresh.

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use super::{Held, Intent, StoreError, StoredToken, TokenStore};
+use super::{Held, Intent, IntentRead, StoreError, StoredToken, TokenStore};
 use crate::metrics::Metrics;
 
 /// Whether the store answered its last operation, and what failed last.
@@ -66,7 +66,10 @@ fn record<T>(
         Ok(_) => true,
         Err(e) => matches!(
             e,
-            StoreError::Fenced { .. } | StoreError::LockTimeout { .. } | StoreError::Corrupt { .. }
+            StoreError::Fenced { .. }
+                | StoreError::LockTimeout { .. }
+                | StoreError::LeaseLost { .. }
+                | StoreError::Corrupt { .. }
         ),
     };
     metrics.store_operation(op, if result.is_ok() { "success" } else { "error" });
@@ -111,22 +114,31 @@ impl TokenStore for Observed {
         }))
     }
 
-    async fn save_intent(&self, token: &str, intent: &Intent) -> Result<(), StoreError> {
-        let r = self.inner.save_intent(token, intent).await;
-        record(&self.metrics, &self.health, "intent", &r);
+    async fn write(&self, token: &str, record_: &StoredToken, seen: u64) -> Result<(), StoreError> {
+        let r = self.inner.write(token, record_, seen).await;
+        record(&self.metrics, &self.health, "save", &r);
         r
     }
 
-    async fn load_intent(&self, token: &str) -> Result<Option<Intent>, StoreError> {
+    async fn load_intent(&self, token: &str) -> Result<IntentRead, StoreError> {
         let r = self.inner.load_intent(token).await;
         record(&self.metrics, &self.health, "intent", &r);
         r
     }
 
-    async fn clear_intent(&self, token: &str) -> Result<(), StoreError> {
-        let r = self.inner.clear_intent(token).await;
+    async fn swap_intent(
+        &self,
+        token: &str,
+        expected: Option<&Intent>,
+        new: Option<&Intent>,
+    ) -> Result<bool, StoreError> {
+        let r = self.inner.swap_intent(token, expected, new).await;
         record(&self.metrics, &self.health, "intent", &r);
         r
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        self.inner.lease()
     }
 
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
@@ -152,5 +164,15 @@ impl Held for ObservedHeld {
         let r = self.inner.save(record_, seen).await;
         record(&self.metrics, &self.health, "save", &r);
         r
+    }
+
+    async fn renew(&mut self) -> Result<Option<tokio::time::Instant>, StoreError> {
+        let r = self.inner.renew().await;
+        record(&self.metrics, &self.health, "lock", &r);
+        r
+    }
+
+    async fn release(self: Box<Self>) {
+        self.inner.release().await
     }
 }

@@ -28,7 +28,9 @@ use std::time::{Duration, SystemTime};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio::task::JoinHandle;
 
-use super::{Held, Intent, Lapsed, RECORD_VERSION, StoreError, StoredToken, TokenStore};
+use super::{
+    Held, Intent, IntentRead, Lapsed, RECORD_VERSION, StoreError, StoredToken, TokenStore,
+};
 use crate::secret::Secret;
 
 /// The schema this build reads and writes.
@@ -64,7 +66,10 @@ CREATE TABLE IF NOT EXISTS tokenproxy_intents (
     generation bigint NOT NULL,
     refresh_token_sha256 text NOT NULL,
     started_at timestamptz NOT NULL
-);";
+);
+ALTER TABLE tokenproxy_intents
+    ADD COLUMN IF NOT EXISTS owner text NOT NULL DEFAULT '',
+    ADD COLUMN IF NOT EXISTS refused boolean NOT NULL DEFAULT false;";
 
 pub struct PgStore {
     pool: Pool,
@@ -75,6 +80,12 @@ pub struct PgStore {
 
 /// The channel refreshes notify on.
 const CHANNEL: &str = "tokenproxy_tokens";
+/// Pauses between attempts to reach the server again for notifications.
+const RECONNECT_MIN: Duration = Duration::from_millis(250);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// Longest wait for the row lock of a write made without holding the lock (the
+/// holder of the lock re-reads and lets go quickly).
+const WRITE_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn db(op: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
     move |e| StoreError::Database {
@@ -118,9 +129,10 @@ impl PgStore {
             config.clone(),
             tls.clone(),
             ManagerConfig {
-                // A connection comes back from a lock holder that may have been cut
-                // off mid-transaction: whatever it left open ends here.
-                recycling_method: RecyclingMethod::Custom("ROLLBACK".into()),
+                // No pooled connection is ever left in a transaction: a lock's
+                // connection leaves the pool for good (see `lock`), and the few
+                // transactions on pooled ones end before they are handed back.
+                recycling_method: RecyclingMethod::Fast,
             },
         );
         // A lock holds a connection for a whole token request; reads and intents
@@ -229,14 +241,15 @@ impl PgStore {
 }
 
 /// Forwards the names in `NOTIFY tokenproxy_tokens` to `changes`, reconnecting
-/// with backoff (1 s doubling to 30 s) and announcing `*` after each (re)connection.
+/// with backoff (250 ms doubling to 2 s, so that a restarted server is heard from
+/// within moments) and announcing `*` after each (re)connection.
 async fn listen(
     config: tokio_postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     changes: tokio::sync::broadcast::Sender<String>,
 ) {
     use futures_util::StreamExt;
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = RECONNECT_MIN;
     loop {
         match config.connect(tls.clone()).await {
             Ok((client, mut connection)) => {
@@ -255,7 +268,7 @@ async fn listen(
                     .await
                     .is_ok()
                 {
-                    backoff = Duration::from_secs(1);
+                    backoff = RECONNECT_MIN;
                     // Whatever changed while no one was listening.
                     let _ = changes.send("*".into());
                 }
@@ -267,7 +280,7 @@ async fn listen(
             }
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        backoff = (backoff * 2).min(RECONNECT_MAX);
     }
 }
 
@@ -333,7 +346,10 @@ impl TokenStore for PgStore {
     }
 
     async fn lock(&self, token: &str, wait: Duration) -> Result<Box<dyn Held>, StoreError> {
-        let client = self.client().await?;
+        // The lock's connection leaves the pool: the transaction that holds the
+        // lock ends with it, and no pooled connection is ever handed out mid-
+        // transaction.
+        let client = Object::take(self.client().await?);
         // The row to lock exists before anyone locks it.
         client
             .execute(
@@ -388,52 +404,124 @@ impl TokenStore for PgStore {
             token: token.to_owned(),
             open: true,
             lapsed,
+            lease: self.lease,
         }))
     }
 
-    async fn save_intent(&self, token: &str, intent: &Intent) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let generation = i64::try_from(intent.generation).unwrap_or(i64::MAX);
+    async fn write(&self, token: &str, record: &StoredToken, seen: u64) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        // A store that lost the row (restored from an older backup) gets it back.
         client
             .execute(
-                "INSERT INTO tokenproxy_intents (name, generation, refresh_token_sha256, started_at)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (name) DO UPDATE SET generation = $2, refresh_token_sha256 = $3, started_at = $4",
-                &[
-                    &token,
-                    &generation,
-                    &intent.refresh_token_sha256,
-                    &crate::token::ms_to_time(intent.at_ms),
-                ],
+                "INSERT INTO tokenproxy_tokens (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+                &[&token],
             )
             .await
-            .map_err(db("write intent"))?;
-        Ok(())
+            .map_err(db("write"))?;
+        let tx = client.transaction().await.map_err(db("write"))?;
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = {}",
+            WRITE_LOCK_TIMEOUT.as_millis()
+        ))
+        .await
+        .map_err(db("write"))?;
+        update(&*tx, token, record, Some(seen)).await?;
+        tx.commit().await.map_err(db("write"))
     }
 
-    async fn load_intent(&self, token: &str) -> Result<Option<Intent>, StoreError> {
+    async fn load_intent(&self, token: &str) -> Result<IntentRead, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt(
-                "SELECT generation, refresh_token_sha256, started_at FROM tokenproxy_intents WHERE name = $1",
+            .query_one(
+                "SELECT i.owner, i.generation, i.refresh_token_sha256, i.started_at, i.refused,
+                        (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                 FROM (SELECT 1) AS one LEFT JOIN tokenproxy_intents i ON i.name = $1",
                 &[&token],
             )
             .await
             .map_err(db("read intent"))?;
-        Ok(row.map(|r| Intent {
-            generation: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
-            refresh_token_sha256: r.get(1),
-            at_ms: crate::token::time_to_ms(r.get(2)),
-        }))
+        let now_ms = u64::try_from(row.get::<_, i64>(5)).unwrap_or(0);
+        let intent = row
+            .get::<_, Option<String>>(2)
+            .map(|refresh_token_sha256| Intent {
+                owner: row.get(0),
+                generation: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+                refresh_token_sha256,
+                at_ms: crate::token::time_to_ms(row.get(3)),
+                refused: row.get(4),
+            });
+        Ok(IntentRead { intent, now_ms })
     }
 
-    async fn clear_intent(&self, token: &str) -> Result<(), StoreError> {
+    async fn swap_intent(
+        &self,
+        token: &str,
+        expected: Option<&Intent>,
+        new: Option<&Intent>,
+    ) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        client
-            .execute("DELETE FROM tokenproxy_intents WHERE name = $1", &[&token])
-            .await
-            .map_err(db("write intent"))?;
-        Ok(())
+        let as_i64 = |i: &Intent| i64::try_from(i.generation).unwrap_or(i64::MAX);
+        let changed = match (expected, new) {
+            (None, None) => return Ok(true),
+            (None, Some(n)) => {
+                client
+                    .execute(
+                        "INSERT INTO tokenproxy_intents
+                            (name, owner, generation, refresh_token_sha256, refused, started_at)
+                         VALUES ($1, $2, $3, $4, $5, clock_timestamp())
+                         ON CONFLICT (name) DO NOTHING",
+                        &[
+                            &token,
+                            &n.owner,
+                            &as_i64(n),
+                            &n.refresh_token_sha256,
+                            &n.refused,
+                        ],
+                    )
+                    .await
+            }
+            (Some(e), Some(n)) => {
+                client
+                    .execute(
+                        "UPDATE tokenproxy_intents SET owner = $2, generation = $3,
+                            refresh_token_sha256 = $4, refused = $5, started_at = clock_timestamp()
+                         WHERE name = $1 AND owner = $6 AND generation = $7
+                            AND refresh_token_sha256 = $8 AND refused = $9",
+                        &[
+                            &token,
+                            &n.owner,
+                            &as_i64(n),
+                            &n.refresh_token_sha256,
+                            &n.refused,
+                            &e.owner,
+                            &as_i64(e),
+                            &e.refresh_token_sha256,
+                            &e.refused,
+                        ],
+                    )
+                    .await
+            }
+            (Some(e), None) => {
+                client
+                    .execute(
+                        "DELETE FROM tokenproxy_intents WHERE name = $1 AND owner = $2
+                            AND generation = $3 AND refresh_token_sha256 = $4 AND refused = $5",
+                        &[
+                            &token,
+                            &e.owner,
+                            &as_i64(e),
+                            &e.refresh_token_sha256,
+                            &e.refused,
+                        ],
+                    )
+                    .await
+            }
+        };
+        Ok(changed.map_err(db("write intent"))? == 1)
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        Some(self.lease)
     }
 
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
@@ -447,19 +535,77 @@ impl Drop for PgStore {
     }
 }
 
-/// A locked row: the transaction that holds it, and the task that renews it.
+/// Writes `record` in the transaction of `client`, fenced by `seen` (`None`:
+/// whatever is stored), and announces it at the commit.
+async fn update(
+    client: &impl tokio_postgres::GenericClient,
+    token: &str,
+    record: &StoredToken,
+    seen: Option<u64>,
+) -> Result<(), StoreError> {
+    let generation = i64::try_from(record.generation).unwrap_or(i64::MAX);
+    let expires = crate::token::ms_to_time(record.expires_at_ms);
+    let issued = crate::token::ms_to_time(record.issued_at_ms);
+    let extra = serde_json::Value::Object(record.extra.clone());
+    let access = record.access_token.as_ref().map(Secret::expose);
+    let refresh = record.refresh_token.as_ref().map(Secret::expose);
+    let seen_i = seen.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
+    // `seen` NULL: replace whatever is stored (seed, login).
+    let updated = client
+        .execute(
+            "UPDATE tokenproxy_tokens SET access_token = $2, refresh_token = $3,
+                expires_at = $4, issued_at = $5, generation = $6, extra = $7, updated_at = now()
+             WHERE name = $1 AND ($8::bigint IS NULL OR generation = $8)",
+            &[
+                &token,
+                &access,
+                &refresh,
+                &expires,
+                &issued,
+                &generation,
+                &extra,
+                &seen_i,
+            ],
+        )
+        .await
+        .map_err(db("write"))?;
+    if updated == 0 {
+        let stored: i64 = client
+            .query_opt(
+                "SELECT generation FROM tokenproxy_tokens WHERE name = $1",
+                &[&token],
+            )
+            .await
+            .map_err(db("read"))?
+            .map_or(0, |r| r.get(0));
+        return Err(StoreError::Fenced {
+            token: token.to_owned(),
+            seen: seen.unwrap_or(0),
+            stored: u64::try_from(stored).unwrap_or(0),
+        });
+    }
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &token])
+        .await
+        .map_err(db("write"))?;
+    Ok(())
+}
+
+/// A locked row: the transaction that holds it, on a connection of its own, and
+/// the task that renews it.
 struct PgHeld {
     /// `None` once handed back.
-    client: Option<Arc<Object>>,
+    client: Option<Arc<deadpool_postgres::ClientWrapper>>,
     renew: JoinHandle<()>,
     token: String,
     /// Whether the locking transaction is still open.
     open: bool,
     lapsed: Lapsed,
+    lease: Duration,
 }
 
 impl PgHeld {
-    fn client(&self) -> Result<&Object, StoreError> {
+    fn client(&self) -> Result<&deadpool_postgres::ClientWrapper, StoreError> {
         self.client.as_deref().ok_or_else(|| StoreError::Database {
             op: "write",
             detail: "the lock was released".into(),
@@ -480,51 +626,7 @@ impl Held for PgHeld {
 
     async fn save(&mut self, record: &StoredToken, seen: Option<u64>) -> Result<(), StoreError> {
         let client = self.client()?;
-        let generation = i64::try_from(record.generation).unwrap_or(i64::MAX);
-        let expires = crate::token::ms_to_time(record.expires_at_ms);
-        let issued = crate::token::ms_to_time(record.issued_at_ms);
-        let extra = serde_json::Value::Object(record.extra.clone());
-        let access = record.access_token.as_ref().map(Secret::expose);
-        let refresh = record.refresh_token.as_ref().map(Secret::expose);
-        let seen_i = seen.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
-        // `seen` NULL: replace whatever is stored (seed, login).
-        let updated = client
-            .execute(
-                "UPDATE tokenproxy_tokens SET access_token = $2, refresh_token = $3,
-                    expires_at = $4, issued_at = $5, generation = $6, extra = $7, updated_at = now()
-                 WHERE name = $1 AND ($8::bigint IS NULL OR generation = $8)",
-                &[
-                    &self.token,
-                    &access,
-                    &refresh,
-                    &expires,
-                    &issued,
-                    &generation,
-                    &extra,
-                    &seen_i,
-                ],
-            )
-            .await
-            .map_err(db("write"))?;
-        if updated == 0 {
-            let stored: i64 = client
-                .query_opt(
-                    "SELECT generation FROM tokenproxy_tokens WHERE name = $1",
-                    &[&self.token],
-                )
-                .await
-                .map_err(db("read"))?
-                .map_or(0, |r| r.get(0));
-            return Err(StoreError::Fenced {
-                token: self.token.clone(),
-                seen: seen.unwrap_or(0),
-                stored: u64::try_from(stored).unwrap_or(0),
-            });
-        }
-        client
-            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.token])
-            .await
-            .map_err(db("write"))?;
+        update(&**client, &self.token, record, seen).await?;
         if self.open {
             // Durable, the others told, and the lock released, in one step.
             client.batch_execute("COMMIT").await.map_err(db("write"))?;
@@ -532,6 +634,40 @@ impl Held for PgHeld {
             self.renew.abort();
         }
         Ok(())
+    }
+
+    async fn renew(&mut self) -> Result<Option<tokio::time::Instant>, StoreError> {
+        if !self.open {
+            return Err(StoreError::LeaseLost {
+                token: self.token.clone(),
+            });
+        }
+        let asked = tokio::time::Instant::now();
+        match self.client()?.batch_execute("SELECT 1").await {
+            Ok(()) => Ok(Some(asked + self.lease)),
+            Err(e) if e.is_closed() || e.as_db_error().is_some() => {
+                // The session ended (its idle timeout, or the server) or the
+                // transaction failed: the row lock is gone with it.
+                self.lapsed.report();
+                self.open = false;
+                Err(StoreError::LeaseLost {
+                    token: self.token.clone(),
+                })
+            }
+            Err(e) => Err(db("lock")(e)),
+        }
+    }
+
+    async fn release(mut self: Box<Self>) {
+        self.renew.abort();
+        if let Some(client) = self.client.take()
+            && self.open
+        {
+            self.open = false;
+            if client.batch_execute("ROLLBACK").await.is_err() {
+                self.lapsed.report();
+            }
+        }
     }
 }
 
@@ -542,8 +678,8 @@ impl Drop for PgHeld {
             return;
         };
         if self.open {
-            // Ends the transaction, and with it the lock, before the connection goes
-            // back to the pool (the pool's recycling rolls back too, as a second net).
+            // Ends the transaction, and with it the lock, at once; closing the
+            // connection (it is not pooled) would end it too.
             let lapsed = self.lapsed.clone();
             tokio::spawn(async move {
                 if client.batch_execute("ROLLBACK").await.is_err() {

@@ -28,13 +28,18 @@ use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::task::JoinHandle;
 
-use super::{Held, Intent, Lapsed, RECORD_VERSION, StoreError, StoredToken, TokenStore};
+use super::{
+    Held, Intent, IntentRead, Lapsed, RECORD_VERSION, StoreError, StoredToken, TokenStore,
+};
 use crate::secret::Secret;
 
 /// The key layout this build reads and writes.
 pub const REDIS_SCHEMA_VERSION: u32 = 1;
 /// How long one command may take before the store counts as unreachable.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pauses between attempts to reach the server again.
+const RECONNECT_MIN: Duration = Duration::from_millis(250);
+const RECONNECT_MAX: Duration = Duration::from_millis(500);
 
 /// Renews a lock if it is still ours: `KEYS[1]` lock, `ARGV[1]` our value,
 /// `ARGV[2]` the lease in milliseconds.
@@ -63,6 +68,43 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return {1, stored}";
+
+/// The intent hash and the server's clock: `{now_ms, field, value, …}`.
+const LOAD_INTENT: &str = r"
+local t = redis.call('TIME')
+local out = {string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000))}
+for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
+return out";
+
+/// Compare-and-set of the intent hash: if what is stored is `ARGV[1]` (`owner|
+/// generation|sha|refused`, empty for nothing), replace it by the intent in
+/// `ARGV[3..6]` (owner, generation, sha, refused), stamped with the server's
+/// clock, or, when `ARGV[2]` is empty, remove it. Answers 1 when done.
+const SWAP_INTENT: &str = r"
+local f = redis.call('HMGET', KEYS[1], 'owner', 'generation', 'refresh_token_sha256', 'refused')
+local stored = ''
+if f[3] then stored = (f[1] or '') .. '|' .. (f[2] or '') .. '|' .. f[3] .. '|' .. (f[4] or '0') end
+if stored ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if ARGV[2] == '' then return 1 end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'generation', ARGV[4],
+  'refresh_token_sha256', ARGV[5], 'refused', ARGV[6],
+  'at_ms', string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)))
+return 1";
+
+/// An intent as the swap script compares it.
+fn intent_key(intent: Option<&Intent>) -> String {
+    intent.map_or(String::new(), |i| {
+        format!(
+            "{}|{}|{}|{}",
+            i.owner,
+            i.generation,
+            i.refresh_token_sha256,
+            if i.refused { "1" } else { "0" }
+        )
+    })
+}
 
 pub struct RedisStore {
     conn: ConnectionManager,
@@ -158,8 +200,10 @@ impl RedisStore {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(3)
-            .set_max_delay(Duration::from_secs(2));
+            // A restarted server is reached again within half a second of
+            // answering, not after a backoff grown while it was down.
+            .set_number_of_retries(6)
+            .set_max_delay(RECONNECT_MAX);
         let conn = connect(ConnectionManager::new_with_config(client.clone(), config)).await?;
         let keys = Keys {
             prefix: prefix.to_owned(),
@@ -261,14 +305,15 @@ async fn persistence_warning(conn: &mut impl redis::aio::ConnectionLike) -> Opti
 }
 
 /// Forwards the names published on `channel` to `changes`, reconnecting with
-/// backoff (1 s doubling to 30 s) and announcing `*` after each (re)subscription.
+/// backoff (250 ms doubling to 500 ms, so that a restarted server is heard from at
+/// once) and announcing `*` after each (re)subscription.
 async fn listen(
     client: redis::Client,
     channel: String,
     changes: tokio::sync::broadcast::Sender<String>,
 ) {
     use futures_util::StreamExt;
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = RECONNECT_MIN;
     loop {
         let subscribed = async {
             let mut pubsub = client.get_async_pubsub().await?;
@@ -277,7 +322,7 @@ async fn listen(
         };
         match tokio::time::timeout(COMMAND_TIMEOUT, subscribed).await {
             Ok(Ok(mut pubsub)) => {
-                backoff = Duration::from_secs(1);
+                backoff = RECONNECT_MIN;
                 // Whatever changed while no one was listening.
                 let _ = changes.send("*".into());
                 let mut messages = pubsub.on_message();
@@ -299,7 +344,7 @@ async fn listen(
             }
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        backoff = (backoff * 2).min(RECONNECT_MAX);
     }
 }
 
@@ -448,59 +493,75 @@ impl TokenStore for RedisStore {
             value,
             renew,
             lapsed,
+            lease: self.lease,
         }))
     }
 
-    async fn save_intent(&self, token: &str, intent: &Intent) -> Result<(), StoreError> {
-        let _: () = self
-            .conn
-            .clone()
-            .hset_multiple(
-                self.keys.intent(token),
-                &[
-                    ("generation", intent.generation.to_string()),
-                    ("refresh_token_sha256", intent.refresh_token_sha256.clone()),
-                    ("at_ms", intent.at_ms.to_string()),
-                ],
-            )
-            .await
-            .map_err(db("write intent"))?;
-        Ok(())
+    async fn write(&self, token: &str, record: &StoredToken, seen: u64) -> Result<(), StoreError> {
+        save(
+            &mut self.conn.clone(),
+            &self.keys,
+            token,
+            record,
+            Some(seen),
+        )
+        .await
     }
 
-    async fn load_intent(&self, token: &str) -> Result<Option<Intent>, StoreError> {
-        let fields: std::collections::HashMap<String, String> = self
-            .conn
-            .clone()
-            .hgetall(self.keys.intent(token))
+    async fn load_intent(&self, token: &str) -> Result<IntentRead, StoreError> {
+        let answer: Vec<String> = redis::Script::new(LOAD_INTENT)
+            .key(self.keys.intent(token))
+            .invoke_async(&mut self.conn.clone())
             .await
             .map_err(db("read intent"))?;
+        let now_ms = answer.first().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let fields: std::collections::HashMap<&str, &str> = answer[1.min(answer.len())..]
+            .chunks(2)
+            .filter_map(|kv| Some((kv[0].as_str(), kv.get(1)?.as_str())))
+            .collect();
         let number = |f: &str| fields.get(f).and_then(|v| v.parse().ok());
-        Ok(
-            match (
-                number("generation"),
-                fields.get("refresh_token_sha256"),
-                number("at_ms"),
-            ) {
-                (Some(generation), Some(sha), Some(at_ms)) => Some(Intent {
-                    generation,
-                    refresh_token_sha256: sha.clone(),
-                    at_ms,
-                }),
-                // Absent, or not written by tokenproxy: nothing to report.
-                _ => None,
-            },
-        )
+        let intent = match (
+            number("generation"),
+            fields.get("refresh_token_sha256"),
+            number("at_ms"),
+        ) {
+            (Some(generation), Some(sha), Some(at_ms)) => Some(Intent {
+                owner: fields.get("owner").map_or("", |v| v).to_owned(),
+                generation,
+                refresh_token_sha256: (*sha).to_owned(),
+                at_ms,
+                refused: fields.get("refused") == Some(&"1"),
+            }),
+            // Absent, or not written by tokenproxy: nothing to report.
+            _ => None,
+        };
+        Ok(IntentRead { intent, now_ms })
     }
 
-    async fn clear_intent(&self, token: &str) -> Result<(), StoreError> {
-        let _: () = self
-            .conn
-            .clone()
-            .del(self.keys.intent(token))
+    async fn swap_intent(
+        &self,
+        token: &str,
+        expected: Option<&Intent>,
+        new: Option<&Intent>,
+    ) -> Result<bool, StoreError> {
+        let script = redis::Script::new(SWAP_INTENT);
+        let mut call = script.key(self.keys.intent(token));
+        call.arg(intent_key(expected)).arg(intent_key(new));
+        if let Some(n) = new {
+            call.arg(&n.owner)
+                .arg(n.generation)
+                .arg(&n.refresh_token_sha256)
+                .arg(if n.refused { "1" } else { "0" });
+        }
+        let done: i64 = call
+            .invoke_async(&mut self.conn.clone())
             .await
             .map_err(db("write intent"))?;
-        Ok(())
+        Ok(done == 1)
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        Some(self.lease)
     }
 
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
@@ -514,6 +575,34 @@ impl Drop for RedisStore {
     }
 }
 
+/// Writes `record` if the stored generation is `seen` (`None`: whatever it is), and
+/// announces it, in one script.
+async fn save(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    token: &str,
+    record: &StoredToken,
+    seen: Option<u64>,
+) -> Result<(), StoreError> {
+    let script = redis::Script::new(SAVE);
+    let mut call = script.key(keys.token(token));
+    call.arg(seen.map(|s| s.to_string()).unwrap_or_default())
+        .arg(keys.channel())
+        .arg(token);
+    for (field, value) in fields(record) {
+        call.arg(field).arg(value);
+    }
+    let (written, stored): (i64, String) = call.invoke_async(conn).await.map_err(db("write"))?;
+    if written == 0 {
+        return Err(StoreError::Fenced {
+            token: token.to_owned(),
+            seen: seen.unwrap_or(0),
+            stored: stored.parse().unwrap_or(0),
+        });
+    }
+    Ok(())
+}
+
 /// A taken lock: its key, the value that proves it is ours, the renewing task.
 struct RedisHeld {
     conn: ConnectionManager,
@@ -523,6 +612,22 @@ struct RedisHeld {
     value: String,
     renew: JoinHandle<()>,
     lapsed: Lapsed,
+    lease: Duration,
+}
+
+impl RedisHeld {
+    /// Compare-and-delete: a lock that lapsed and was taken by another instance
+    /// is theirs, and stays.
+    async fn let_go(mut conn: ConnectionManager, key: String, value: String, lapsed: Lapsed) {
+        let released: Result<i64, _> = redis::Script::new(RELEASE)
+            .key(&key)
+            .arg(&value)
+            .invoke_async(&mut conn)
+            .await;
+        if released.is_ok_and(|n| n == 0) {
+            lapsed.report();
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -532,49 +637,53 @@ impl Held for RedisHeld {
     }
 
     async fn save(&mut self, record: &StoredToken, seen: Option<u64>) -> Result<(), StoreError> {
-        let script = redis::Script::new(SAVE);
-        let mut call = script.key(self.keys.token(&self.token));
-        call.arg(seen.map(|s| s.to_string()).unwrap_or_default())
-            .arg(self.keys.channel())
-            .arg(&self.token);
-        for (field, value) in fields(record) {
-            call.arg(field).arg(value);
-        }
-        let (written, stored): (i64, String) = call
+        save(&mut self.conn, &self.keys, &self.token, record, seen).await
+    }
+
+    async fn renew(&mut self) -> Result<Option<tokio::time::Instant>, StoreError> {
+        let asked = tokio::time::Instant::now();
+        let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
+        let renewed: i64 = redis::Script::new(RENEW)
+            .key(&self.key)
+            .arg(&self.value)
+            .arg(lease_ms)
             .invoke_async(&mut self.conn)
             .await
-            .map_err(db("write"))?;
-        if written == 0 {
-            return Err(StoreError::Fenced {
+            .map_err(db("lock"))?;
+        if renewed == 0 {
+            self.lapsed.report();
+            return Err(StoreError::LeaseLost {
                 token: self.token.clone(),
-                seen: seen.unwrap_or(0),
-                stored: stored.parse().unwrap_or(0),
             });
         }
-        Ok(())
+        Ok(Some(asked + self.lease))
+    }
+
+    async fn release(mut self: Box<Self>) {
+        self.renew.abort();
+        let (key, value) = (
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.value),
+        );
+        RedisHeld::let_go(self.conn.clone(), key, value, self.lapsed.clone()).await;
     }
 }
 
 impl Drop for RedisHeld {
     fn drop(&mut self) {
         self.renew.abort();
-        let mut conn = self.conn.clone();
+        if self.key.is_empty() {
+            return; // released
+        }
         let (key, value) = (
             std::mem::take(&mut self.key),
             std::mem::take(&mut self.value),
         );
-        let lapsed = self.lapsed.clone();
-        // Compare-and-delete: a lock that lapsed and was taken by another instance
-        // is theirs, and stays.
-        tokio::spawn(async move {
-            let released: Result<i64, _> = redis::Script::new(RELEASE)
-                .key(&key)
-                .arg(&value)
-                .invoke_async(&mut conn)
-                .await;
-            if released.is_ok_and(|n| n == 0) {
-                lapsed.report();
-            }
-        });
+        tokio::spawn(RedisHeld::let_go(
+            self.conn.clone(),
+            key,
+            value,
+            self.lapsed.clone(),
+        ));
     }
 }

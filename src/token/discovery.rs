@@ -86,7 +86,9 @@ pub async fn discover(
             detail: format!("discovery metadata at {url}: {detail}"),
         });
     }
-    Err(GrantError::Transport(format!("discovery failed: {last}")))
+    Err(GrantError::Unsent(format!(
+        "token endpoint unreachable: discovery failed: {last}"
+    )))
 }
 
 fn parse(issuer: &Url, v: &serde_json::Value) -> Result<Metadata, String> {

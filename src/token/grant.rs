@@ -52,10 +52,10 @@ impl TokenHttp {
         let (cert, key) = (resolve(cert)?, resolve(key)?);
         let tls =
             crate::tls::client_config(Arc::clone(&self.roots), Some((cert.expose(), key.expose())))
-                .map_err(|e| GrantError::Transport(e.to_string()))?;
+                .map_err(|e| GrantError::Unsent(e.to_string()))?;
         build(tls, self.connect_timeout)
             .map(Cow::Owned)
-            .map_err(|e| GrantError::Transport(format!("client certificate: {e}")))
+            .map_err(|e| GrantError::Unsent(format!("client certificate: {e}")))
     }
 }
 
@@ -74,12 +74,9 @@ fn build(
 
 fn resolve(r: &SecretRef) -> Result<Secret, GrantError> {
     r.resolve()
-        .map_err(|e| GrantError::Transport(format!("cannot read a configured secret: {e}")))
+        .map_err(|e| GrantError::Unsent(format!("cannot read a configured secret: {e}")))
 }
 
-/// Asks the token endpoint at `url` for a new access token, with the configured
-/// grant or an authorization code; `secret_in_basic` says how a client secret
-/// travels (from the configuration, or from discovery).
 /// What is exchanged for tokens.
 #[derive(Clone, Copy)]
 pub enum Exchange<'a> {
@@ -93,12 +90,18 @@ pub enum Exchange<'a> {
     },
 }
 
+/// Asks the token endpoint at `url` for a new access token, with the configured
+/// grant or an authorization code; `secret_in_basic` says how a client secret
+/// travels (from the configuration, or from discovery). The answer is read until
+/// `until` (see [`super::refresh::listen`]), whatever `cfg.timeout` says: how
+/// long callers wait is theirs to bound.
 pub async fn request(
     http: &TokenHttp,
     cfg: &TokenConfig,
     url: &Url,
     secret_in_basic: bool,
     exchange: Exchange<'_>,
+    until: tokio::time::Instant,
 ) -> Result<TokenResponse, GrantError> {
     let client_id = cfg.client_id.as_ref().map(resolve).transpose()?;
     let client_id = client_id.as_ref().map(Secret::expose);
@@ -145,11 +148,10 @@ pub async fn request(
             owned.push(("password", resolve(password)?));
         }
         Grant::JwtBearer(spec) => {
-            let signer =
-                Signer::load(&spec.key).map_err(|e| GrantError::Transport(e.to_string()))?;
+            let signer = Signer::load(&spec.key).map_err(|e| GrantError::Unsent(e.to_string()))?;
             let jwt = signer
                 .assertion(spec, client_id, url.as_str(), scope, false)
-                .map_err(|e| GrantError::Transport(e.to_string()))?;
+                .map_err(|e| GrantError::Unsent(e.to_string()))?;
             owned.push(("assertion", jwt));
             if spec.scope_in_assertion {
                 scope_in_form = None;
@@ -177,11 +179,10 @@ pub async fn request(
             }
         }
         ClientAuth::PrivateKeyJwt(spec) => {
-            let signer =
-                Signer::load(&spec.key).map_err(|e| GrantError::Transport(e.to_string()))?;
+            let signer = Signer::load(&spec.key).map_err(|e| GrantError::Unsent(e.to_string()))?;
             let jwt = signer
                 .assertion(spec, client_id, url.as_str(), None, true)
-                .map_err(|e| GrantError::Transport(e.to_string()))?;
+                .map_err(|e| GrantError::Unsent(e.to_string()))?;
             form.extend(client_id.map(|id| ("client_id", id)));
             form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE));
             owned.push(("client_assertion", jwt));
@@ -195,10 +196,7 @@ pub async fn request(
     form.extend(owned.iter().map(|(k, v)| (*k, v.expose())));
 
     let client = http.client_for(cfg)?;
-    let mut req = client
-        .post(url.clone())
-        .timeout(cfg.timeout)
-        .header(ACCEPT, "application/json");
+    let mut req = client.post(url.clone()).header(ACCEPT, "application/json");
     if let Some(b) = &basic {
         req = req.header(AUTHORIZATION, b.clone());
     }
@@ -206,7 +204,7 @@ pub async fn request(
     for (name, value) in &cfg.headers {
         let value = resolve(value)?;
         let mut hv = http::HeaderValue::try_from(value.expose())
-            .map_err(|_| GrantError::Transport(format!("header {name} has an invalid value")))?;
+            .map_err(|_| GrantError::Unsent(format!("header {name} has an invalid value")))?;
         hv.set_sensitive(true);
         req = req.header(name, hv);
         header_values.push(value);
@@ -225,33 +223,44 @@ pub async fn request(
         secrets.extend([code, verifier]);
     }
 
-    let mut resp = req
-        .form(&form)
-        .send()
-        .await
-        .map_err(|e| GrantError::Transport(transport_detail(&e)))?;
-    let status = resp.status();
-    let retry_after = resp
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| GrantError::Transport(transport_detail(&e)))?
-    {
-        let room = MAX_RESPONSE - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= MAX_RESPONSE {
-            return Err(GrantError::Malformed {
-                status: status.as_u16(),
-                detail: format!("a body over {MAX_RESPONSE} bytes"),
-            });
+    let req = req.form(&form);
+    let answer = async {
+        let mut resp = req.send().await.map_err(failed)?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(failed)? {
+            let room = MAX_RESPONSE - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() >= MAX_RESPONSE {
+                return Err(GrantError::Malformed {
+                    status: status.as_u16(),
+                    detail: format!("a body over {MAX_RESPONSE} bytes"),
+                });
+            }
         }
+        response::parse(status, &body, retry_after, SystemTime::now())
+    };
+    super::refresh::listen(until, answer)
+        .await
+        .unwrap_or_else(|| Err(GrantError::Transport("timed out: no answer".into())))
+        .map_err(|e| e.masked(&secrets))
+}
+
+/// A failed exchange: one that never connected left nothing at the provider.
+fn failed(e: reqwest::Error) -> GrantError {
+    if e.is_connect() {
+        GrantError::Unsent(format!(
+            "token endpoint unreachable: {}",
+            transport_detail(&e)
+        ))
+    } else {
+        GrantError::Transport(transport_detail(&e))
     }
-    response::parse(status, &body, retry_after, SystemTime::now()).map_err(|e| e.masked(&secrets))
 }
 
 /// RFC 6749 §2.3.1: id and secret are each form-urlencoded before base64.

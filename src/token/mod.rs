@@ -19,12 +19,13 @@
 mod discovery;
 mod grant;
 mod jwt;
+mod refresh;
 mod response;
 mod schedule;
 mod seed;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -33,7 +34,7 @@ use tokio::sync::{Mutex, Notify};
 use crate::config::{ClientAuth, Credential, Endpoint, Grant, TokenConfig, Upstream};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::store::{RECORD_VERSION, StoreError, StoredToken, TokenStore};
+use crate::store::{StoreError, StoredToken, TokenStore};
 
 pub use grant::{Exchange, TokenHttp, basic_auth};
 pub use response::{GrantError, parse as parse_response};
@@ -132,6 +133,13 @@ pub struct Failure {
     pub at: Instant,
 }
 
+/// See [`TokenSource::in_doubt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InDoubtNow {
+    Own,
+    Another(SystemTime),
+}
+
 /// No valid token can be had now; try again after `retry_after`.
 #[derive(Debug, Clone, Copy)]
 pub struct Unavailable {
@@ -139,13 +147,23 @@ pub struct Unavailable {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum RefreshError {
+pub(crate) enum RefreshError {
     #[error(transparent)]
     Grant(#[from] GrantError),
     #[error("token store: {0}")]
     Store(#[from] StoreError),
     #[error("no refresh token is stored or configured")]
     NeedsLogin,
+    #[error(
+        "the token endpoint refused this refresh token before (the store records the refusal); it is not presented again"
+    )]
+    Refused,
+    #[error(
+        "an earlier refresh spent this refresh token and never stored an answer (in_doubt = \"needs_login\"); the provider has most likely rotated it away"
+    )]
+    InDoubt,
+    #[error("the store's lease ended before the token request could be sent; nothing was sent")]
+    LeaseLost,
 }
 
 impl RefreshError {
@@ -153,17 +171,10 @@ impl RefreshError {
         match self {
             RefreshError::Grant(e) => e.is_terminal(),
             RefreshError::Store(e) => e.is_terminal(),
-            RefreshError::NeedsLogin => true,
+            RefreshError::NeedsLogin | RefreshError::Refused | RefreshError::InDoubt => true,
+            RefreshError::LeaseLost => false,
         }
     }
-}
-
-/// What a successful pass under the store lock produced.
-enum Outcome {
-    /// Another instance (or an earlier run) had stored a newer, valid token.
-    Adopted(TokenState),
-    /// With how long the new record took to become durable after the response.
-    Refreshed(TokenState, Duration),
 }
 
 pub struct TokenSource {
@@ -182,10 +193,13 @@ pub struct TokenSource {
     phase: AtomicU8,
     /// Set at shutdown: no refresh starts after it.
     closing: AtomicBool,
-    /// An unfinished intent was found: an earlier holder stopped mid-refresh.
-    interrupted: AtomicBool,
-    /// `at_ms` of the last intent this process wrote, to tell its own from others'.
-    own_intent_at: AtomicU64,
+    /// This process's id in the store's intents.
+    owner: String,
+    /// Others' in-doubt intents, as this process has seen them.
+    watch: refresh::Watch,
+    /// The intent of a refresh whose result is held in memory, unsaved: removed
+    /// once the result is stored.
+    pending: std::sync::Mutex<Option<crate::store::Intent>>,
 }
 
 /// What a refresh is doing, for the log line of a caller that stopped waiting.
@@ -235,8 +249,9 @@ impl TokenSource {
             changed: Notify::new(),
             phase: AtomicU8::new(Phase::Idle as u8),
             closing: AtomicBool::new(false),
-            interrupted: AtomicBool::new(false),
-            own_intent_at: AtomicU64::new(0),
+            owner: format!("{:016x}", fastrand::u64(..)),
+            watch: refresh::Watch::default(),
+            pending: std::sync::Mutex::new(None),
         })
     }
 
@@ -312,6 +327,25 @@ impl TokenSource {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// A refresh in doubt, for `/status`: `Own` while this process holds new
+    /// tokens the store has not taken yet (its intent holds the others off),
+    /// `Another(since)` while it waits on another instance's refresh, seen first
+    /// at `since` on the store's clock.
+    pub fn in_doubt(&self) -> Option<InDoubtNow> {
+        if self.cell.load().unsaved
+            && self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+        {
+            return Some(InDoubtNow::Own);
+        }
+        self.watch
+            .waiting_on()
+            .map(|ms| InDoubtNow::Another(ms_to_time(ms)))
     }
 
     /// The current state as an owned pointer (one atomic increment), for holding
@@ -408,34 +442,62 @@ impl TokenSource {
         let result = self.refresh_under_store_lock(&cur, trigger).await;
         let elapsed = now.elapsed();
         let state = match result {
-            Ok(Outcome::Adopted(state)) => {
+            Ok(refresh::Outcome::Adopted(record)) => {
                 tracing::info!(
                     token = self.name(),
-                    generation = state.generation(),
+                    generation = record.generation,
                     "using the token stored by an earlier run or another instance"
                 );
                 TokenState {
                     last_refresh: cur.last_refresh,
-                    ..state
+                    ..self.state_from(record, false)
                 }
             }
-            Ok(Outcome::Refreshed(state, persist)) => {
+            Ok(refresh::Outcome::Refreshed {
+                record,
+                stored,
+                persist,
+            }) => {
                 self.metrics
                     .refresh(self.name(), trigger, "success", elapsed);
-                let expires_at = state.record.as_ref().map_or(0, |r| r.expires_at_ms);
                 tracing::info!(
                     token = self.name(),
                     trigger = trigger.as_str(),
-                    generation = state.generation(),
-                    expires_at = %rfc3339(ms_to_time(expires_at)),
+                    generation = record.generation,
+                    expires_at = %rfc3339(ms_to_time(record.expires_at_ms)),
                     duration_ms = elapsed.as_millis() as u64,
                     persist_us = persist.as_micros() as u64,
                     "token refreshed"
                 );
-                TokenState {
-                    last_refresh: Some((SystemTime::now(), trigger)),
-                    ..state
-                }
+                let mut state = match stored {
+                    refresh::Stored::No { seen, intent } => {
+                        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = intent;
+                        TokenState {
+                            durable: seen,
+                            ..self.state_from(record, true)
+                        }
+                    }
+                    _ => self.state_from(record, false),
+                };
+                state.last_refresh = Some((SystemTime::now(), trigger));
+                state
+            }
+            Ok(refresh::Outcome::Waiting { retry_after }) => {
+                // Not a failure of this instance: the backoff does not grow.
+                let failure = Failure {
+                    terminal: false,
+                    message: "another instance's refresh of this refresh token is in doubt (sent, no answer stored yet); waiting for its result instead of presenting the token again".into(),
+                    attempts: cur.failure.as_ref().map_or(0, |f| f.attempts),
+                    retry_at: now + retry_after,
+                    at: now,
+                };
+                self.publish(TokenState {
+                    failure: Some(failure),
+                    ..cur.copy()
+                });
+                return Err(Unavailable {
+                    retry_after: retry_after.max(BACKOFF_BASE),
+                });
             }
             Err(e) => {
                 let result = match &e {
@@ -477,168 +539,57 @@ impl TokenSource {
         Ok(self.publish(state))
     }
 
+    /// The rules this token's refreshes follow on its store.
+    fn rules(&self) -> refresh::Rules {
+        refresh::Rules {
+            timeout: self.config.timeout,
+            grace: self.store.lease().unwrap_or(Duration::ZERO),
+            in_doubt: self.config.in_doubt,
+            lock_wait: self.lock_wait(),
+            default_lifetime: self.config.default_lifetime,
+        }
+    }
+
     async fn refresh_under_store_lock(
         &self,
         cur: &TokenState,
         trigger: Trigger,
-    ) -> Result<Outcome, RefreshError> {
+    ) -> Result<refresh::Outcome, RefreshError> {
         self.set_phase(Phase::StoreLock);
-        let result = self.refresh_locked(cur, trigger).await;
+        let rules = self.rules();
+        let read_initial;
+        let initial: Option<&(dyn Fn() -> Result<Secret, GrantError> + Sync)> =
+            match &self.config.grant {
+                Grant::RefreshToken { initial: Some(r) } => {
+                    read_initial = move || {
+                        r.resolve().map_err(|e| {
+                            GrantError::Unsent(format!("cannot read refresh_token: {e}"))
+                        })
+                    };
+                    Some(&read_initial)
+                }
+                _ => None,
+            };
+        let usable = |s: &StoredToken| self.state_from(s.clone(), false).valid_for(Duration::ZERO);
+        let result = refresh::Refresh {
+            name: self.name(),
+            owner: &self.owner,
+            store: &*self.store,
+            endpoint: self,
+            rules: &rules,
+            watch: &self.watch,
+            metrics: &self.metrics,
+        }
+        .run(refresh::Start {
+            current: cur.record.as_ref(),
+            force: trigger == Trigger::Manual,
+            rotating: matches!(self.config.grant, Grant::RefreshToken { .. }),
+            initial,
+            usable: &usable,
+        })
+        .await;
         self.set_phase(Phase::Idle);
         result
-    }
-
-    async fn refresh_locked(
-        &self,
-        cur: &TokenState,
-        trigger: Trigger,
-    ) -> Result<Outcome, RefreshError> {
-        let name = self.name();
-        let mut held = self.store.lock(name, self.lock_wait()).await?;
-        let stored = held.load().await?;
-        // The write below is fenced by what the store holds now.
-        let seen = stored.as_ref().map_or(0, |s| s.generation);
-        let newest = match (stored, &cur.record) {
-            (Some(s), Some(c)) if c.generation >= s.generation => Some(c.clone()),
-            (Some(s), _) => {
-                let state = self.state_from(s.clone(), false);
-                if trigger != Trigger::Manual && state.valid_for(Duration::ZERO) {
-                    return Ok(Outcome::Adopted(state));
-                }
-                Some(s)
-            }
-            (None, c) => c.clone(),
-        };
-
-        let refresh_token = match &self.config.grant {
-            Grant::RefreshToken { initial } => {
-                match newest.as_ref().and_then(|r| r.refresh_token.clone()) {
-                    Some(rt) => Some(rt),
-                    None => match initial {
-                        Some(r) => Some(r.resolve().map_err(|e| {
-                            RefreshError::Grant(GrantError::Transport(format!(
-                                "cannot read refresh_token: {e}"
-                            )))
-                        })?),
-                        None => return Err(RefreshError::NeedsLogin),
-                    },
-                }
-            }
-            _ => None,
-        };
-        let generation = newest.as_ref().map_or(0, |r| r.generation);
-        // An intent for this refresh token that this process did not write: its
-        // writer (a process that died, or an instance whose lease lapsed while it
-        // was paused) stopped between announcing the refresh and storing it.
-        if let Some(rt) = &refresh_token
-            && let Ok(Some(intent)) = self.store.load_intent(name).await
-            && intent.generation >= generation
-            && intent.refresh_token_sha256 == sha256_hex(rt.expose())
-            && intent.at_ms != self.own_intent_at.load(Ordering::SeqCst)
-        {
-            self.interrupted.store(true, Ordering::SeqCst);
-            self.metrics.refresh_interrupted(name);
-            tracing::warn!(
-                token = name,
-                generation,
-                started_at = %rfc3339(ms_to_time(intent.at_ms)),
-                "an earlier refresh of this token stopped in the middle (the previous process died, or another instance's lock lapsed while its token request ran): the provider may already have rotated the stored refresh token away. Trying it once; providers with a reuse grace period answer with the same new tokens"
-            );
-        }
-        if let Some(rt) = &refresh_token {
-            // Durable before the refresh token is spent: a start after a crash knows.
-            let intent = crate::store::Intent {
-                generation,
-                refresh_token_sha256: sha256_hex(rt.expose()),
-                at_ms: time_to_ms(SystemTime::now()),
-            };
-            self.set_phase(Phase::StoreWrite);
-            // Best effort: a store that cannot take the intent may not take the new
-            // record either, and then the new tokens are served from memory.
-            self.own_intent_at.store(intent.at_ms, Ordering::SeqCst);
-            if let Err(e) = self.store.save_intent(name, &intent).await {
-                self.metrics.store_write_error(name);
-                tracing::warn!(token = name, error = %e, "could not record the refresh about to happen; refreshing anyway");
-            }
-        }
-        self.set_phase(Phase::TokenEndpoint);
-        let resp = match self.request(Exchange::Grant(refresh_token.as_ref())).await {
-            Ok(resp) => resp,
-            Err(e) if e.is_terminal() => {
-                let _ = self.store.clear_intent(name).await;
-                // Refused: maybe because another process spent this refresh token and
-                // stored the next one meanwhile. Adopt that instead of giving up.
-                if let Ok(Some(s)) = held.load().await
-                    && s.generation > seen
-                {
-                    tracing::info!(
-                        token = name,
-                        generation = s.generation,
-                        "the token endpoint refused a refresh token that another process had already spent; using the token it stored"
-                    );
-                    return Ok(Outcome::Adopted(self.state_from(s, false)));
-                }
-                return Err(e.into());
-            }
-            Err(e) => {
-                // An answer means nothing was issued; no answer may mean the opposite.
-                if !matches!(e, GrantError::Transport(_)) {
-                    let _ = self.store.clear_intent(name).await;
-                }
-                return Err(e.into());
-            }
-        };
-        self.set_phase(Phase::StoreWrite);
-        // From here until the record is durable, a crash loses a rotated token.
-        let received = Instant::now();
-
-        let now = SystemTime::now();
-        let lifetime = resp.lifetime.unwrap_or(self.config.default_lifetime);
-        let record = StoredToken {
-            version: RECORD_VERSION,
-            generation: generation + 1,
-            access_token: Some(resp.access_token),
-            // RFC 6749 §6: no new refresh token means the old one stays valid.
-            refresh_token: resp.refresh_token.or(refresh_token),
-            issued_at_ms: time_to_ms(now),
-            expires_at_ms: time_to_ms(now + lifetime),
-            extra: resp.extra,
-        };
-        let spent = matches!(self.config.grant, Grant::RefreshToken { .. });
-        let unsaved = match held.save(&record, Some(seen)).await {
-            Err(StoreError::Fenced { stored, .. }) => {
-                // Another process refreshed while this one's lease had lapsed: its
-                // record is the chain's newest. Adopt it; this answer is discarded.
-                tracing::warn!(
-                    token = name,
-                    seen,
-                    stored,
-                    "the store moved on while this refresh ran (the lock had lapsed); using the stored token and discarding this one"
-                );
-                if let Some(s) = held.load().await?.filter(|s| s.generation > seen) {
-                    return Ok(Outcome::Adopted(self.state_from(s, false)));
-                }
-                self.metrics.store_write_error(name);
-                true
-            }
-            Ok(()) => {
-                self.interrupted.store(false, Ordering::SeqCst);
-                if spent {
-                    let _ = self.store.clear_intent(name).await;
-                }
-                false
-            }
-            Err(e) => {
-                self.metrics.store_write_error(name);
-                tracing::error!(token = name, error = %e, "could not store the new token; it is kept in memory and the write is retried");
-                true
-            }
-        };
-        let mut state = self.state_from(record, unsaved);
-        if unsaved {
-            state.durable = seen;
-        }
-        Ok(Outcome::Refreshed(state, received.elapsed()))
     }
 
     /// After a terminal failure: adopts a record that a person stored meanwhile
@@ -684,6 +635,7 @@ impl TokenSource {
         if !state.valid_for(Duration::ZERO) {
             return;
         }
+        self.watch.forget();
         tracing::info!(
             token = self.name(),
             generation = state.generation(),
@@ -695,7 +647,9 @@ impl TokenSource {
         });
     }
 
-    /// Writes a record that could not be stored earlier, unless the store moved on.
+    /// Writes a record that could not be stored earlier, unless the store moved on,
+    /// and removes the intent that kept the others from presenting its spent
+    /// refresh token meanwhile.
     async fn persist_again(&self) {
         let _flight = self.flight.lock().await;
         let cur = self.cell.load_full();
@@ -703,21 +657,13 @@ impl TokenSource {
             return;
         };
         let name = self.name();
-        let result = async {
-            let mut held = self.store.lock(name, self.lock_wait()).await?;
-            // Written only over the generation it was made from; if the store moved
-            // on meanwhile, its record wins.
-            match held.load().await? {
-                Some(s) if s.generation != cur.durable => Ok(Some(s)),
-                _ => match held.save(&record, Some(cur.durable)).await {
-                    Err(StoreError::Fenced { .. }) => held.load().await,
-                    other => other.map(|()| None),
-                },
-            }
-        }
-        .await;
-        match result {
+        match refresh::persist(&*self.store, name, &record, cur.durable).await {
             Ok(newer) => {
+                let pending = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
                 match &newer {
                     Some(s) => tracing::warn!(
                         token = name,
@@ -725,10 +671,21 @@ impl TokenSource {
                         "while this token could not be stored, another process stored generation {}; using it and discarding this one",
                         s.generation
                     ),
-                    None => tracing::info!(
-                        token = name,
-                        "stored the token that could not be written before"
-                    ),
+                    None => {
+                        if pending.is_some() {
+                            self.metrics.in_doubt(name, "written_after_restart");
+                        }
+                        tracing::info!(
+                            token = name,
+                            generation = record.generation,
+                            "stored the token that could not be written before (read back from the store)"
+                        );
+                    }
+                }
+                if let Some(intent) = pending
+                    && let Err(e) = self.store.swap_intent(name, Some(&intent), None).await
+                {
+                    tracing::debug!(token = name, error = %e, "could not remove this refresh's intent");
                 }
                 let record = newer.unwrap_or(record);
                 let state = TokenState {
@@ -739,7 +696,6 @@ impl TokenSource {
                 self.publish(state);
             }
             Err(e) => {
-                let e: StoreError = e;
                 self.metrics.store_write_error(name);
                 tracing::error!(token = name, error = %e, "still cannot store the token; retrying");
             }
@@ -767,7 +723,7 @@ impl TokenSource {
             .map(Secret::expose)
             .collect();
         let mut message = crate::secret::mask(&e.to_string(), &held);
-        if e.is_terminal() && self.interrupted.load(Ordering::SeqCst) {
+        if e.is_terminal() && self.watch.retried() {
             message += "; an earlier refresh stopped while spending this refresh token, so the provider has most likely rotated it away: log in again";
         }
         Failure {
@@ -779,8 +735,13 @@ impl TokenSource {
         }
     }
 
-    /// One token request to the configured or discovered endpoint.
-    async fn request(&self, exchange: Exchange<'_>) -> Result<response::TokenResponse, GrantError> {
+    /// One token request to the configured or discovered endpoint, its answer read
+    /// until `until`.
+    async fn request(
+        &self,
+        exchange: Exchange<'_>,
+        until: tokio::time::Instant,
+    ) -> Result<response::TokenResponse, GrantError> {
         let basic = matches!(self.config.client_auth, ClientAuth::Basic(_));
         let (url, basic) = match &self.config.endpoint {
             Endpoint::Url(url) => (url, basic),
@@ -799,7 +760,7 @@ impl TokenSource {
                 (&meta.token_endpoint, basic)
             }
         };
-        grant::request(&self.http, &self.config, url, basic, exchange).await
+        grant::request(&self.http, &self.config, url, basic, exchange, until).await
     }
 
     fn state_from(&self, record: StoredToken, unsaved: bool) -> TokenState {
@@ -863,6 +824,31 @@ impl TokenSource {
     }
 }
 
+#[async_trait::async_trait]
+impl refresh::Endpoint for TokenSource {
+    async fn prepare(&self) -> Result<(), GrantError> {
+        if let Endpoint::Issuer(issuer) = &self.config.endpoint {
+            self.metadata
+                .get_or_try_init(|| {
+                    discovery::discover(&self.http.client, issuer, self.config.timeout)
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn exchange(
+        &self,
+        refresh_token: Option<&Secret>,
+        until: tokio::time::Instant,
+    ) -> Result<response::TokenResponse, GrantError> {
+        self.set_phase(Phase::TokenEndpoint);
+        let answer = self.request(Exchange::Grant(refresh_token), until).await;
+        self.set_phase(Phase::StoreWrite);
+        answer
+    }
+}
+
 /// SHA-256 of `text`, hex: recognises a refresh token without holding it.
 fn sha256_hex(text: &str) -> String {
     ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
@@ -907,6 +893,7 @@ fn system_to_instant(t: SystemTime) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::RECORD_VERSION;
 
     /// Every type that holds a token prints `[redacted]` in its place.
     #[test]

@@ -53,9 +53,14 @@ pub enum GrantError {
     /// The response is not a token response at all.
     #[error("token endpoint answered {status} with {detail}")]
     Malformed { status: u16, detail: String },
-    /// No response: connection refused, TLS failure, timeout.
+    /// No response, after the request may have left: a timeout, a connection cut
+    /// after sending. Whether the provider acted on it is unknown.
     #[error("token endpoint unreachable: {0}")]
     Transport(String),
+    /// The request never left: a connection that could not be made, a secret
+    /// that could not be read. The provider saw nothing.
+    #[error("{0}")]
+    Unsent(String),
 }
 
 fn describe(description: &Option<String>) -> String {
@@ -122,11 +127,18 @@ impl GrantError {
                 detail: mask(detail),
             },
             GrantError::Transport(detail) => GrantError::Transport(mask(detail)),
+            GrantError::Unsent(detail) => GrantError::Unsent(mask(detail)),
         }
     }
 
     pub fn is_terminal(&self) -> bool {
         matches!(self, GrantError::Terminal { .. })
+    }
+
+    /// Whether the request may have reached the provider without an answer being
+    /// read: a rotating refresh token may have been spent.
+    pub fn in_doubt(&self) -> bool {
+        matches!(self, GrantError::Transport(_))
     }
 
     pub fn retry_after(&self) -> Option<Duration> {

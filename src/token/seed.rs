@@ -53,17 +53,23 @@ impl TokenSource {
             (None, _) => now,
         };
         let mut held = self.store.lock(self.name(), self.lock_wait()).await?;
-        let record = StoredToken {
-            version: RECORD_VERSION,
-            generation: next_generation(held.as_mut()).await?,
-            access_token: given.access_token,
-            refresh_token: Some(given.refresh_token),
-            issued_at_ms: time_to_ms(now),
-            expires_at_ms: time_to_ms(expires),
-            extra: given.extra,
-        };
-        held.save(&record, None).await?;
-        Ok(record)
+        let saved = async {
+            let record = StoredToken {
+                version: RECORD_VERSION,
+                generation: next_generation(held.as_mut()).await?,
+                access_token: given.access_token,
+                refresh_token: Some(given.refresh_token),
+                issued_at_ms: time_to_ms(now),
+                expires_at_ms: time_to_ms(expires),
+                extra: given.extra,
+            };
+            held.save(&record, None).await?;
+            Ok(record)
+        }
+        .await;
+        // Let go before the process exits, or the next instance waits a lease.
+        held.release().await;
+        saved
     }
 
     /// `tokenproxy login`: exchanges an authorization code (with its PKCE verifier)
@@ -108,21 +114,28 @@ impl TokenSource {
         keep: Option<Secret>,
     ) -> Result<StoredToken, SeedError> {
         let mut held = self.store.lock(self.name(), self.lock_wait()).await?;
-        let generation = next_generation(held.as_mut()).await?;
-        let now = SystemTime::now();
-        let r = self.request(exchange).await?;
-        let record = StoredToken {
-            version: RECORD_VERSION,
-            generation,
-            access_token: Some(r.access_token),
-            refresh_token: r.refresh_token.or(keep),
-            issued_at_ms: time_to_ms(now),
-            expires_at_ms: time_to_ms(now + r.lifetime.unwrap_or(self.config.default_lifetime)),
-            extra: r.extra,
-        };
-        // A person's act: it replaces whatever is stored.
-        held.save(&record, None).await?;
-        Ok(record)
+        let saved = async {
+            let generation = next_generation(held.as_mut()).await?;
+            let now = SystemTime::now();
+            let until = tokio::time::Instant::now() + self.config.timeout;
+            let r = self.request(exchange, until).await?;
+            let record = StoredToken {
+                version: RECORD_VERSION,
+                generation,
+                access_token: Some(r.access_token),
+                refresh_token: r.refresh_token.or(keep),
+                issued_at_ms: time_to_ms(now),
+                expires_at_ms: time_to_ms(now + r.lifetime.unwrap_or(self.config.default_lifetime)),
+                extra: r.extra,
+            };
+            // A person's act: it replaces whatever is stored.
+            held.save(&record, None).await?;
+            Ok(record)
+        }
+        .await;
+        // Let go before the process exits, or the next instance waits a lease.
+        held.release().await;
+        saved
     }
 }
 
