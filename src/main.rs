@@ -126,8 +126,11 @@ fn load(arg: Option<PathBuf>) -> Option<Config> {
 /// by a thread of their own (`tokenproxy::logging`): a request never waits for
 /// stderr, and no line is lost. The guard writes what is left at exit.
 fn init_logging(format: LogFormat) -> tokenproxy::logging::Guard {
+    // PostgreSQL's notices reach the driver's log at INFO, whatever their weight
+    // (they are the server's chatter, not tokenproxy's events): shown only when
+    // RUST_LOG asks for them.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
     let (writer, guard) = tokenproxy::logging::batched(std::io::stderr());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     if matches!(format, LogFormat::Text) && !ansi {

@@ -49,6 +49,8 @@ on_both!(
     seed_writes_to_the_shared_store,
     a_holder_frozen_past_the_timeout_keeps_the_late_answer,
     a_refusal_is_presented_once_in_total,
+    a_holder_frozen_before_its_request_spends_nothing,
+    a_store_restart_during_a_refresh_keeps_the_rotated_token,
 );
 
 /// The test server of `kind`, from the environment; `None` (after saying why)
@@ -1414,5 +1416,199 @@ async fn a_refusal_is_presented_once_in_total(kind: Kind) {
         w.provider.token_requests(),
         before + 1,
         "the refused refresh token was presented more than once"
+    );
+}
+
+/// Waits until `ready` says yes, at most `within`.
+async fn until(what: &str, within: Duration, mut ready: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ready().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A holder frozen (SIGSTOP) before its token request, for the lease and 5 s more,
+/// at the step where a real pause hurt (PostgreSQL: writing its intent record, the
+/// write held up by a table lock so that it lands during the freeze; Redis: taking
+/// the lock, the command held up by `CLIENT PAUSE … WRITE`). Another instance
+/// refreshes meanwhile. Woken, the holder finds its lease gone before sending and
+/// abandons: the provider sees one token request, and nothing is reused.
+async fn a_holder_frozen_before_its_request_spends_nothing(kind: Kind) {
+    let Some(store) = Store::fresh(kind).await else {
+        return;
+    };
+    let w = World::default().await;
+    let config = store.config(&w, "");
+    let a = store.spawn(&w, &config);
+    let b = store.spawn(&w, &config);
+    assert_eq!(get(&a.url("/demo/x")).await.0, 200);
+    assert_eq!(get(&b.url("/demo/x")).await.0, 200);
+    let before = w.provider.token_requests();
+    let url = a.admin_url("/tokens/demo/refresh");
+    let (pg, redis) = match kind {
+        Kind::Postgres => {
+            let (client, conn) = tokio_postgres::connect(&store.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client
+                .batch_execute("BEGIN; LOCK TABLE tokenproxy_intents IN EXCLUSIVE MODE")
+                .await
+                .unwrap();
+            (Some(client), None)
+        }
+        Kind::Redis => {
+            let mut conn = store.redis().await;
+            let () = redis::cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(60_000)
+                .arg("WRITE")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (None, Some(conn))
+        }
+    };
+    let caller = tokio::spawn(async move { client().post(url).send().await.map(|r| r.status()) });
+    // A's command is held up at the store.
+    match kind {
+        Kind::Postgres => {
+            let (watch, conn) = tokio_postgres::connect(&store.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            until(
+                "A's intent write waiting on the table lock",
+                Duration::from_secs(10),
+                async || {
+                    watch
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+                         AND query LIKE '%tokenproxy_intents%' AND datname = current_database()",
+                            &[],
+                        )
+                        .await
+                        .unwrap()
+                        .get::<_, i64>(0)
+                        > 0
+                },
+            )
+            .await;
+        }
+        Kind::Redis => {
+            let mut conn = store.redis().await;
+            until(
+                "A's lock command paused",
+                Duration::from_secs(10),
+                async || {
+                    let info: String = redis::cmd("INFO")
+                        .arg("clients")
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                    info.lines()
+                        .any(|l| l.starts_with("paused_clients:") && !l.ends_with(":0"))
+                        || info
+                            .lines()
+                            .any(|l| l.starts_with("blocked_clients:") && !l.ends_with(":0"))
+                },
+            )
+            .await;
+        }
+    }
+    a.signal("STOP");
+    let frozen = Instant::now();
+    // The held-up command lands while A is frozen.
+    if let Some(client) = pg {
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    if let Some(mut conn) = redis {
+        let () = redis::cmd("CLIENT")
+            .arg("UNPAUSE")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let _ = force_refresh(&b, "demo").await;
+    let lease = Duration::from_secs(15);
+    // The fault: a freeze of the lease and 5 s more.
+    tokio::time::sleep((lease + Duration::from_secs(5)).saturating_sub(frozen.elapsed())).await;
+    a.signal("CONT");
+    let _ = caller.await;
+    wait_generation(&b, 1, lease * 2 + Duration::from_secs(10)).await;
+    wait_generation(&a, 1, Duration::from_secs(30)).await;
+    assert_eq!(w.provider.reuse_detected(), 0, "{}\n{}", a.log(), b.log());
+    assert_eq!(
+        w.provider.token_requests(),
+        before + 1,
+        "{}\n{}",
+        a.log(),
+        b.log()
+    );
+    assert_eq!(
+        store.field("refresh_token").await,
+        w.provider.current_refresh_token()
+    );
+    assert_eq!(get(&a.url("/demo/after")).await.0, 200);
+    assert_eq!(get(&b.url("/demo/after")).await.0, 200);
+}
+
+/// The store goes down while a token request is out (PostgreSQL stopped fast,
+/// Redis killed), and comes back. The holder keeps the rotated tokens in memory;
+/// another instance asked to refresh as the store returns finds the holder's
+/// intent and does not present the spent refresh token; the holder writes its
+/// result, reads it back, and both serve it.
+async fn a_store_restart_during_a_refresh_keeps_the_rotated_token(kind: Kind) {
+    let Some(server) = OwnServer::start(kind).await else {
+        return;
+    };
+    let store = server.store();
+    let w = World::default().await;
+    let config = store.config(&w, "");
+    let a = store.spawn(&w, &config);
+    let b = store.spawn(&w, &config);
+    assert_eq!(get(&a.url("/demo/x")).await.0, 200);
+    assert_eq!(get(&b.url("/demo/x")).await.0, 200);
+    let before = w.provider.token_requests();
+    w.provider.set_mode(Mode::SlowOk(1500));
+    let url = a.admin_url("/tokens/demo/refresh");
+    let caller = tokio::spawn(async move { client().post(url).send().await.map(|r| r.status()) });
+    until("A's token request", Duration::from_secs(10), async || {
+        w.provider.token_requests_in_flight() > 0
+    })
+    .await;
+    server.stop();
+    until(
+        "the provider's answer",
+        Duration::from_secs(10),
+        async || w.provider.token_requests_in_flight() == 0,
+    )
+    .await;
+    w.provider.set_mode(Mode::Normal);
+    a.wait_log("it is kept in memory and written as soon as the store answers")
+        .await;
+    server.start_again();
+    // As the store returns, B is asked for a new token: A's intent holds it off.
+    let _ = force_refresh(&b, "demo").await;
+    a.wait_log("stored the token that could not be written before")
+        .await;
+    let _ = caller.await;
+    wait_generation(&b, 1, Duration::from_secs(30)).await;
+    assert_eq!(w.provider.reuse_detected(), 0, "{}\n{}", a.log(), b.log());
+    assert_eq!(
+        store.field("refresh_token").await,
+        w.provider.current_refresh_token()
+    );
+    assert!(w.provider.token_requests() > before);
+    assert_eq!(get(&a.url("/demo/after")).await.0, 200);
+    assert_eq!(get(&b.url("/demo/after")).await.0, 200);
+    let metrics = get(&a.admin_url("/metrics")).await.1;
+    assert!(
+        metrics.contains(r#"tokenproxy_refresh_in_doubt_total{resolution="written_after_restart",token="demo"} 1"#),
+        "{metrics}"
     );
 }
