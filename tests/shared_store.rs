@@ -1128,9 +1128,13 @@ async fn seed_writes_to_the_shared_store(kind: Kind) {
     w.provider.reset_refresh_token("seeded-refresh-token-1");
     let path = w.dir.path().join("seed.toml");
     std::fs::write(&path, &config).unwrap();
+    // One worker thread, as the sidecar runs: the lock's release must not be
+    // left to a task the exiting runtime never runs.
+    let mut env = store.env().to_vec();
+    env.push(("TOKIO_WORKER_THREADS", "1"));
     let out = run_with_stdin(
         &["seed", "demo", "-c", path.to_str().unwrap()],
-        &store.env(),
+        &env,
         "seeded-refresh-token-1\n",
     );
     assert!(
@@ -1144,6 +1148,15 @@ async fn seed_writes_to_the_shared_store(kind: Kind) {
         w.provider.current_refresh_token(),
         "the seeded (and verified, so rotated) refresh token is in the store"
     );
+    if kind == Kind::Redis {
+        let mut conn = store.redis().await;
+        let held: bool = redis::cmd("EXISTS")
+            .arg(format!("{}lock:demo", store.prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!held, "seed left the lock held for a whole lease");
+    }
     p.wait_ready(200, Duration::from_secs(10)).await;
     assert_eq!(get(&p.url("/demo/after-seed")).await.0, 200);
     assert_eq!(w.provider.reuse_detected(), 0);
@@ -1323,8 +1336,8 @@ async fn a_corrupt_redis_record_names_the_field_not_its_value() {
     assert_eq!(w.provider.token_requests(), 0, "nothing refreshed over it");
 }
 
-/// The holder is frozen (SIGSTOP) after the provider rotated, for longer than the
-/// token request's timeout (3 s) and shorter than the lease (15 s): the answer
+/// Four instances; the holder is frozen (SIGSTOP) after the provider rotated, for
+/// longer than the token request's timeout (3 s) and shorter than the lease (15 s): the answer
 /// sits in its socket. Woken, it reads the answer (the timeout bounds callers, not
 /// the holder), stores it, and no instance presents the spent refresh token: the
 /// store ends with the provider's current one and the grant is never revoked.
@@ -1334,10 +1347,11 @@ async fn a_holder_frozen_past_the_timeout_keeps_the_late_answer(kind: Kind) {
     };
     let w = World::default().await;
     let config = store.config(&w, "");
-    let a = store.spawn(&w, &config);
-    let b = store.spawn(&w, &config);
-    assert_eq!(get(&a.url("/demo/x")).await.0, 200);
-    assert_eq!(get(&b.url("/demo/x")).await.0, 200);
+    let mut all: Vec<Proxy> = (0..4).map(|_| store.spawn(&w, &config)).collect();
+    for p in &all {
+        assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    }
+    let (a, b) = (all.remove(0), all.remove(0));
     let before = w.provider.token_requests();
     w.provider.set_mode(Mode::SlowOk(1000));
     let url = a.admin_url("/tokens/demo/refresh");
@@ -1373,8 +1387,10 @@ async fn a_holder_frozen_past_the_timeout_keeps_the_late_answer(kind: Kind) {
         w.provider.current_refresh_token(),
         "the store holds the provider's current refresh token"
     );
-    assert_eq!(get(&a.url("/demo/after")).await.0, 200);
-    assert_eq!(get(&b.url("/demo/after")).await.0, 200);
+    for p in [&a, &b].into_iter().chain(&all) {
+        wait_generation(p, 1, Duration::from_secs(30)).await;
+        assert_eq!(get(&p.url("/demo/after")).await.0, 200);
+    }
     let metrics = client()
         .get(a.admin_url("/metrics"))
         .send()
@@ -1431,7 +1447,8 @@ async fn until(what: &str, within: Duration, mut ready: impl AsyncFnMut() -> boo
     }
 }
 
-/// A holder frozen (SIGSTOP) before its token request, for the lease and 5 s more,
+/// Four instances; a holder frozen (SIGSTOP) before its token request, for the lease
+/// and 5 s more,
 /// at the step where a real pause hurt (PostgreSQL: writing its intent record, the
 /// write held up by a table lock so that it lands during the freeze; Redis: taking
 /// the lock, the command held up by `CLIENT PAUSE … WRITE`). Another instance
@@ -1443,10 +1460,11 @@ async fn a_holder_frozen_before_its_request_spends_nothing(kind: Kind) {
     };
     let w = World::default().await;
     let config = store.config(&w, "");
-    let a = store.spawn(&w, &config);
-    let b = store.spawn(&w, &config);
-    assert_eq!(get(&a.url("/demo/x")).await.0, 200);
-    assert_eq!(get(&b.url("/demo/x")).await.0, 200);
+    let mut all: Vec<Proxy> = (0..4).map(|_| store.spawn(&w, &config)).collect();
+    for p in &all {
+        assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    }
+    let (a, b) = (all.remove(0), all.remove(0));
     let before = w.provider.token_requests();
     let url = a.admin_url("/tokens/demo/refresh");
     let (pg, redis) = match kind {
@@ -1553,11 +1571,13 @@ async fn a_holder_frozen_before_its_request_spends_nothing(kind: Kind) {
         store.field("refresh_token").await,
         w.provider.current_refresh_token()
     );
-    assert_eq!(get(&a.url("/demo/after")).await.0, 200);
-    assert_eq!(get(&b.url("/demo/after")).await.0, 200);
+    for p in [&a, &b].into_iter().chain(&all) {
+        wait_generation(p, 1, Duration::from_secs(30)).await;
+        assert_eq!(get(&p.url("/demo/after")).await.0, 200);
+    }
 }
 
-/// The store goes down while a token request is out (PostgreSQL stopped fast,
+/// Four instances; the store goes down while a token request is out (PostgreSQL stopped fast,
 /// Redis killed), and comes back. The holder keeps the rotated tokens in memory;
 /// another instance asked to refresh as the store returns finds the holder's
 /// intent and does not present the spent refresh token; the holder writes its
@@ -1569,10 +1589,11 @@ async fn a_store_restart_during_a_refresh_keeps_the_rotated_token(kind: Kind) {
     let store = server.store();
     let w = World::default().await;
     let config = store.config(&w, "");
-    let a = store.spawn(&w, &config);
-    let b = store.spawn(&w, &config);
-    assert_eq!(get(&a.url("/demo/x")).await.0, 200);
-    assert_eq!(get(&b.url("/demo/x")).await.0, 200);
+    let mut all: Vec<Proxy> = (0..4).map(|_| store.spawn(&w, &config)).collect();
+    for p in &all {
+        assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    }
+    let (a, b) = (all.remove(0), all.remove(0));
     let before = w.provider.token_requests();
     w.provider.set_mode(Mode::SlowOk(1500));
     let url = a.admin_url("/tokens/demo/refresh");
@@ -1591,6 +1612,9 @@ async fn a_store_restart_during_a_refresh_keeps_the_rotated_token(kind: Kind) {
     w.provider.set_mode(Mode::Normal);
     a.wait_log("it is kept in memory and written as soon as the store answers")
         .await;
+    let status = token_status(&a, "demo").await;
+    assert_eq!(status["in_doubt"]["by"], "this instance", "{status}");
+    assert_eq!(status["unsaved"], true, "{status}");
     server.start_again();
     // As the store returns, B is asked for a new token: A's intent holds it off.
     let _ = force_refresh(&b, "demo").await;
@@ -1604,8 +1628,10 @@ async fn a_store_restart_during_a_refresh_keeps_the_rotated_token(kind: Kind) {
         w.provider.current_refresh_token()
     );
     assert!(w.provider.token_requests() > before);
-    assert_eq!(get(&a.url("/demo/after")).await.0, 200);
-    assert_eq!(get(&b.url("/demo/after")).await.0, 200);
+    for p in [&a, &b].into_iter().chain(&all) {
+        wait_generation(p, 1, Duration::from_secs(30)).await;
+        assert_eq!(get(&p.url("/demo/after")).await.0, 200);
+    }
     let metrics = get(&a.admin_url("/metrics")).await.1;
     assert!(
         metrics.contains(r#"tokenproxy_refresh_in_doubt_total{resolution="written_after_restart",token="demo"} 1"#),

@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use support::*;
+use tokenproxy::demo::ExpiresIn;
 
 fn short_lived(secs: f64) -> ProviderOptions {
     ProviderOptions {
@@ -303,5 +304,47 @@ async fn no_token_appears_in_logs_status_or_error_bodies() {
         }
         // The configured client secret, too.
         assert!(!log.contains("demo-secret") && !bodies.contains("demo-secret"));
+    }
+}
+
+/// A token endpoint that says a token lives no time at all (`expires_in` 0, as a
+/// number or a string) does not make tokenproxy ask again and again: the token is
+/// taken to live `default_lifetime`, the log names what the provider said once,
+/// and client requests are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_lifetime_does_not_make_refreshes_spin() {
+    for expires_in in [ExpiresIn::Number, ExpiresIn::String] {
+        let w = World::new(ProviderOptions {
+            lifetime: Duration::from_secs(3600),
+            stated_lifetime: Some(Duration::ZERO),
+            expires_in,
+            ..ProviderOptions::default()
+        })
+        .await;
+        let p = w.spawn(&w.config("", "default_lifetime = \"15m\""));
+        let started = Instant::now();
+        let mut statuses = Vec::new();
+        // The old defect: a refresh every ~50 ms, every client request a 503.
+        while started.elapsed() < Duration::from_secs(3) {
+            statuses.push(get(&p.url("/demo/x")).await.0);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            statuses.iter().all(|&s| s == 200),
+            "{statuses:?}\n{}",
+            p.log()
+        );
+        assert_eq!(w.provider.token_requests(), 1, "{}", p.log());
+        let log = p.wait_log("gave no usable lifetime").await;
+        assert!(
+            log.contains("expires_in: 0") || log.contains("expires_in: \"0\""),
+            "{log}"
+        );
+        let status = token_status(&p, "demo").await;
+        let expires = humantime::parse_rfc3339(status["expires_at"].as_str().unwrap()).unwrap();
+        let left = expires
+            .duration_since(std::time::SystemTime::now())
+            .unwrap();
+        assert!(left > Duration::from_secs(14 * 60), "{status}");
     }
 }

@@ -97,6 +97,9 @@ pub struct VerifyKey {
 pub struct ProviderOptions {
     pub lifetime: Duration,
     pub expires_in: ExpiresIn,
+    /// The lifetime the token response states, when it is not the real one (a
+    /// provider that says `expires_in: 0` of a token the API accepts for an hour).
+    pub stated_lifetime: Option<Duration>,
     /// Issue a new refresh token with every refresh and refuse the old one.
     pub rotate: bool,
     /// Send back the refresh token that was used (HubSpot) when not rotating.
@@ -139,6 +142,7 @@ impl Default for ProviderOptions {
         ProviderOptions {
             lifetime: Duration::from_secs(30),
             expires_in: ExpiresIn::String,
+            stated_lifetime: None,
             rotate: true,
             echo_refresh_token: false,
             client_id: "demo-client".into(),
@@ -326,6 +330,11 @@ impl Provider {
     /// Every access and refresh token issued so far, the initial refresh token included.
     pub fn all_tokens(&self) -> Vec<String> {
         self.lock().all_tokens.clone()
+    }
+
+    /// Whether a reused refresh token revoked the whole grant.
+    pub fn chain_revoked(&self) -> bool {
+        self.lock().chain_revoked
     }
 
     pub fn current_refresh_token(&self) -> Option<String> {
@@ -632,7 +641,7 @@ impl Provider {
         s.all_tokens.push(access.clone());
         response.insert("access_token".into(), access.into());
         response.insert("token_type".into(), "bearer".into());
-        let secs = opts.lifetime.as_secs_f64();
+        let secs = opts.stated_lifetime.unwrap_or(opts.lifetime).as_secs_f64();
         match opts.expires_in {
             ExpiresIn::String => {
                 response.insert("expires_in".into(), secs.to_string().into());

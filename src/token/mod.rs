@@ -197,6 +197,8 @@ pub struct TokenSource {
     owner: String,
     /// Others' in-doubt intents, as this process has seen them.
     watch: refresh::Watch,
+    /// When this process last sent a token request: the floor between two.
+    last_sent: std::sync::Mutex<Option<Instant>>,
     /// The intent of a refresh whose result is held in memory, unsaved: removed
     /// once the result is stored.
     pending: std::sync::Mutex<Option<crate::store::Intent>>,
@@ -226,6 +228,9 @@ impl Phase {
 }
 
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Whatever a provider says about lifetimes, one token's endpoint is asked at most
+/// this often by one process (outside a person's manual refresh).
+const REQUEST_FLOOR: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// While a token is expired and requests wait for it, a refresh is tried this
 /// often even when the backoff would wait longer.
@@ -252,6 +257,7 @@ impl TokenSource {
             owner: format!("{:016x}", fastrand::u64(..)),
             watch: refresh::Watch::default(),
             pending: std::sync::Mutex::new(None),
+            last_sent: std::sync::Mutex::new(None),
         })
     }
 
@@ -427,6 +433,25 @@ impl TokenSource {
                     let retry_after = next.saturating_duration_since(now).max(BACKOFF_BASE);
                     return Err(Unavailable { retry_after });
                 }
+            }
+            let last = *self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(sent) = last
+                && now < sent + REQUEST_FLOOR
+            {
+                // Said as a failure, so that the scheduler waits for it too.
+                self.publish(TokenState {
+                    failure: Some(Failure {
+                        terminal: false,
+                        message: "the token endpoint was asked less than a second ago; whatever lifetime it gives, it is not asked more often".into(),
+                        attempts: cur.failure.as_ref().map_or(0, |f| f.attempts),
+                        retry_at: sent + REQUEST_FLOOR,
+                        at: now,
+                    }),
+                    ..cur.copy()
+                });
+                return Err(Unavailable {
+                    retry_after: sent + REQUEST_FLOOR - now,
+                });
             }
             if let Some(rec) = &cur.record {
                 let earliest =
@@ -843,6 +868,7 @@ impl refresh::Endpoint for TokenSource {
         until: tokio::time::Instant,
     ) -> Result<response::TokenResponse, GrantError> {
         self.set_phase(Phase::TokenEndpoint);
+        *self.last_sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let answer = self.request(Exchange::Grant(refresh_token), until).await;
         self.set_phase(Phase::StoreWrite);
         answer

@@ -123,6 +123,8 @@ pub struct Watch {
     /// The last refresh presented a refresh token another refresh had left in
     /// doubt: a refusal then most likely means the provider rotated it away.
     retried: std::sync::atomic::AtomicBool,
+    /// An unusable lifetime from the provider was logged.
+    said_lifetime: std::sync::atomic::AtomicBool,
 }
 
 impl Watch {
@@ -289,6 +291,20 @@ impl Refresh<'_> {
                 token = self.name,
                 after_ms = (answered - sent).as_millis() as u64,
                 "the token endpoint answered after the request's timeout; the answer was read and is kept"
+            );
+        }
+
+        if let Some(said) = &resp.unusable_lifetime
+            && !self
+                .watch
+                .said_lifetime
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            tracing::warn!(
+                token = self.name,
+                provider_said = %said,
+                default_lifetime_s = self.rules.default_lifetime.as_secs(),
+                "the token endpoint gave no usable lifetime; the access token is taken to live default_lifetime (said once per process)"
             );
         }
 

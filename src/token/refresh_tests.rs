@@ -75,6 +75,7 @@ impl Provider {
             access_token: Secret::new(format!("at-{}", g.issued)),
             refresh_token: Some(Secret::new(next)),
             lifetime: Some(Duration::from_secs(600)),
+            unusable_lifetime: None,
             extra: Default::default(),
         })
     }

@@ -26,8 +26,12 @@ pub struct TokenResponse {
     pub access_token: Secret,
     /// `None` when the server issued no new refresh token: keep the old one.
     pub refresh_token: Option<Secret>,
-    /// `None` when the response says nothing about expiry.
+    /// `None` when the response says nothing usable about expiry (then the token's
+    /// `default_lifetime` applies).
     pub lifetime: Option<Duration>,
+    /// What the provider said about expiry when it could not be used (`expires_in`
+    /// zero or negative, an `expires_on` in the past), for the log; never a secret.
+    pub unusable_lifetime: Option<String>,
     /// Non-secret fields (`instance_url`, `scope`, `api_domain`, …).
     pub extra: Map<String, Value>,
 }
@@ -223,7 +227,10 @@ pub fn parse(
         Some(Value::String(s)) if !s.is_empty() => Some(Secret::new(s)),
         _ => None,
     };
-    let lifetime = lifetime(&fields, now);
+    let (lifetime, unusable_lifetime) = match lifetime(&fields, now) {
+        Ok(lifetime) => (lifetime, None),
+        Err(said) => (None, Some(said)),
+    };
     fields.retain(|k, _| {
         !SECRET_FIELDS.contains(&k.as_str())
             && !["expires_in", "expires_on", "token_type"].contains(&k.as_str())
@@ -232,6 +239,7 @@ pub fn parse(
         access_token,
         refresh_token,
         lifetime,
+        unusable_lifetime,
         extra: fields,
     })
 }
@@ -242,32 +250,63 @@ pub fn parse(
 pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
 
 /// `expires_in` (number or numeric string) wins; else `expires_on` (epoch seconds or
-/// a date). A value that cannot be read counts as absent; zero stays zero; more
-/// than [`MAX_LIFETIME`] is [`MAX_LIFETIME`].
-fn lifetime(fields: &Map<String, Value>, now: SystemTime) -> Option<Duration> {
-    read_lifetime(fields, now).map(|d| d.min(MAX_LIFETIME))
-}
-
-fn read_lifetime(fields: &Map<String, Value>, now: SystemTime) -> Option<Duration> {
-    if let Some(secs) = fields.get("expires_in").and_then(seconds) {
-        return Some(Duration::from_secs_f64(secs));
+/// a date). `Ok(None)`: neither is there. More than [`MAX_LIFETIME`] (however large)
+/// is [`MAX_LIFETIME`]. `Err(what)`: a value that cannot be a lifetime — zero,
+/// negative, unreadable, or an expiry not in the future: refreshing on it would
+/// spin, so the caller uses `default_lifetime` and says what the provider sent.
+fn lifetime(fields: &Map<String, Value>, now: SystemTime) -> Result<Option<Duration>, String> {
+    let said = |name: &str, v: &Value| format!("{name}: {}", shown(v));
+    if let Some(v) = fields.get("expires_in") {
+        return match seconds(v) {
+            Some(secs) if secs > 0.0 => Ok(Some(capped(secs).min(MAX_LIFETIME))),
+            _ => Err(said("expires_in", v)),
+        };
     }
-    let on = fields.get("expires_on")?;
-    let at = match seconds(on) {
-        Some(epoch) => SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs_f64(epoch))?,
-        None => humantime::parse_rfc3339_weak(on.as_str()?.trim()).ok()?,
+    let Some(on) = fields.get("expires_on") else {
+        return Ok(None);
     };
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    let at = match seconds(on) {
+        Some(epoch) if epoch >= 0.0 => SystemTime::UNIX_EPOCH.checked_add(capped(epoch)),
+        Some(_) => None,
+        None => on
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339_weak(t.trim()).ok()),
+    };
+    match at.map(|at| at.duration_since(now)) {
+        Some(Ok(left)) if !left.is_zero() => Ok(Some(left.min(MAX_LIFETIME))),
+        _ => Err(said("expires_on", on) + " (not in the future)"),
+    }
 }
 
+/// Seconds as a duration, at most [`MAX_LIFETIME`] (an epoch as far as year 9999).
+fn capped(secs: f64) -> Duration {
+    const LARGEST: f64 = 253_402_300_799.0;
+    Duration::from_secs_f64(secs.min(LARGEST))
+}
+
+/// A number or a numeric string, in seconds (`inf` and `NaN` are not numbers).
 fn seconds(v: &Value) -> Option<f64> {
     let n = match v {
         Value::Number(n) => n.as_f64()?,
         Value::String(s) => s.trim().parse::<f64>().ok()?,
         _ => return None,
     };
-    // Past 1e15 s (thirty million years) a number is not a time at all.
-    (0.0..1e15).contains(&n).then_some(n)
+    n.is_finite().then_some(n)
+}
+
+/// A lifetime value as it may be logged: a number, or a short plain word.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::Number(n) => n.to_string(),
+        Value::String(s)
+            if s.len() <= 32
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.:/ ".contains(&b)) =>
+        {
+            format!("{s:?}")
+        }
+        _ => "(a value that is not a number, not quoted)".to_owned(),
+    }
 }
 
 /// The names of a response's fields, for a message; a name that is not a short
@@ -329,13 +368,38 @@ mod tests {
             Some(3599)
         );
         assert_eq!(secs(r#"{"access_token":"a"}"#), None);
-        assert_eq!(secs(r#"{"access_token":"a","expires_in":"0"}"#), Some(0));
-        assert_eq!(secs(r#"{"access_token":"a","expires_in":"soon"}"#), None);
+        // Unusable values read as absent (default_lifetime), and are named.
+        let unusable = |b: &str| {
+            let r = ok(b);
+            assert_eq!(r.lifetime, None, "{b}");
+            r.unusable_lifetime.expect(b)
+        };
+        assert_eq!(
+            unusable(r#"{"access_token":"a","expires_in":"0"}"#),
+            r#"expires_in: "0""#
+        );
+        assert_eq!(
+            unusable(r#"{"access_token":"a","expires_in":0}"#),
+            "expires_in: 0"
+        );
+        assert_eq!(
+            unusable(r#"{"access_token":"a","expires_in":-5}"#),
+            "expires_in: -5"
+        );
+        assert_eq!(
+            unusable(r#"{"access_token":"a","expires_in":"soon"}"#),
+            r#"expires_in: "soon""#
+        );
+        assert!(unusable(r#"{"access_token":"a","expires_in":{"x":1}}"#).contains("not quoted"));
+        assert!(unusable(r#"{"access_token":"a","expires_on":"0"}"#).contains("not in the future"));
+        assert!(ok(r#"{"access_token":"a"}"#).unusable_lifetime.is_none());
         let year = Some(MAX_LIFETIME.as_secs());
         assert_eq!(
             secs(r#"{"access_token":"a","expires_in":300000000000}"#),
             year
         );
+        assert_eq!(secs(r#"{"access_token":"a","expires_in":1e30}"#), year);
+        assert_eq!(secs(r#"{"access_token":"a","expires_in":"1e30"}"#), year);
         assert_eq!(
             secs(r#"{"access_token":"a","expires_on":"9999999999999"}"#),
             year
