@@ -739,7 +739,8 @@ impl TokenSource {
         {
             delay = delay.max(ra.min(Duration::from_secs(3600)));
         }
-        // The grant masked what its request carried; mask the tokens held too.
+        // The grant masked what its request carried; mask the tokens held too, on
+        // the whole text before any of it is cut.
         let held: Vec<&str> = cur
             .record
             .iter()
@@ -747,7 +748,10 @@ impl TokenSource {
             .flatten()
             .map(Secret::expose)
             .collect();
-        let mut message = crate::secret::mask(&e.to_string(), &held);
+        let mut message = match e {
+            RefreshError::Grant(g) => g.clone().masked(&held).to_string(),
+            other => crate::secret::mask(&other.to_string(), &held),
+        };
         if e.is_terminal() && self.watch.retried() {
             message += "; an earlier refresh stopped while spending this refresh token, so the provider has most likely rotated it away: log in again";
         }
@@ -869,7 +873,20 @@ impl refresh::Endpoint for TokenSource {
     ) -> Result<response::TokenResponse, GrantError> {
         self.set_phase(Phase::TokenEndpoint);
         *self.last_sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        let answer = self.request(Exchange::Grant(refresh_token), until).await;
+        // Whatever the provider quotes back, the tokens this process holds are
+        // masked in it (the request's own secrets already are).
+        let cur = self.cell.load_full();
+        let held: Vec<&str> = cur
+            .record
+            .iter()
+            .flat_map(|r| [&r.access_token, &r.refresh_token])
+            .flatten()
+            .map(Secret::expose)
+            .collect();
+        let answer = self
+            .request(Exchange::Grant(refresh_token), until)
+            .await
+            .map_err(|e| e.masked(&held));
         self.set_phase(Phase::StoreWrite);
         answer
     }

@@ -37,7 +37,7 @@ pub struct TokenResponse {
 }
 
 /// Why a token request failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GrantError {
     /// The credential is dead (`invalid_grant`, `invalid_client`, `unauthorized_client`):
     /// retrying cannot help and may count against the client.
@@ -67,15 +67,24 @@ pub enum GrantError {
     Unsent(String),
 }
 
+/// The description as quoted: cut to [`MAX_DESCRIPTION`] characters here, when it
+/// is shown, so that masking (in [`GrantError::masked`]) always sees the whole text
+/// first: a secret straddling the cut is masked whole, never shown in part.
 fn describe(description: &Option<String>) -> String {
-    description
-        .as_ref()
-        .map(|d| format!(" ({d})"))
-        .unwrap_or_default()
+    let Some(d) = description else {
+        return String::new();
+    };
+    let mut shown: String = d.chars().take(MAX_DESCRIPTION).collect();
+    if d.chars().nth(MAX_DESCRIPTION).is_some() {
+        shown.push('…');
+    }
+    format!(" ({shown})")
 }
 
 /// Longest `error_description` quoted.
 const MAX_DESCRIPTION: usize = 200;
+/// Longest `error_description` kept (to be masked, then cut when shown).
+const MAX_DESCRIPTION_KEPT: usize = 64 * 1024;
 
 /// The OAuth `error` code when it is a plain word (RFC 6749 §5.2 allows only
 /// printable ASCII without `"` and `\\`; real codes are words), else a placeholder.
@@ -92,17 +101,12 @@ fn safe_code(code: &str) -> String {
     }
 }
 
-/// A description on one line, cut short.
+/// A description on one line, bounded; cut to its quoted length only when shown.
 fn safe_description(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .take(MAX_DESCRIPTION)
+    text.chars()
+        .take(MAX_DESCRIPTION_KEPT)
         .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if text.chars().nth(MAX_DESCRIPTION).is_some() {
-        out.push('…');
-    }
-    out
+        .collect()
 }
 
 impl GrantError {
@@ -347,6 +351,50 @@ mod tests {
 
     fn ok(body: &str) -> TokenResponse {
         parse(StatusCode::OK, body.as_bytes(), None, NOW).unwrap()
+    }
+
+    /// Each kind of secret, planted in an `error_description` at every offset
+    /// around the quoted length: what is shown holds no piece of it (a window of
+    /// six characters), whether the secret is before, across or after the cut.
+    #[test]
+    fn a_secret_across_the_cut_is_masked_whole() {
+        let secrets = [
+            (
+                "client secret",
+                "cs-Very-Secret-Value-0123456789".to_owned(),
+            ),
+            (
+                "refresh token",
+                format!("rt-{}", "R".repeat(10) + &"x9".repeat(150)),
+            ),
+            (
+                "access token",
+                "at.eyJhbGciOiJSUzI1NiJ9.payload.sig".to_owned(),
+            ),
+            (
+                "assertion",
+                "eyJ0eXAiOiJKV1QifQ.eyJpc3MiOiJ4In0.c2lnbmF0dXJl".to_owned(),
+            ),
+        ];
+        for (what, secret) in &secrets {
+            for offset in (MAX_DESCRIPTION - 40)..(MAX_DESCRIPTION + 5) {
+                let text = format!("{}{secret} and more", "A".repeat(offset));
+                let body =
+                    serde_json::json!({"error": "invalid_request", "error_description": text});
+                let shown = err(400, &body.to_string())
+                    .masked(&[secret.as_str()])
+                    .to_string();
+                let chars: Vec<char> = secret.chars().collect();
+                for window in chars.windows(6) {
+                    let piece: String = window.iter().collect();
+                    assert!(
+                        !shown.contains(&piece),
+                        "{what} at offset {offset}: `{piece}` shown in {shown}"
+                    );
+                }
+                assert!(shown.chars().count() < MAX_DESCRIPTION + 120, "{shown}");
+            }
+        }
     }
 
     fn err(status: u16, body: &str) -> GrantError {
