@@ -336,9 +336,12 @@ impl Reloader {
 
     /// Reads the configuration file again and applies it, or changes nothing.
     async fn reload(&self) -> Result<String, String> {
-        let result = match Config::load(&self.file) {
-            Ok(config) => self.apply(config).await,
-            Err(e) => Err(e.to_string()),
+        let file = self.file.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&file)).await;
+        let result = match loaded {
+            Ok(Ok(config)) => self.apply(config).await,
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("reading the configuration failed: {e}")),
         };
         match &result {
             Ok(summary) => {

@@ -111,30 +111,50 @@ pub const MAX_SECRET_FILE: u64 = 64 * 1024;
 /// mounts Secrets as links), never more than [`MAX_SECRET_FILE`] bytes, and
 /// without blocking on a FIFO.
 fn read_secret_file(path: &std::path::Path) -> Result<String, SecretError> {
+    read_regular(path, MAX_SECRET_FILE).map_err(|e| match e {
+        Unreadable::Io(source) => SecretError::File {
+            path: path.into(),
+            source,
+        },
+        Unreadable::NotRegular => SecretError::NotRegular(path.into()),
+        Unreadable::TooLarge => SecretError::TooLarge(path.into()),
+    })
+}
+
+/// Why [`read_regular`] read nothing.
+#[derive(Debug)]
+pub enum Unreadable {
+    Io(std::io::Error),
+    /// A FIFO, a device, a directory, a socket.
+    NotRegular,
+    TooLarge,
+}
+
+/// Reads the text of `path`, which must be a regular file (after links) of at most
+/// `max` bytes. Opened without blocking, so a FIFO put in its place cannot hang
+/// the caller, and read no further than `max` + 1 bytes, so `/dev/zero` or a
+/// file that grows cannot exhaust memory.
+pub fn read_regular(path: &std::path::Path, max: u64) -> Result<String, Unreadable> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| SecretError::File {
-        path: path.into(),
-        source,
-    };
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(path)
-        .map_err(io)?;
-    let meta = file.metadata().map_err(io)?;
+        .map_err(Unreadable::Io)?;
+    let meta = file.metadata().map_err(Unreadable::Io)?;
     if !meta.is_file() {
-        return Err(SecretError::NotRegular(path.into()));
+        return Err(Unreadable::NotRegular);
     }
-    if meta.len() > MAX_SECRET_FILE {
-        return Err(SecretError::TooLarge(path.into()));
+    if meta.len() > max {
+        return Err(Unreadable::TooLarge);
     }
     let mut text = String::new();
-    file.take(MAX_SECRET_FILE + 1)
+    file.take(max + 1)
         .read_to_string(&mut text)
-        .map_err(io)?;
-    if text.len() as u64 > MAX_SECRET_FILE {
-        return Err(SecretError::TooLarge(path.into()));
+        .map_err(Unreadable::Io)?;
+    if text.len() as u64 > max {
+        return Err(Unreadable::TooLarge);
     }
     Ok(text)
 }

@@ -477,3 +477,79 @@ async fn idle_http2_connections_are_closed_after_their_requests() {
     let ended = tokio::time::timeout(Duration::from_secs(15), conn).await;
     assert!(ended.is_ok(), "the idle HTTP/2 connection is still open");
 }
+
+/// `check` on a FIFO, a device and an oversized file: refused at once by name
+/// (exit 2), never blocked on the FIFO or reading `/dev/zero` into memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_path_that_is_not_a_regular_file_is_refused() {
+    let w = World::default().await;
+    let fifo = w.dir.path().join("fifo.toml");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let big = w.dir.path().join("big.toml");
+    std::fs::write(&big, vec![b'#'; 2 * 1024 * 1024]).unwrap();
+    for (path, says) in [
+        (fifo.as_path(), "not a regular file"),
+        (std::path::Path::new("/dev/zero"), "not a regular file"),
+        (big.as_path(), "larger than 1024 KiB"),
+    ] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::process::Command::new(binary())
+                .args(["check", "-c"])
+                .arg(path)
+                .output(),
+        )
+        .await
+        .expect("check hung")
+        .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", path.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says) && err.contains("fix:"), "{err}");
+    }
+}
+
+/// A running proxy (with one worker thread, as the sidecar runs) whose
+/// configuration path became a FIFO: `SIGHUP` and `POST /reload` are refused by
+/// name, the proxy and the admin listener keep answering, and SIGTERM still stops
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_from_a_fifo_is_refused_and_nothing_hangs() {
+    let w = World::default().await;
+    let config = w.config("", "");
+    let p = w.spawn_with(&config, &[("TOKIO_WORKER_THREADS", "1")]);
+    assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    std::fs::remove_file(&p.config).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&p.config)
+            .status()
+            .unwrap()
+            .success()
+    );
+    p.signal("HUP");
+    p.wait_log("not a regular file").await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        client().post(p.admin_url("/reload")).send(),
+    )
+    .await
+    .expect("POST /reload hung")
+    .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("not a regular file"));
+    assert_eq!(get(&p.url("/demo/y")).await.0, 200);
+    let status = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || p.stop()),
+    )
+    .await
+    .expect("SIGTERM did not stop the proxy")
+    .unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -34,6 +34,15 @@ pub enum ConfigError {
         file: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{file} is not a regular file (a FIFO, a device or a directory)\n  fix: point -c (or TOKENPROXY_CONFIG) at the configuration file itself"
+    )]
+    NotRegular { file: PathBuf },
+    #[error(
+        "{file} is larger than {} KiB; a tokenproxy configuration is a few KiB\n  fix: check that -c points at the configuration file",
+        MAX_CONFIG / 1024
+    )]
+    TooLarge { file: PathBuf },
     #[error("{file}: {message}")]
     Parse { file: PathBuf, message: String },
     #[error("{file}: `{key}`: {problem}\n  fix: {fix}")]
@@ -592,12 +601,22 @@ impl Upstream {
     }
 }
 
+/// The largest configuration file read.
+pub const MAX_CONFIG: u64 = 1024 * 1024;
+
 impl Config {
-    /// Reads and validates `file`.
+    /// Reads and validates `file`: a regular file of at most [`MAX_CONFIG`] bytes,
+    /// read without blocking on a FIFO (see [`crate::secret::read_regular`]).
+    /// Blocking file work: an async caller runs it on the blocking pool.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-            file: file.into(),
-            source,
+        use crate::secret::Unreadable;
+        let text = crate::secret::read_regular(file, MAX_CONFIG).map_err(|e| match e {
+            Unreadable::Io(source) => ConfigError::Read {
+                file: file.into(),
+                source,
+            },
+            Unreadable::NotRegular => ConfigError::NotRegular { file: file.into() },
+            Unreadable::TooLarge => ConfigError::TooLarge { file: file.into() },
         })?;
         Config::parse(&text, file)
     }
