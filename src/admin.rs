@@ -15,10 +15,11 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use crate::config::{Route, RouteUpstream};
+use crate::config::{Listen, Route, RouteUpstream};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::proxy::ProxyBody;
+use crate::secret::SecretRef;
 use crate::token::{InDoubtNow, TokenSource, Trigger, ms_to_time, rfc3339};
 
 pub struct Admin {
@@ -30,15 +31,20 @@ pub struct Admin {
 }
 
 /// What the admin endpoints report on: the tokens and routes of the configuration
-/// in force, replaced whole by a reload.
+/// in force, and who may use the POST endpoints; replaced whole by a reload.
 pub struct View {
     sources: Vec<Arc<TokenSource>>,
     /// Per route: name, prefix, upstream host, token index; for `/status`.
     routes: Vec<(String, Option<String>, String, usize)>,
+    /// `listen.admin_key`, read at each use (a rotated Secret takes effect).
+    key: Option<SecretRef>,
+    /// Whether the admin listener is on loopback: without a key, the POST
+    /// endpoints answer only there.
+    loopback: bool,
 }
 
 impl View {
-    pub fn new(sources: Vec<Arc<TokenSource>>, routes: &[Route]) -> View {
+    pub fn new(sources: Vec<Arc<TokenSource>>, routes: &[Route], listen: &Listen) -> View {
         let routes = routes
             .iter()
             .map(|r| {
@@ -53,7 +59,39 @@ impl View {
                 )
             })
             .collect();
-        View { sources, routes }
+        View {
+            sources,
+            routes,
+            key: listen.admin_key.clone(),
+            loopback: listen.admin.ip().is_loopback(),
+        }
+    }
+
+    /// Whether `req` may use a POST endpoint: it carries the admin key
+    /// (compared in constant time), or there is none and the listener is loopback.
+    fn authorize(&self, req: &Request<Incoming>) -> Result<(), ProxyError> {
+        let Some(key) = &self.key else {
+            return match self.loopback {
+                true => Ok(()),
+                false => Err(ProxyError::AdminKeyRequired),
+            };
+        };
+        let key = key.resolve().map_err(|e| {
+            tracing::error!(error = %e, "cannot read listen.admin_key; refusing the admin request");
+            ProxyError::AdminUnauthorized
+        })?;
+        let presented = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        match bool::from(subtle::ConstantTimeEq::ct_eq(
+            presented,
+            key.expose().as_bytes(),
+        )) {
+            true => Ok(()),
+            false => Err(ProxyError::AdminUnauthorized),
+        }
     }
 
     /// Tokens that some route uses: those must be valid for the proxy to be ready.
@@ -89,7 +127,14 @@ impl Admin {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let endpoint = Endpoint::parse(req.uri().path());
         let method = req.method();
+        let view = self.view.load_full();
         let resp = match endpoint {
+            // Proxy requests (CONNECT, absolute-form) have no business here: refused,
+            // and the connection closed.
+            _ if method == Method::CONNECT => Err(ProxyError::AdminNotAProxy { connect: true }),
+            _ if req.uri().scheme().is_some() || req.uri().authority().is_some() => {
+                Err(ProxyError::AdminNotAProxy { connect: false })
+            }
             Endpoint::NotFound => Err(ProxyError::AdminNotFound),
             e if method != e.method() && !(method == Method::HEAD && e.method() == Method::GET) => {
                 Err(ProxyError::MethodNotAllowed {
@@ -109,6 +154,7 @@ impl Admin {
                 );
                 Ok(resp)
             }
+            Endpoint::Refresh(_) | Endpoint::Reload if let Err(e) = view.authorize(&req) => Err(e),
             Endpoint::Refresh(name) => self.refresh(name).await,
             Endpoint::Reload => Ok(match self.reload.reload().await {
                 Ok(summary) => json_response(
@@ -181,6 +227,12 @@ impl Admin {
         let Some(source) = view.sources.iter().find(|s| s.name() == name) else {
             return Err(ProxyError::UnknownToken(name.chars().take(64).collect()));
         };
+        // A person's refresh still obeys min_interval and the backoff: the admin
+        // port must not be a way to spend a provider's quota or rotate the refresh
+        // token at will.
+        if let Some(retry_after) = source.too_soon_for_manual() {
+            return Err(ProxyError::RefreshTooSoon { retry_after });
+        }
         let generation = source.current().generation();
         let status = match source.refresh_for_caller(generation, Trigger::Manual).await {
             Ok(_) => StatusCode::OK,

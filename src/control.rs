@@ -22,6 +22,10 @@ pub enum ControlError {
     UnknownToken(String),
     #[error("the admin endpoint answered {0} with an unexpected body")]
     BadAnswer(StatusCode),
+    #[error("the admin endpoint refused: {message}")]
+    Refused { message: String },
+    #[error("cannot read listen.admin_key: {0}")]
+    Key(crate::secret::SecretError),
 }
 
 /// What a `token` command printed, and whether it reports success.
@@ -30,9 +34,11 @@ pub struct Report {
     pub ok: bool,
 }
 
-/// `status` or `refresh` token `name` at the admin listener `admin`.
+/// `status` or `refresh` token `name` at the admin listener `admin`, with the admin
+/// key where one is configured (a refresh needs it).
 pub async fn token(
     admin: SocketAddr,
+    key: Option<&crate::secret::SecretRef>,
     name: &str,
     refresh: bool,
     json: bool,
@@ -43,9 +49,18 @@ pub async fn token(
     } else {
         (Method::GET, "/status".to_owned())
     };
-    let (status, body) = request(addr, method, &path).await?;
+    let key = match (refresh, key) {
+        (true, Some(k)) => Some(k.resolve().map_err(ControlError::Key)?),
+        _ => None,
+    };
+    let (status, body) = request(addr, method, &path, key.as_ref()).await?;
     let value: Value =
         serde_json::from_slice(&body).map_err(|_| ControlError::BadAnswer(status))?;
+    if matches!(status.as_u16(), 401 | 403 | 429) {
+        return Err(ControlError::Refused {
+            message: value["message"].as_str().unwrap_or("").to_owned(),
+        });
+    }
     let token = if refresh {
         if status == StatusCode::NOT_FOUND {
             return Err(ControlError::UnknownToken(name.into()));
@@ -106,6 +121,7 @@ async fn request(
     addr: SocketAddr,
     method: Method,
     path: &str,
+    key: Option<&crate::secret::Secret>,
 ) -> Result<(StatusCode, Bytes), ControlError> {
     let unreachable = |e: &dyn std::fmt::Display| ControlError::Unreachable {
         addr,
@@ -118,10 +134,21 @@ async fn request(
         .await
         .map_err(|e| unreachable(&e))?;
     tokio::spawn(conn);
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header(http::header::HOST, addr.to_string())
+        .header(http::header::HOST, addr.to_string());
+    if let Some(key) = key {
+        let mut value =
+            http::HeaderValue::try_from(format!("Bearer {}", key.expose())).map_err(|_| {
+                ControlError::Refused {
+                    message: "listen.admin_key holds characters a header cannot carry".into(),
+                }
+            })?;
+        value.set_sensitive(true);
+        req = req.header(http::header::AUTHORIZATION, value);
+    }
+    let req = req
         .body(Empty::<Bytes>::new())
         .map_err(|e| unreachable(&e))?;
     let resp = sender

@@ -60,6 +60,10 @@ pub enum ProxyError {
     )]
     BadHost,
     #[error(
+        "only http:// and https:// URLs are proxied; send the request with one of those schemes"
+    )]
+    BadScheme,
+    #[error(
         "CONNECT is refused: tokenproxy opens no blind tunnels; it intercepts HTTPS only to a host a route names, with [intercept] configured. Send plain http:// URLs through it, or configure [intercept] and the route's host"
     )]
     Connect,
@@ -78,7 +82,7 @@ pub enum ProxyError {
     )]
     AmbiguousFraming,
     #[error(
-        "a request header line or the request head is larger than the configured limit (proxy.max_header_line, proxy.max_header_size)"
+        "a request header line, the request head or its number of fields is larger than the configured limit (proxy.max_header_line, proxy.max_header_size, proxy.max_headers)"
     )]
     HeaderTooLarge,
     #[error("could not read the request body from the client")]
@@ -117,6 +121,23 @@ pub enum ProxyError {
     AdminNotFound,
     #[error("no token named `{0}` is configured")]
     UnknownToken(String),
+    #[error(
+        "this admin endpoint needs the admin key: send Authorization: Bearer <listen.admin_key>"
+    )]
+    AdminUnauthorized,
+    #[error(
+        "this admin endpoint changes state and the admin listener is reachable beyond this host without a key: set listen.admin_key, or bind listen.admin to 127.0.0.1"
+    )]
+    AdminKeyRequired,
+    #[error(
+        "the admin listener is not a proxy: send plain requests for /healthz /readyz /status /metrics, POST /tokens/NAME/refresh or /reload"
+    )]
+    AdminNotAProxy { connect: bool },
+    #[error(
+        "a token request now would come too soon (min_interval after the last issue, or the backoff after a failure); try again in {}s",
+        .retry_after.as_secs().max(1)
+    )]
+    RefreshTooSoon { retry_after: Duration },
 }
 
 impl ProxyError {
@@ -125,8 +146,14 @@ impl ProxyError {
             ProxyError::NoRoute | ProxyError::AdminNotFound | ProxyError::UnknownToken(_) => {
                 StatusCode::NOT_FOUND
             }
+            ProxyError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::AdminKeyRequired => StatusCode::FORBIDDEN,
+            ProxyError::AdminNotAProxy { connect: true } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::AdminNotAProxy { connect: false } => StatusCode::BAD_REQUEST,
+            ProxyError::RefreshTooSoon { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BadPath
             | ProxyError::BadHost
+            | ProxyError::BadScheme
             | ProxyError::AmbiguousFraming
             | ProxyError::ClientBody
             | ProxyError::Upgrade => StatusCode::BAD_REQUEST,
@@ -156,6 +183,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::BadPath => "bad_path",
             ProxyError::BadHost => "bad_host",
+            ProxyError::BadScheme => "bad_scheme",
             ProxyError::Connect => "connect_not_supported",
             ProxyError::ConnectOutsideCa => "intercept_not_permitted",
             ProxyError::Misdirected => "misdirected_request",
@@ -176,6 +204,10 @@ impl ProxyError {
             ProxyError::Overloaded => "overloaded",
             ProxyError::AdminNotFound => "not_found",
             ProxyError::UnknownToken(_) => "unknown_token",
+            ProxyError::AdminUnauthorized => "admin_unauthorized",
+            ProxyError::AdminKeyRequired => "admin_key_required",
+            ProxyError::AdminNotAProxy { .. } => "admin_not_a_proxy",
+            ProxyError::RefreshTooSoon { .. } => "refresh_too_soon",
         }
     }
 
@@ -183,6 +215,7 @@ impl ProxyError {
         match self {
             ProxyError::BadPath
             | ProxyError::BadHost
+            | ProxyError::BadScheme
             | ProxyError::Connect
             | ProxyError::Misdirected
             | ProxyError::MethodNotAllowed { .. }
@@ -194,7 +227,11 @@ impl ProxyError {
             | ProxyError::Upgrade
             | ProxyError::TooLarge
             | ProxyError::AdminNotFound
-            | ProxyError::UnknownToken(_) => Source::Client,
+            | ProxyError::UnknownToken(_)
+            | ProxyError::AdminUnauthorized
+            | ProxyError::AdminKeyRequired
+            | ProxyError::AdminNotAProxy { .. }
+            | ProxyError::RefreshTooSoon { .. } => Source::Client,
             ProxyError::NoRoute | ProxyError::ConnectOutsideCa => Source::Route,
             ProxyError::NoUpstream | ProxyError::NoValidToken { .. } => Source::TokenEndpoint,
             ProxyError::UpstreamUnreachable
@@ -216,6 +253,7 @@ impl ProxyError {
                 | ProxyError::NoUpstream
                 | ProxyError::Internal
                 | ProxyError::Overloaded
+                | ProxyError::RefreshTooSoon { .. }
         )
     }
 
@@ -249,6 +287,15 @@ impl ProxyError {
             ProxyError::Overloaded => {
                 h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            ProxyError::RefreshTooSoon { retry_after } => {
+                h.insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+            }
+            ProxyError::AdminUnauthorized => {
+                h.insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"tokenproxy-admin\""),
+                );
+            }
             ProxyError::ProxyAuth => {
                 h.insert(
                     http::header::PROXY_AUTHENTICATE,
@@ -261,8 +308,14 @@ impl ProxyError {
             ProxyError::MethodNotAllowed { allow, .. } => {
                 h.insert(ALLOW, HeaderValue::from_static(allow));
             }
-            // The connection's framing can no longer be trusted.
-            ProxyError::AmbiguousFraming
+            ProxyError::AdminNotAProxy { connect: true } => {
+                h.insert(ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
+                h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            // The connection's framing can no longer be trusted, or the client is
+            // not one the admin listener serves.
+            ProxyError::AdminNotAProxy { .. }
+            | ProxyError::AmbiguousFraming
             | ProxyError::HeaderTooLarge
             | ProxyError::BadHost
             | ProxyError::ClientTimeout(_) => {
@@ -323,6 +376,7 @@ mod tests {
             ProxyError::NoRoute,
             ProxyError::BadPath,
             ProxyError::BadHost,
+            ProxyError::BadScheme,
             ProxyError::Connect,
             ProxyError::ConnectOutsideCa,
             ProxyError::Misdirected,
@@ -345,6 +399,12 @@ mod tests {
             ProxyError::Overloaded,
             ProxyError::AdminNotFound,
             ProxyError::UnknownToken("x".into()),
+            ProxyError::AdminUnauthorized,
+            ProxyError::AdminKeyRequired,
+            ProxyError::AdminNotAProxy { connect: true },
+            ProxyError::RefreshTooSoon {
+                retry_after: Duration::from_secs(3),
+            },
         ];
         let mut codes: Vec<_> = all.iter().map(ProxyError::code).collect();
         codes.sort_unstable();

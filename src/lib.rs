@@ -174,6 +174,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         max_connections,
         max_header_line: settings.max_header_line,
         max_header_size: settings.max_header_size,
+        max_headers: settings.max_headers,
     };
     // The admin listener serves a scraper and a probe or two.
     let admin_limits = server::Limits {

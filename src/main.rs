@@ -245,21 +245,31 @@ fn main() -> ExitCode {
             config,
             json,
         } => {
-            let Some(config) = load(config) else {
-                return ExitCode::from(2);
+            // Only the admin listener and its key are needed: the tokens' own
+            // secrets need not be set where the command runs.
+            let file = config_path(config);
+            let target = match tokenproxy::config::ControlTarget::load(&file) {
+                Ok(target) => target,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
             };
-            if !config.tokens.iter().any(|t| t.name == name) {
-                eprintln!(
-                    "error: no token named `{name}` in {}",
-                    config.file.display()
-                );
+            if !target.tokens.contains(&name) {
+                eprintln!("error: no token named `{name}` in {}", file.display());
                 return ExitCode::from(2);
             }
             let refresh = matches!(action, TokenAction::Refresh);
             let mut ok = true;
             let code = runtime(async {
-                let report =
-                    tokenproxy::control::token(config.listen.admin, &name, refresh, json).await?;
+                let report = tokenproxy::control::token(
+                    target.admin,
+                    target.admin_key.as_ref(),
+                    &name,
+                    refresh,
+                    json,
+                )
+                .await?;
                 println!("{}", report.text);
                 ok = report.ok;
                 Ok::<(), tokenproxy::control::ControlError>(())

@@ -66,6 +66,7 @@ pub(crate) struct Frozen {
     max_connections: Option<usize>,
     max_header_line: usize,
     max_header_size: usize,
+    max_headers: usize,
 }
 
 impl Frozen {
@@ -81,6 +82,7 @@ impl Frozen {
             max_connections: p.max_connections,
             max_header_line: p.max_header_line,
             max_header_size: p.max_header_size,
+            max_headers: p.max_headers,
         }
     }
 
@@ -114,6 +116,7 @@ impl Frozen {
                 "proxy.max_header_size",
                 self.max_header_size == new.max_header_size,
             ),
+            ("proxy.max_headers", self.max_headers == new.max_headers),
         ] {
             if !same {
                 keys.push(key);
@@ -282,7 +285,7 @@ impl Reloader {
         let sources: Vec<_> = tokens.iter().map(|t| Arc::clone(&t.source)).collect();
         let client = Upstreams::new(fixed.tls.clone(), &config.proxy);
         let admin = Arc::new(Admin::new(
-            View::new(sources.clone(), &config.routes),
+            View::new(sources.clone(), &config.routes, &config.listen),
             fixed.store.kind(),
             store_health,
             Arc::clone(&fixed.metrics),
@@ -443,7 +446,8 @@ impl Reloader {
             Upstreams::new(self.fixed.tls.clone(), &config.proxy)
         };
         summary.push(format!("{} routes", config.routes.len()));
-        self.admin.show(View::new(sources.clone(), &config.routes));
+        self.admin
+            .show(View::new(sources.clone(), &config.routes, &config.listen));
         self.proxy.store(Arc::new(Proxy::new(
             proxy::Router::new(config.routes),
             sources,

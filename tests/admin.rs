@@ -369,15 +369,7 @@ async fn token_command_reports_and_refreshes_through_the_admin_api() {
     let p = w.spawn(&config);
     assert_eq!(get(&p.url("/demo/a")).await.0, 200);
     // The command finds the admin endpoint in the configuration.
-    let path = w.dir.path().join("cli.toml");
-    std::fs::write(
-        &path,
-        config.replace(
-            "admin = \"127.0.0.1:0\"",
-            &format!("admin = \"{}\"", p.admin),
-        ),
-    )
-    .unwrap();
+    let path = w.operator_config(&config, &p);
     let cli = |args: &[&str]| cli(&path, args);
 
     // Blocking calls are fine here: the proxy is another process, and the provider
@@ -551,4 +543,167 @@ async fn status_shows_a_refresh_in_flight() {
         t["last_error"].as_str().unwrap().contains("timed out"),
         "{t}"
     );
+}
+
+/// With `listen.admin_key`, the POST endpoints need `Authorization: Bearer KEY`
+/// (401 with `WWW-Authenticate` without it or with a wrong one); the GET
+/// endpoints stay open for probes and Prometheus; the key is never logged; and
+/// `tokenproxy token refresh` sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_key_guards_the_post_endpoints() {
+    const KEY: &str = "admin-key-0123456789abcdef";
+    let w = World::default().await;
+    let key_file = w.dir.path().join("admin-key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let config = w.config("", "").replace(
+        "admin = \"127.0.0.1:0\"",
+        &format!(
+            "admin = \"127.0.0.1:0\"\nadmin_key = {{ file = \"{}\" }}",
+            key_file.display()
+        ),
+    );
+    let p = w.spawn(&config);
+    assert_eq!(get(&p.url("/demo/a")).await.0, 200);
+    let c = client();
+    for path in ["/tokens/demo/refresh", "/reload"] {
+        for auth in [None, Some("Bearer wrong-key"), Some(KEY)] {
+            let mut req = c.post(p.admin_url(path));
+            if let Some(a) = auth {
+                req = req.header("Authorization", a);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 401, "{path} {auth:?}");
+            assert_eq!(r.headers()["x-tokenproxy-error"], "admin_unauthorized");
+            assert!(r.headers().contains_key("www-authenticate"));
+        }
+    }
+    assert_eq!(w.provider.token_requests(), 1, "no refresh without the key");
+    for path in ["/healthz", "/readyz", "/status", "/metrics"] {
+        assert_eq!(get(&p.admin_url(path)).await.0, 200, "{path}");
+    }
+    let r = c
+        .post(p.admin_url("/tokens/demo/refresh"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(p.admin_url("/reload"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let path = w.operator_config(&config, &p);
+    let (code, out) = cli(&path, &["token", "refresh", "demo"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("generation 3"), "{out}");
+    let log = p.log();
+    assert!(!log.contains(KEY) && !out.contains(KEY), "{log}");
+}
+
+/// An admin listener beyond loopback without a key: `check` warns, GET endpoints
+/// answer, and the POST endpoints answer 403 admin_key_required and do nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exposed_admin_listener_without_a_key_refuses_changes() {
+    let w = World::default().await;
+    let config = w
+        .config("", "")
+        .replace("admin = \"127.0.0.1:0\"", "admin = \"0.0.0.0:0\"");
+    let path = w.dir.path().join("exposed.toml");
+    std::fs::write(&path, &config).unwrap();
+    let (code, out) = cli(&path, &["check"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("listen.admin") && out.contains("admin_key"),
+        "{out}"
+    );
+    let p = w.spawn(&config);
+    let admin = format!("http://127.0.0.1:{}", p.admin.port());
+    assert_eq!(get(&format!("{admin}/status")).await.0, 200);
+    for path in ["/tokens/demo/refresh", "/reload"] {
+        let r = client()
+            .post(format!("{admin}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+        assert_eq!(r.headers()["x-tokenproxy-error"], "admin_key_required");
+    }
+    assert_eq!(w.provider.token_requests(), 1);
+    assert!(p.log().contains("has no admin_key"), "{}", p.log());
+}
+
+/// A manual refresh obeys `min_interval` and the backoff: too soon is `429` with
+/// `Retry-After`, and no token request (30 POSTs used to make 30).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_refresh_obeys_min_interval() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config("", "min_interval = \"570s\""));
+    assert_eq!(get(&p.url("/demo/a")).await.0, 200);
+    for _ in 0..30 {
+        let r = force_refresh(&p, "demo").await;
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["x-tokenproxy-error"], "refresh_too_soon");
+        let retry: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((500..=570).contains(&retry), "{retry}");
+    }
+    assert_eq!(w.provider.token_requests(), 1);
+}
+
+/// CONNECT and absolute-form requests to the admin listener are refused and the
+/// connection closed: a request after them on the same connection is not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_is_not_a_proxy() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config("", ""));
+    p.wait_ready(200, Duration::from_secs(10)).await;
+    for (head, status) in [
+        (
+            "CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n",
+            "405",
+        ),
+        (
+            "GET http://example.test/status HTTP/1.1\r\nHost: example.test\r\n\r\n",
+            "400",
+        ),
+    ] {
+        let pipelined = format!(
+            "{head}POST /tokens/demo/refresh HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        );
+        let reply = raw_all(p.admin, &pipelined).await;
+        assert!(reply.starts_with(&format!("HTTP/1.1 {status}")), "{reply}");
+        assert!(reply.contains("admin_not_a_proxy"), "{reply}");
+        assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply}");
+    }
+    assert_eq!(w.provider.token_requests(), 1);
+}
+
+/// `tokenproxy token status` needs only the admin listener from the
+/// configuration: it works in a shell where the tokens' secrets are not set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_command_needs_none_of_the_tokens_secrets() {
+    let w = World::default().await;
+    let config = w.config("", "");
+    let p = w.spawn(&config);
+    p.wait_ready(200, Duration::from_secs(10)).await;
+    let path = w.operator_config(&config, &p);
+    let out = tokio::process::Command::new(binary())
+        .args(["token", "status", "demo", "-c"])
+        .arg(&path)
+        .env_remove("DEMO_CLIENT_SECRET")
+        .env_remove("DEMO_REFRESH_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.starts_with("demo: valid"), "{text}");
 }

@@ -103,6 +103,13 @@ fn every_deploy_config_passes_check() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(stdout.contains("/exact/"), "{stdout}");
+        // An admin port beyond loopback carries a key.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stdout.contains("has no admin_key") && !stderr.contains("has no admin_key"),
+            "{}: {stdout}{stderr}",
+            path.display()
+        );
     }
 }
 
@@ -363,5 +370,52 @@ fn debug_output_of_configuration_and_token_records_is_redacted() {
     assert!(
         !debug.contains("visible?") && debug.contains("[redacted]"),
         "{debug}"
+    );
+}
+
+/// A secret used as a header value that holds a line break is refused by `check`
+/// (it used to pass, and every token request then failed as "unreachable").
+#[test]
+fn a_header_secret_with_a_line_break_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(
+        &path,
+        r#"
+[store]
+path = "/nonexistent-tokenproxy-state"
+[tokens.t]
+grant = "client_credentials"
+token_url = "https://login.example.test/token"
+client_id = "id"
+client_secret = { env = "TP_SECRET" }
+headers = { "X-Api-Key" = { env = "TP_KEY" } }
+[[routes]]
+prefix = "/t/"
+upstream = "https://api.example.test/"
+token = "t"
+"#,
+    )
+    .unwrap();
+    let env = |key: &str| {
+        vec![
+            ("TP_SECRET".to_owned(), "s3cret-value".to_owned()),
+            ("TP_KEY".to_owned(), key.to_owned()),
+        ]
+    };
+    let out = check(&path, &env("abc\ndef"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("headers.X-Api-Key") && err.contains("line break"),
+        "{err}"
+    );
+    assert!(!err.contains("abc"), "the value is not quoted: {err}");
+    let out = check(&path, &env("abcdef"));
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

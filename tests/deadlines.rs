@@ -282,7 +282,7 @@ async fn a_refused_token_that_cannot_be_refreshed_is_not_ready() {
         .await;
     assert_eq!(get(&p.admin_url("/readyz")).await.0, 503);
     w.provider.set_mode(Mode::Normal);
-    assert_eq!(force_refresh(&p, "demo").await.status(), 200);
+    assert_eq!(force_refresh_after_backoff(&p, "demo").await.status(), 200);
     p.wait_ready(200, Duration::from_secs(5)).await;
 }
 

@@ -137,19 +137,31 @@ async fn token_endpoint_echoes_are_masked_everywhere() {
     let p = w.spawn(&w.config("", ""));
     assert_eq!(get(&p.url("/demo/x")).await.0, 200);
     let mut seen = String::new();
-    for mode in [Mode::Echo, Mode::EchoHtml] {
-        w.provider.set_mode(mode);
-        let r = force_refresh(&p, "demo").await;
-        assert_eq!(r.status(), 502);
-        let body = r.text().await.unwrap();
-        assert!(
-            json(&body)["last_error"]
-                .as_str()
-                .is_some_and(|e| !e.is_empty()),
-            "{body}"
-        );
-        seen += &body;
-        seen += &get(&p.admin_url("/status")).await.1;
+    // The first echo through a manual refresh; the second through the
+    // scheduler's retry (a manual refresh now waits out the backoff, which the
+    // scheduler's own failing retries keep extending).
+    w.provider.set_mode(Mode::Echo);
+    let r = force_refresh(&p, "demo").await;
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(
+        json(&body)["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    seen += &body;
+    seen += &get(&p.admin_url("/status")).await.1;
+    w.provider.set_mode(Mode::EchoHtml);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = get(&p.admin_url("/status")).await.1;
+        if status.contains("an HTML page") {
+            seen += &status;
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(seen.contains("invalid_request"), "{seen}");
     assert!(seen.contains("an HTML page"), "{seen}");
@@ -552,4 +564,214 @@ async fn a_reload_from_a_fifo_is_refused_and_nothing_hangs() {
     .expect("SIGTERM did not stop the proxy")
     .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// Requests that are not well-formed proxy requests are refused before anything is
+/// sent anywhere: a missing or malformed `Host`, a port that is not 1–65535, a
+/// scheme other than http(s) for a routed host, TRACE or TRACK in any case, and a
+/// CONNECT without a port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_targets_and_echoing_methods_are_refused() {
+    let w = World::default().await;
+    let config = w.config("", "").replace(
+        "prefix = \"/demo/\"",
+        "prefix = \"/demo/\"\nhost = \"api.example.test\"",
+    );
+    let p = w.spawn(&config);
+    for (head, status, code) in [
+        ("GET /demo/x HTTP/1.1\r\n", "400", "bad_host"),
+        (
+            "GET /demo/x HTTP/1.1\r\nHost: host:abc\r\n",
+            "400",
+            "bad_host",
+        ),
+        (
+            "GET /demo/x HTTP/1.1\r\nHost: host:99999\r\n",
+            "400",
+            "bad_host",
+        ),
+        (
+            "GET /demo/x HTTP/1.1\r\nHost: 1.2.3.4:0\r\n",
+            "400",
+            "bad_host",
+        ),
+        (
+            "GET /demo/x HTTP/1.1\r\nHost: [::1]:x1\r\n",
+            "400",
+            "bad_host",
+        ),
+        (
+            "GET ftp://api.example.test/x HTTP/1.1\r\nHost: api.example.test\r\n",
+            "400",
+            "bad_scheme",
+        ),
+        (
+            "GET http://user@api.example.test/x HTTP/1.1\r\nHost: api.example.test\r\n",
+            "400",
+            "bad_host",
+        ),
+        (
+            "trace /demo/x HTTP/1.1\r\nHost: x\r\n",
+            "405",
+            "method_not_allowed",
+        ),
+        (
+            "TRACK /demo/x HTTP/1.1\r\nHost: x\r\n",
+            "405",
+            "method_not_allowed",
+        ),
+        (
+            "track /demo/x HTTP/1.1\r\nHost: x\r\n",
+            "405",
+            "method_not_allowed",
+        ),
+        (
+            "CONNECT api.example.test HTTP/1.1\r\nHost: api.example.test\r\n",
+            "400",
+            "bad_host",
+        ),
+    ] {
+        let reply = raw(p.addr, &format!("{head}Connection: close\r\n\r\n")).await;
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status}")),
+            "{head}: {reply}"
+        );
+        assert!(
+            reply.contains(&format!("x-tokenproxy-error: {code}")),
+            "{head}: {reply}"
+        );
+    }
+    // HTTP/1.0 needs no Host.
+    let reply = raw(p.addr, "GET /demo/x HTTP/1.0\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+    assert_eq!(
+        w.provider.api_requests(),
+        1,
+        "only the HTTP/1.0 request went out"
+    );
+    // A refused CONNECT names its host in the log (the request line has no host).
+    let reply = raw(
+        p.addr,
+        "CONNECT unrouted.example.test:443 HTTP/1.1\r\nHost: unrouted.example.test:443\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 405"), "{reply}");
+    p.wait_log("unrouted.example.test:443").await;
+}
+
+/// HTTP/2 `:authority` with user info is refused as it is in an HTTP/1 `Host`,
+/// and never reflected into a rewritten `Location`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_authority_with_user_info_is_refused() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let w = World::default().await;
+    let p = w.spawn(&w.config("", ""));
+    let stream = TcpStream::connect(p.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}@evil.example/demo/x", p.addr))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["x-tokenproxy-error"], "bad_host");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(!String::from_utf8_lossy(&body).contains("evil"));
+    assert_eq!(w.provider.api_requests(), 0);
+}
+
+/// More header fields than `proxy.max_headers` get tokenproxy's own `431` with its
+/// JSON body and `x-tokenproxy-error`; past 100 (the HTTP library's own limit)
+/// hyper's bare `431`; nothing is forwarded either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_header_fields_get_a_tokenproxy_answer() {
+    let w = World::default().await;
+    let p = w.spawn(&w.config("[proxy]\nmax_headers = 20\n", ""));
+    let fields = |n: usize| -> String { (0..n).map(|i| format!("X-F{i}: v\r\n")).collect() };
+    let ok = raw(
+        p.addr,
+        &format!(
+            "GET /demo/x HTTP/1.1\r\nHost: x\r\n{}Connection: close\r\n\r\n",
+            fields(10)
+        ),
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    for n in [25, 90] {
+        let reply = raw(
+            p.addr,
+            &format!(
+                "GET /demo/x HTTP/1.1\r\nHost: x\r\n{}Connection: close\r\n\r\n",
+                fields(n)
+            ),
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 431"), "{n}: {reply}");
+        assert!(
+            reply.contains("x-tokenproxy-error: header_too_large"),
+            "{n}: {reply}"
+        );
+        assert!(reply.contains("max_headers"), "{n}: {reply}");
+    }
+    let reply = raw(
+        p.addr,
+        &format!(
+            "GET /demo/x HTTP/1.1\r\nHost: x\r\n{}Connection: close\r\n\r\n",
+            fields(150)
+        ),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    assert_eq!(w.provider.api_requests(), 1);
+}
+
+/// An `error_description` whose secret (the client secret, then the refresh token
+/// sent) straddles the 200-character quote: `/status`, the admin answer, `token
+/// status --json` and the log show none of it, not even a piece.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_across_the_quoted_length_is_never_shown_in_part() {
+    use tokenproxy::demo::Mode;
+    // The client secret (11 characters) across the cut at 200: 9, 8, 7 or 4 of its
+    // characters would fall inside the quote if it were masked after cutting.
+    for n in [191, 192, 193, 196] {
+        let w = World::default().await;
+        let config = w.config("", "");
+        let p = w.spawn(&config);
+        p.wait_ready(200, Duration::from_secs(10)).await;
+        let rt = w.provider.current_refresh_token().unwrap();
+        w.provider.set_mode(Mode::EchoAfter(n));
+        let mut seen = force_refresh(&p, "demo").await.text().await.unwrap();
+        seen += &get(&p.admin_url("/status")).await.1;
+        let path = w.operator_config(&config, &p);
+        let out = tokio::process::Command::new(binary())
+            .args(["token", "status", "demo", "--json", "-c"])
+            .arg(&path)
+            .output()
+            .await
+            .unwrap();
+        seen += &String::from_utf8_lossy(&out.stdout);
+        assert!(seen.contains("AAAA"), "the description is quoted: {seen}");
+        let (_, log) = tokio::task::spawn_blocking(move || p.stop_and_log())
+            .await
+            .unwrap();
+        seen += &log;
+        for secret in ["demo-secret", rt.as_str()] {
+            let chars: Vec<char> = secret.chars().collect();
+            for window in chars.windows(4) {
+                let piece: String = window.iter().collect();
+                // Plain words ("secr", "refr") occur in the log's own text.
+                if piece.chars().all(|c| c.is_ascii_lowercase()) {
+                    continue;
+                }
+                assert!(
+                    !seen.contains(&piece),
+                    "offset {n}: `{piece}` of a secret shown:\n{seen}"
+                );
+            }
+        }
+    }
 }

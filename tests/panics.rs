@@ -61,6 +61,7 @@ async fn a_panicking_request_is_answered_counted_logged_and_isolated() {
         max_connections: 16,
         max_header_line: 8192,
         max_header_size: 65536,
+        max_headers: 100,
     };
     let shutdown = CancellationToken::new();
     let served = tokio::spawn(server::serve(

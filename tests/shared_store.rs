@@ -1347,11 +1347,7 @@ async fn a_holder_frozen_past_the_timeout_keeps_the_late_answer(kind: Kind) {
     };
     let w = World::default().await;
     let config = store.config(&w, "");
-    let mut all: Vec<Proxy> = (0..4).map(|_| store.spawn(&w, &config)).collect();
-    for p in &all {
-        assert_eq!(get(&p.url("/demo/x")).await.0, 200);
-    }
-    let (a, b) = (all.remove(0), all.remove(0));
+    let (a, b, all) = four(&store, &w, &config).await;
     let before = w.provider.token_requests();
     w.provider.set_mode(Mode::SlowOk(1000));
     let url = a.admin_url("/tokens/demo/refresh");
@@ -1435,6 +1431,17 @@ async fn a_refusal_is_presented_once_in_total(kind: Kind) {
     );
 }
 
+/// Four instances of `config`, each serving: the one a fault hits, the one asked
+/// to refresh meanwhile, and two bystanders.
+async fn four(store: &Store, w: &World, config: &str) -> (Proxy, Proxy, Vec<Proxy>) {
+    let mut all: Vec<Proxy> = (0..4).map(|_| store.spawn(w, config)).collect();
+    for p in &all {
+        assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    }
+    let (a, b) = (all.remove(0), all.remove(0));
+    (a, b, all)
+}
+
 /// Waits until `ready` says yes, at most `within`.
 async fn until(what: &str, within: Duration, mut ready: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + within;
@@ -1458,13 +1465,11 @@ async fn a_holder_frozen_before_its_request_spends_nothing(kind: Kind) {
     let Some(store) = Store::fresh(kind).await else {
         return;
     };
-    let w = World::default().await;
+    // Hour-long tokens: no instance refreshes (writes to the store) by itself
+    // while the test holds the store's writes up, so the one held up is A.
+    let w = World::new(short_lived(3600.0)).await;
     let config = store.config(&w, "");
-    let mut all: Vec<Proxy> = (0..4).map(|_| store.spawn(&w, &config)).collect();
-    for p in &all {
-        assert_eq!(get(&p.url("/demo/x")).await.0, 200);
-    }
-    let (a, b) = (all.remove(0), all.remove(0));
+    let (a, b, all) = four(&store, &w, &config).await;
     let before = w.provider.token_requests();
     let url = a.admin_url("/tokens/demo/refresh");
     let (pg, redis) = match kind {
@@ -1589,11 +1594,7 @@ async fn a_store_restart_during_a_refresh_keeps_the_rotated_token(kind: Kind) {
     let store = server.store();
     let w = World::default().await;
     let config = store.config(&w, "");
-    let mut all: Vec<Proxy> = (0..4).map(|_| store.spawn(&w, &config)).collect();
-    for p in &all {
-        assert_eq!(get(&p.url("/demo/x")).await.0, 200);
-    }
-    let (a, b) = (all.remove(0), all.remove(0));
+    let (a, b, all) = four(&store, &w, &config).await;
     let before = w.provider.token_requests();
     w.provider.set_mode(Mode::SlowOk(1500));
     let url = a.admin_url("/tokens/demo/refresh");

@@ -63,17 +63,32 @@ async fn unsafe_state_directories_are_refused_with_the_fix() {
         "{err}"
     );
 
-    // World-writable (1777), refused rather than silently tightened.
+    // A shared directory (1777, like /tmp): refused, with a directory of its own
+    // inside it as the fix, never a chmod of the shared one.
     let shared = root.join("shared");
     std::fs::create_dir(&shared).unwrap();
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let err = refused_start(&write_config(&w, &shared));
     assert!(
+        err.contains("shared directory") && err.contains("shared/tokenproxy-state"),
+        "{err}"
+    );
+    assert!(!err.contains("chmod"), "{err}");
+    let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o1777, "left as it was");
+
+    // World-writable without the sticky bit (0777): refused rather than silently
+    // tightened.
+    let open = root.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = refused_start(&write_config(&w, &open));
+    assert!(
         err.contains("writable by others") && err.contains("chmod 700"),
         "{err}"
     );
-    let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
-    assert_eq!(mode, 0o1777, "left as it was");
+    let mode = std::fs::metadata(&open).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o777, "left as it was");
 
     // Owned by another user, or under a parent another user owns (as root, the
     // test can make such directories; as anyone else it cannot).

@@ -78,6 +78,9 @@ pub struct Listen {
     pub proxy: ListenAddr,
     pub admin: SocketAddr,
     pub client_key: Option<ClientKey>,
+    /// Needed by the admin POST endpoints; without it they answer only on a
+    /// loopback admin listener.
+    pub admin_key: Option<SecretRef>,
 }
 
 /// Where the proxy listens: a TCP address, or a Unix socket (`unix:/path`).
@@ -191,6 +194,8 @@ pub struct ProxySettings {
     /// Longest request header line, and whole request head, in bytes (431 beyond).
     pub max_header_line: usize,
     pub max_header_size: usize,
+    /// Header fields per request head at most (1..=100).
+    pub max_headers: usize,
 }
 
 /// The grants, without their data (for presets and labels).
@@ -604,20 +609,57 @@ impl Upstream {
 /// The largest configuration file read.
 pub const MAX_CONFIG: u64 = 1024 * 1024;
 
+/// The text of a configuration file: a regular file of at most [`MAX_CONFIG`]
+/// bytes, read without blocking on a FIFO (see [`crate::secret::read_regular`]).
+fn read_config(file: &Path) -> Result<String, ConfigError> {
+    use crate::secret::Unreadable;
+    crate::secret::read_regular(file, MAX_CONFIG).map_err(|e| match e {
+        Unreadable::Io(source) => ConfigError::Read {
+            file: file.into(),
+            source,
+        },
+        Unreadable::NotRegular => ConfigError::NotRegular { file: file.into() },
+        Unreadable::TooLarge => ConfigError::TooLarge { file: file.into() },
+    })
+}
+
+/// What `tokenproxy token` needs of a configuration: the admin listener, its key
+/// and the token names. Read without resolving any other secret, so that an
+/// operator's shell, which holds none of the tokens' secrets, can ask a running
+/// instance about a token.
+pub struct ControlTarget {
+    pub admin: SocketAddr,
+    pub admin_key: Option<SecretRef>,
+    pub tokens: Vec<String>,
+}
+
+impl ControlTarget {
+    pub fn load(file: &Path) -> Result<ControlTarget, ConfigError> {
+        let text = read_config(file)?;
+        let raw: raw::RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            file: file.into(),
+            message: parse_message(&text, &e),
+        })?;
+        let admin = raw.listen.admin.parse().map_err(|_| ConfigError::Invalid {
+            file: file.into(),
+            key: "listen.admin".into(),
+            problem: format!("`{}` is not an address", raw.listen.admin),
+            fix: "write it as \"127.0.0.1:9090\"".into(),
+        })?;
+        Ok(ControlTarget {
+            admin,
+            admin_key: raw.listen.admin_key,
+            tokens: raw.tokens.into_keys().collect(),
+        })
+    }
+}
+
 impl Config {
     /// Reads and validates `file`: a regular file of at most [`MAX_CONFIG`] bytes,
     /// read without blocking on a FIFO (see [`crate::secret::read_regular`]).
     /// Blocking file work: an async caller runs it on the blocking pool.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        use crate::secret::Unreadable;
-        let text = crate::secret::read_regular(file, MAX_CONFIG).map_err(|e| match e {
-            Unreadable::Io(source) => ConfigError::Read {
-                file: file.into(),
-                source,
-            },
-            Unreadable::NotRegular => ConfigError::NotRegular { file: file.into() },
-            Unreadable::TooLarge => ConfigError::TooLarge { file: file.into() },
-        })?;
+        let text = read_config(file)?;
         Config::parse(&text, file)
     }
 

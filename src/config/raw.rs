@@ -36,6 +36,8 @@ pub struct RawListen {
     pub client_key: Option<SecretRef>,
     /// Where callers present it (default `Proxy-Authorization: Bearer <key>`).
     pub client_key_header: Option<String>,
+    /// The key the admin listener's POST endpoints need (`Authorization: Bearer`).
+    pub admin_key: Option<SecretRef>,
 }
 
 impl Default for RawListen {
@@ -45,6 +47,7 @@ impl Default for RawListen {
             admin: "127.0.0.1:9090".into(),
             client_key: None,
             client_key_header: None,
+            admin_key: None,
         }
     }
 }
@@ -119,6 +122,8 @@ pub struct RawProxy {
     pub max_connections: usize,
     pub max_header_line: usize,
     pub max_header_size: usize,
+    /// Header fields in one request head at most.
+    pub max_headers: usize,
 }
 
 impl Default for RawProxy {
@@ -135,6 +140,7 @@ impl Default for RawProxy {
             max_connections: 0,
             max_header_line: 8 * 1024,
             max_header_size: 64 * 1024,
+            max_headers: 100,
         }
     }
 }

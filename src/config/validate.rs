@@ -104,11 +104,22 @@ impl Validator<'_> {
                 })
             }
         };
+        if let Some(key) = &raw.listen.admin_key {
+            self.secret("listen.admin_key", key, false)?;
+        }
         let listen = Listen {
             proxy,
             admin: self.addr("listen.admin", &raw.listen.admin)?,
             client_key,
+            admin_key: raw.listen.admin_key,
         };
+        if !listen.admin.ip().is_loopback() && listen.admin_key.is_none() {
+            self.warnings.push(format!(
+                "{}: `listen.admin` = {} is reachable beyond this host and [listen] has no admin_key: its GET endpoints (probes, /metrics) answer anyone, and POST /reload and /tokens/NAME/refresh answer 403 admin_key_required; set listen.admin_key to use them",
+                self.file.display(),
+                listen.admin
+            ));
+        }
         if let ListenAddr::Tcp(addr) = &listen.proxy
             && !addr.ip().is_loopback()
             && listen.client_key.is_none()
@@ -249,7 +260,15 @@ impl Validator<'_> {
             max_connections: (raw.proxy.max_connections > 0).then_some(raw.proxy.max_connections),
             max_header_line: raw.proxy.max_header_line,
             max_header_size: raw.proxy.max_header_size,
+            max_headers: raw.proxy.max_headers,
         };
+        if !(1..=100).contains(&proxy.max_headers) {
+            return Err(self.err(
+                "proxy.max_headers",
+                format!("{} is out of range", proxy.max_headers),
+                "keep it within 1..100 (default 100, the HTTP library's own limit; real clients send fewer than 30)",
+            ));
+        }
         for (key, value) in [
             ("proxy.idle_timeout", proxy.idle_timeout),
             ("proxy.body_timeout", proxy.body_timeout),
@@ -730,7 +749,19 @@ impl Validator<'_> {
                     "use a name such as \"X-Api-Key\"",
                 )
             })?;
-            self.secret(&format!("{}.{h}", key("headers")), &value, false)?;
+            let k = format!("{}.{h}", key("headers"));
+            self.secret(&k, &value, false)?;
+            // A value that a header cannot carry (an embedded newline, a control
+            // character) would fail every token request, far from its cause.
+            if let Ok(v) = value.resolve()
+                && http::HeaderValue::try_from(v.expose()).is_err()
+            {
+                return Err(self.err(
+                    &k,
+                    "holds characters an HTTP header cannot carry (a line break inside it, or another control character)",
+                    "remove the line break: only a final newline of a secret file is dropped",
+                ));
+            }
             headers.push((header, value));
         }
         const OWN: [&str; 9] = [

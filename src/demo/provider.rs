@@ -47,6 +47,10 @@ pub enum Mode {
     Echo,
     /// 500 with an HTML page that quotes the request form and headers.
     EchoHtml,
+    /// 400 `invalid_request` whose `error_description` is this many `A`s, then the
+    /// client secret and the refresh token the request carried: a secret across
+    /// the point where a quote is cut.
+    EchoAfter(usize),
 }
 
 /// How `expires_in` appears in token responses.
@@ -415,6 +419,26 @@ impl Provider {
                 return json_resp(
                     StatusCode::BAD_REQUEST,
                     json!({"error": "invalid_request", "error_description": format!("cannot use {}", echoed())}),
+                );
+            }
+            Mode::EchoAfter(n) => {
+                let field = |k: &str| {
+                    received
+                        .form
+                        .iter()
+                        .find(|(name, _)| name == k)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                let text = format!(
+                    "{}{} {}",
+                    "A".repeat(n),
+                    field("client_secret"),
+                    field("refresh_token")
+                );
+                return json_resp(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "invalid_request", "error_description": text}),
                 );
             }
             Mode::EchoHtml => {

@@ -166,15 +166,20 @@ impl Proxy {
         req: Request<Incoming>,
         trace: &mut Trace,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        match *req.method() {
-            Method::CONNECT => return self.connect(req, trace),
-            // TRACE echoes the request, injected token included, back to the caller.
-            Method::TRACE => return Err(ProxyError::proxy_method(req.method())),
-            _ => {}
+        if req.method() == Method::CONNECT {
+            return self.connect(req, trace);
+        }
+        // TRACE (and IIS's TRACK) echo the request, injected token included, back
+        // to the caller: refused whatever their case (methods are case-sensitive,
+        // but a server upstream may not be).
+        let m = req.method().as_str();
+        if m.eq_ignore_ascii_case("TRACE") || m.eq_ignore_ascii_case("TRACK") {
+            return Err(ProxyError::proxy_method(req.method()));
         }
         let (mut parts, body) = req.into_parts();
         let tunneled = parts.extensions.remove::<Tunneled>();
-        check_host(&parts.headers)?;
+        check_target(&parts.uri)?;
+        check_host(&parts.headers, parts.version)?;
         match (&self.client_key, &tunneled) {
             (Some(key), None) => key.check(&mut parts.headers)?,
             // The tunnel's CONNECT presented the key; a copy inside goes nowhere.
@@ -362,26 +367,34 @@ impl Proxy {
         mut req: Request<Incoming>,
         trace: &mut Trace,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        // RFC 9110 §9.3.6: the target is host:port, both there.
+        let authority = req.uri().authority().cloned().ok_or(ProxyError::BadHost)?;
+        let Some(port) = authority.port_u16().filter(|_| port_ok(authority.as_str())) else {
+            return Err(ProxyError::BadHost);
+        };
         let Some(interceptor) = &self.interceptor else {
+            tracing::info!(host = %authority, "CONNECT refused: no [intercept] configured");
             return Err(ProxyError::Connect);
         };
         // The server offers tunnels on HTTP/1.1 connections only.
         let Some(slot) = req.extensions_mut().remove::<TunnelSlot>() else {
             return Err(ProxyError::Connect);
         };
-        let authority = req.uri().authority().ok_or(ProxyError::Connect)?;
         let host = authority.host();
         if !crate::config::is_dns_host(host) || authority.as_str().contains('@') {
+            tracing::info!(host = %authority, "CONNECT refused: not a routed host name");
             return Err(ProxyError::Connect);
         }
-        let port = authority.port_u16().unwrap_or(443);
         let key = crate::config::normalise_host(host, Some(port), 443);
         let route = self
             .router
             .routes()
             .iter()
             .position(|r| r.host.as_deref() == Some(key.as_str()))
-            .ok_or(ProxyError::Connect)?;
+            .ok_or_else(|| {
+                tracing::info!(host = %key, "CONNECT refused: no route names this host");
+                ProxyError::Connect
+            })?;
         trace.route = Some(route);
         if let Some(caller) = &self.client_key {
             caller.check(req.headers_mut())?;
@@ -565,13 +578,30 @@ impl CallerKey {
     }
 }
 
-/// Exactly one `Host`, and one that is an authority: a second `Host` or one with
-/// other characters could steer routing, or be reflected into rewritten
-/// `Location` headers.
-fn check_host(headers: &HeaderMap) -> Result<(), ProxyError> {
+/// The request target's own authority (absolute-form, HTTP/2's `:authority`) and
+/// scheme: no user info (it could be reflected into a rewritten `Location`), a port
+/// of 1–65535 digits, and only `http` or `https`.
+fn check_target(uri: &Uri) -> Result<(), ProxyError> {
+    if let Some(scheme) = uri.scheme_str()
+        && !scheme.eq_ignore_ascii_case("http")
+        && !scheme.eq_ignore_ascii_case("https")
+    {
+        return Err(ProxyError::BadScheme);
+    }
+    match uri.authority() {
+        Some(a) if a.as_str().contains('@') || !port_ok(a.as_str()) => Err(ProxyError::BadHost),
+        _ => Ok(()),
+    }
+}
+
+/// Exactly one `Host` (none only before HTTP/1.1, or in HTTP/2, which carries
+/// `:authority`), and one that is an authority: a second `Host` or one with other
+/// characters could steer routing, or be reflected into rewritten `Location`
+/// headers.
+fn check_host(headers: &HeaderMap, version: Version) -> Result<(), ProxyError> {
     let mut hosts = headers.get_all(HOST).iter();
     let (Some(host), None) = (hosts.next(), hosts.next()) else {
-        return match headers.contains_key(HOST) {
+        return match headers.contains_key(HOST) || version == Version::HTTP_11 {
             true => Err(ProxyError::BadHost),
             false => Ok(()),
         };
@@ -581,12 +611,31 @@ fn check_host(headers: &HeaderMap) -> Result<(), ProxyError> {
             && !h.contains('@')
             && h.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b))
+            && port_ok(h)
             && (plain_host(h) || h.parse::<http::uri::Authority>().is_ok())
     });
     if valid {
         Ok(())
     } else {
         Err(ProxyError::BadHost)
+    }
+}
+
+/// An authority's port, when it has one, is 1–65535 in digits (`host:abc`,
+/// `host:99999`, `host:0` and `host:` are not).
+fn port_ok(authority: &str) -> bool {
+    let after_host = match authority.rfind(']') {
+        Some(end) => &authority[end + 1..],
+        None => authority,
+    };
+    match after_host.rsplit_once(':') {
+        None => true,
+        Some((_, port)) => {
+            !port.is_empty()
+                && port.len() <= 5
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+        }
     }
 }
 

@@ -19,8 +19,11 @@ use std::sync::Mutex;
 
 /// The HTTP/2 connection preface.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Header count hyper accepts by default.
-const MAX_HEADERS: usize = 100;
+/// Header fields hyper accepts in one head (its default, kept: a larger limit
+/// makes hyper allocate its parse arrays on the heap for every request);
+/// `proxy.max_headers`, at most this, is checked after it with tokenproxy's own
+/// answer. More, and hyper refuses the connection with a bare `431`.
+pub const MAX_HEADERS: usize = 100;
 
 /// What the second reading found in one request head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,9 +212,11 @@ impl Framing {
 
 /// The verdict on one complete head, and how its body is framed.
 fn judge(head: &[u8], out: &Verdicts) -> Phase {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
+    // Uninitialised: nothing is written for fields the head does not have.
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, &mut headers) {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Phase::Off,
     }

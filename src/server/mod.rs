@@ -146,6 +146,9 @@ pub struct Limits {
     pub max_header_line: usize,
     /// The whole request head at most, in bytes.
     pub max_header_size: usize,
+    /// Header fields in one request head at most; refused with tokenproxy's own
+    /// `431` up to [`framing::MAX_HEADERS`], past which hyper refuses by itself.
+    pub max_headers: usize,
 }
 
 /// What `serve` reports to and how it labels its errors.
@@ -471,6 +474,9 @@ fn check_head(
 ) -> Result<(), ProxyError> {
     if verdict == Verdict::Ambiguous {
         return Err(ProxyError::AmbiguousFraming);
+    }
+    if req.headers().len() > limits.max_headers {
+        return Err(ProxyError::HeaderTooLarge);
     }
     let mut total = 0;
     for (name, value) in req.headers() {

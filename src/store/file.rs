@@ -113,6 +113,18 @@ fn check_directory(dir: &Path) -> Result<(), StoreError> {
             "set store.path to a directory (it is created if missing)".into(),
         ));
     }
+    // A shared directory such as /tmp (others may write, sticky bit): never to be
+    // chowned or chmodded; the state gets a directory of its own inside it.
+    if meta.mode() & 0o1000 != 0 && meta.mode() & 0o002 != 0 {
+        return Err(unsafe_dir(
+            dir,
+            "the state directory is a shared directory (writable by everyone, sticky bit, like /tmp): others could read or plant files there".into(),
+            format!(
+                "set store.path to a directory of its own, such as {} (tokenproxy creates it, mode 0700)",
+                dir.join("tokenproxy-state").display()
+            ),
+        ));
+    }
     if meta.uid() != euid {
         return Err(unsafe_dir(
             dir,
@@ -519,6 +531,19 @@ mod tests {
         FileStore::open(tmp.path()).unwrap();
         let mode = fs::metadata(tmp.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    /// /tmp as the state directory gets the advice of a directory of its own in
+    /// it, never `chmod 700 /tmp` (or a chown of it).
+    #[test]
+    fn a_shared_directory_is_refused_with_advice_that_leaves_it_alone() {
+        let e = FileStore::open(Path::new("/tmp")).err().expect("refused");
+        let text = e.to_string();
+        assert!(text.contains("shared directory"), "{text}");
+        assert!(text.contains("/tmp/tokenproxy-state"), "{text}");
+        assert!(!text.contains("chmod") && !text.contains("chown"), "{text}");
+        let mode = fs::metadata("/tmp").unwrap().permissions().mode();
+        assert_eq!(mode & 0o1777, 0o1777, "/tmp was left as it was");
     }
 
     #[tokio::test]

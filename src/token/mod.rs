@@ -103,6 +103,16 @@ impl TokenState {
         self.record.as_ref().map_or(0, |r| r.generation)
     }
 
+    /// The access and refresh tokens held, to mask in text quoted from elsewhere.
+    fn held_tokens(&self) -> Vec<&str> {
+        self.record
+            .iter()
+            .flat_map(|r| [&r.access_token, &r.refresh_token])
+            .flatten()
+            .map(Secret::expose)
+            .collect()
+    }
+
     /// The credential for injection template `inject`, while the token is valid.
     pub fn credential(&self, inject: usize) -> Option<&Credential> {
         self.valid_for(Duration::ZERO)
@@ -229,7 +239,8 @@ impl Phase {
 
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Whatever a provider says about lifetimes, one token's endpoint is asked at most
-/// this often by one process (outside a person's manual refresh).
+/// this often by one process (outside a person's manual refresh, which has
+/// `min_interval` and the backoff): a refresh due sooner waits.
 const REQUEST_FLOOR: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// While a token is expired and requests wait for it, a refresh is tried this
@@ -294,6 +305,22 @@ impl TokenSource {
                 })
             }
         }
+    }
+
+    /// How long a manual refresh must wait: the backoff after a failure, or
+    /// `min_interval` after the last issue. `None`: it may go now.
+    pub fn too_soon_for_manual(&self) -> Option<Duration> {
+        let cur = self.cell.load();
+        let now = Instant::now();
+        if let Some(f) = &cur.failure
+            && !f.terminal
+            && now < f.retry_at
+        {
+            return Some(f.retry_at - now);
+        }
+        let rec = cur.record.as_ref()?;
+        let earliest = system_to_instant(ms_to_time(rec.issued_at_ms) + self.config.min_interval);
+        (now < earliest).then(|| earliest - now)
     }
 
     /// Stops new refreshes (shutdown); one under way finishes.
@@ -434,24 +461,14 @@ impl TokenSource {
                     return Err(Unavailable { retry_after });
                 }
             }
+            // The floor: a refresh that comes too soon after the last token
+            // request waits for it (under the single-flight lock, so others wait
+            // behind it) rather than fail a 401's retry.
             let last = *self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(sent) = last
                 && now < sent + REQUEST_FLOOR
             {
-                // Said as a failure, so that the scheduler waits for it too.
-                self.publish(TokenState {
-                    failure: Some(Failure {
-                        terminal: false,
-                        message: "the token endpoint was asked less than a second ago; whatever lifetime it gives, it is not asked more often".into(),
-                        attempts: cur.failure.as_ref().map_or(0, |f| f.attempts),
-                        retry_at: sent + REQUEST_FLOOR,
-                        at: now,
-                    }),
-                    ..cur.copy()
-                });
-                return Err(Unavailable {
-                    retry_after: sent + REQUEST_FLOOR - now,
-                });
+                tokio::time::sleep(sent + REQUEST_FLOOR - now).await;
             }
             if let Some(rec) = &cur.record {
                 let earliest =
@@ -741,13 +758,7 @@ impl TokenSource {
         }
         // The grant masked what its request carried; mask the tokens held too, on
         // the whole text before any of it is cut.
-        let held: Vec<&str> = cur
-            .record
-            .iter()
-            .flat_map(|r| [&r.access_token, &r.refresh_token])
-            .flatten()
-            .map(Secret::expose)
-            .collect();
+        let held = cur.held_tokens();
         let mut message = match e {
             RefreshError::Grant(g) => g.clone().masked(&held).to_string(),
             other => crate::secret::mask(&other.to_string(), &held),
@@ -876,13 +887,7 @@ impl refresh::Endpoint for TokenSource {
         // Whatever the provider quotes back, the tokens this process holds are
         // masked in it (the request's own secrets already are).
         let cur = self.cell.load_full();
-        let held: Vec<&str> = cur
-            .record
-            .iter()
-            .flat_map(|r| [&r.access_token, &r.refresh_token])
-            .flatten()
-            .map(Secret::expose)
-            .collect();
+        let held = cur.held_tokens();
         let answer = self
             .request(Exchange::Grant(refresh_token), until)
             .await

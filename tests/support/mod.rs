@@ -70,6 +70,21 @@ token = "demo"
         )
     }
 
+    /// `config` as an operator's copy for `tokenproxy token`: the admin address
+    /// of the running `p` in place of port 0.
+    pub fn operator_config(&self, config: &str, p: &Proxy) -> PathBuf {
+        let path = self
+            .dir
+            .path()
+            .join(format!("operator-{}.toml", fastrand::u32(..)));
+        let config = config.replace(
+            "admin = \"127.0.0.1:0\"",
+            &format!("admin = \"{}\"", p.admin),
+        );
+        std::fs::write(&path, config).expect("write config");
+        path
+    }
+
     /// Starts `tokenproxy run` with `config` (written to a file in the world's directory).
     pub fn spawn(&self, config: &str) -> Proxy {
         self.spawn_with(config, &[])
@@ -416,6 +431,23 @@ pub fn run_with_stdin(args: &[&str], env: &[(&str, &str)], input: &str) -> std::
 }
 
 /// `POST /tokens/NAME/refresh` on the admin listener.
+/// [`force_refresh`] once the backoff of an earlier failure allows it: a manual
+/// refresh too soon is `429` with `Retry-After`, which this waits out.
+pub async fn force_refresh_after_backoff(p: &Proxy, token: &str) -> reqwest::Response {
+    loop {
+        let r = force_refresh(p, token).await;
+        if r.status() != 429 {
+            return r;
+        }
+        let wait: u64 = r.headers()["retry-after"]
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
+}
+
 pub async fn force_refresh(p: &Proxy, token: &str) -> reqwest::Response {
     client()
         .post(p.admin_url(&format!("/tokens/{token}/refresh")))
