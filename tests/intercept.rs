@@ -957,3 +957,83 @@ async fn reload_keeps_the_ca_and_refuses_hosts_outside_it() {
     let (code, _, err) = curl(&p, &["--cacert", ca, &format!("https://{HOST}/v1/still")]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// The lines `tokenproxy ca show` prints run when pasted: its curl line, and its
+/// Python lines (the bundle, the variables, the request), each against the running
+/// proxy with the routed host, through a shell — with a space in the CA's path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_show_prints_commands_that_run_when_pasted() {
+    let s = Setup::new(ProviderOptions::default()).await;
+    let p = s.start();
+    // The CA's path with a space, and the proxy's real address, in an operator's copy.
+    let spaced = s.w.dir.path().join("my ca");
+    std::fs::create_dir(&spaced).unwrap();
+    std::fs::copy(s.ca(), spaced.join("ca.pem")).unwrap();
+    let config = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace(
+            &format!("ca_cert = {{ file = \"{}\" }}", s.ca().display()),
+            &format!(
+                "ca_cert = {{ file = \"{}\" }}",
+                spaced.join("ca.pem").display()
+            ),
+        )
+        .replace(
+            "proxy = \"127.0.0.1:0\"",
+            &format!("proxy = \"{}\"", p.addr),
+        );
+    let copy = s.w.dir.path().join("operator.toml");
+    std::fs::write(&copy, config).unwrap();
+    let show = Command::new(binary())
+        .args(["ca", "show", "-c"])
+        .arg(&copy)
+        .env("DEMO_CLIENT_SECRET", "demo-secret")
+        .env("DEMO_REFRESH_TOKEN", "unused")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&show.stdout).into_owned();
+    assert!(show.status.success(), "{show:?}");
+    let line = |start: &str| -> String {
+        text.lines()
+            .map(str::trim_start)
+            .find_map(|l| {
+                l.find(start).map(|i| {
+                    let l = &l[i..];
+                    l.split("   #").next().unwrap_or(l).trim_end().to_owned()
+                })
+            })
+            .unwrap_or_else(|| panic!("no `{start}` line in:\n{text}"))
+    };
+    let run = |script: String| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(s.w.dir.path())
+            .env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("https_proxy")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{script}\n{said}");
+        said
+    };
+    let said = run(line("curl --proxy"));
+    assert!(said.contains("\"path\":\"/\""), "{said}");
+    // Python's export line is the one that names the bundle (curl's does not).
+    let python_export = text
+        .lines()
+        .filter_map(|l| l.find("export HTTPS_PROXY").map(|i| &l[i..]))
+        .find(|l| l.contains("REQUESTS_CA_BUNDLE"))
+        .expect("python's export line");
+    let script = format!(
+        "{}\n{python_export}\n{}",
+        line("cat /etc/ssl/certs/ca-certificates.crt"),
+        line("python3 -c")
+    );
+    let said = run(script);
+    assert_eq!(said.trim(), "200", "{said}");
+    drop(p);
+}

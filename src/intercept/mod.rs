@@ -341,6 +341,14 @@ next: `tokenproxy ca show` prints how each client trusts it",
 /// The CA certificate's PEM text as configured (without reading the key).
 fn cert_pem(intercept: &Intercept) -> Result<(String, String), InterceptError> {
     let (source, where_) = match intercept {
+        // A file is named by its path alone, so that commands quoting it run.
+        Intercept::Files {
+            cert: crate::secret::SecretRef::File(path),
+            ..
+        } => (
+            crate::secret::SecretRef::File(path.clone()),
+            path.display().to_string(),
+        ),
         Intercept::Files { cert, .. } => (cert.clone(), cert.to_string()),
         Intercept::Auto { dir } => {
             let path = dir.join("ca.pem");
@@ -405,24 +413,65 @@ may sign for: {}
             );
         }
     }
-    let proxy = match &config.listen.proxy {
-        crate::config::ListenAddr::Tcp(a) => format!("http://{a}"),
-        crate::config::ListenAddr::Unix(_) => "http://HOST:PORT".into(),
-    };
-    text += &format!(
-        "
-Use it: HTTPS_PROXY={proxy} (and NO_PROXY for hosts that must not go through tokenproxy), then trust {path}:
-  curl             curl --cacert {path} ...   (or CURL_CA_BUNDLE={path})
-  Python requests  REQUESTS_CA_BUNDLE=bundle.pem, where bundle.pem = the system bundle + {path}
-  httpx, urllib,
-  aiohttp, Go      SSL_CERT_FILE=bundle.pem (as above)
-  Node.js          NODE_EXTRA_CA_CERTS={path}
-  Java             keytool -importcert -noprompt -alias tokenproxy -file {path} -keystore tokenproxy.jks -storepass changeit
-                   java -Djavax.net.ssl.trustStore=tokenproxy.jks -Djavax.net.ssl.trustStorePassword=changeit -Dhttps.proxyHost=... -Dhttps.proxyPort=...
-  Debian/Ubuntu    cp {path} /usr/local/share/ca-certificates/tokenproxy.crt && update-ca-certificates
-"
-    );
+    text += &trust_commands(config, &path);
     Ok(text)
+}
+
+/// How clients trust the CA, as lines that run when pasted into a POSIX shell: the
+/// path quoted, the proxy's real address, a routed host to try.
+fn trust_commands(config: &crate::config::Config, path: &str) -> String {
+    let (proxy, host, port) = match &config.listen.proxy {
+        crate::config::ListenAddr::Tcp(a) => {
+            let host = match a.ip() {
+                ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            };
+            (
+                format!("http://{host}:{}", a.port()),
+                host,
+                a.port().to_string(),
+            )
+        }
+        crate::config::ListenAddr::Unix(_) => (
+            "http://HOST:PORT".to_owned(),
+            "HOST".to_owned(),
+            "PORT".to_owned(),
+        ),
+    };
+    let ca = shell_quote(path);
+    let site = routed_hosts(&config.routes)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "api.example.com".into());
+    format!(
+        "
+Use it: point clients at {proxy} for https:// URLs (NO_PROXY for hosts that must not
+go through tokenproxy) and make them trust {ca}. Each line runs as printed:
+  curl           curl --proxy {proxy} --cacert {ca} https://{site}/
+                 export HTTPS_PROXY={proxy} CURL_CA_BUNDLE={ca}
+  Python         cat /etc/ssl/certs/ca-certificates.crt {ca} > tokenproxy-bundle.pem   # the system bundle (Debian's path) + the CA
+  (requests,     export HTTPS_PROXY={proxy} REQUESTS_CA_BUNDLE=\"$PWD/tokenproxy-bundle.pem\" SSL_CERT_FILE=\"$PWD/tokenproxy-bundle.pem\"
+  httpx, urllib) python3 -c 'import urllib.request; print(urllib.request.urlopen(\"https://{site}/\").status)'
+  Node.js        export HTTPS_PROXY={proxy} NODE_USE_ENV_PROXY=1 NODE_EXTRA_CA_CERTS={ca}
+  Java           keytool -importcert -noprompt -alias tokenproxy -file {ca} -keystore tokenproxy.jks -storepass changeit
+                 java -Djavax.net.ssl.trustStore=tokenproxy.jks -Djavax.net.ssl.trustStorePassword=changeit -Dhttps.proxyHost={host} -Dhttps.proxyPort={port} -jar your-tool.jar
+  Debian/Ubuntu  cp {ca} /usr/local/share/ca-certificates/tokenproxy.crt && update-ca-certificates
+"
+    )
+}
+
+/// `text` as one word for a POSIX shell: as is when it holds only safe characters,
+/// else in single quotes.
+fn shell_quote(text: &str) -> String {
+    let safe = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@%,".contains(&b));
+    match safe {
+        true => text.to_owned(),
+        false => format!("'{}'", text.replace('\'', "'\\''")),
+    }
 }
 
 /// For `tokenproxy check`: whether the CA can be read and covers the routed hosts.
