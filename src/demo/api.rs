@@ -89,6 +89,9 @@ impl Provider {
         json_resp(
             StatusCode::OK,
             json!({
+                // What a caller of the demo wants to see: the request carried the
+                // current access token, though the caller sent none.
+                "authorized": "yes: the request carried the current access token (added by tokenproxy, not shown)",
                 "method": parts.method.as_str(),
                 "path": path,
                 "query": parts.uri.query(),

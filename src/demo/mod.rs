@@ -95,8 +95,8 @@ token = "demo"
   state           {dir}
 
 Try:
-  curl -s http://{proxy}/demo/hello?page=1           # echoed by the API: it saw a valid token
-  curl -s http://{proxy}/demo/download?bytes=10000000 | wc -c
+  curl -s 'http://{proxy}/demo/hello?page=1'         # echoed by the API: \"authorized\": it saw a valid token
+  curl -s 'http://{proxy}/demo/download?bytes=10000000' | wc -c
   curl -s http://{admin}/status                       # watch the generation grow every ~20 s
   curl -s -X POST http://{admin}/tokens/demo/refresh
   curl -s http://{proxy}/nowhere                      # 404: tokenproxy is not an open proxy
