@@ -7,7 +7,9 @@ use std::time::SystemTime;
 use http::{StatusCode, Uri};
 
 use crate::config::{Config, RouteUpstream};
-use crate::proxy::{Rewriter, Router, rewrite_stream, upstream_uri};
+use bytes::Bytes;
+
+use crate::proxy::{JsonLinks, Rewriter, Router, XmlLinks, rewrite_stream, upstream_uri};
 
 /// The configuration parser and validator, on any text.
 pub fn config(text: &str) {
@@ -75,6 +77,40 @@ pub fn rewrite(body: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<u8>) {
         .expect("patterns")
         .replace_bytes(body);
     (streamed, whole)
+}
+
+/// The paging-link scanners (JSON, then XML) over `body` cut at `cuts`, and over
+/// the whole body in one piece; where a body is cut must not change the output.
+pub fn paging(body: &[u8], cuts: &[usize]) -> [(Vec<u8>, Vec<u8>); 2] {
+    let base = "https://api.example.com/v1/";
+    let proxy = "http://localhost:8080/ex/";
+    let mut chunks = Vec::new();
+    let mut at = 0;
+    for &c in cuts {
+        let c = c.min(body.len()).max(at);
+        chunks.push(&body[at..c]);
+        at = c;
+    }
+    chunks.push(&body[at..]);
+    let json = |pieces: &[&[u8]]| {
+        let mut s = JsonLinks::new(base, proxy);
+        let mut out = Vec::new();
+        for p in pieces {
+            out.extend_from_slice(&s.push(Bytes::copy_from_slice(p)));
+        }
+        out.extend_from_slice(&s.finish());
+        out
+    };
+    let xml = |pieces: &[&[u8]]| {
+        let mut s = XmlLinks::new(base, proxy);
+        let mut out = Vec::new();
+        for p in pieces {
+            out.extend_from_slice(&s.push(Bytes::copy_from_slice(p)));
+        }
+        out.extend_from_slice(&s.finish());
+        out
+    };
+    [(json(&chunks), json(&[body])), (xml(&chunks), xml(&[body]))]
 }
 
 /// The HTTP/1 framing reader on any byte stream: it never panics, and where the

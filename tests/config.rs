@@ -214,6 +214,17 @@ fn bad_configs_exit_2_naming_file_key_and_fix() {
             &["routes[0].prefix", "/api/"],
         ),
         (
+            "prefix = \"/api/\"",
+            "prefix = \"/api/\"\nrewrite_links = \"next\"",
+            &[
+                "routes[0].rewrite_links",
+                "\"next\"",
+                "\"pagination\"",
+                "\"all\"",
+                "\"off\"",
+            ],
+        ),
+        (
             "grant = \"refresh_token\"",
             "grant = \"implicit\"",
             &[

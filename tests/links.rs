@@ -11,7 +11,8 @@ fn config(w: &World, extra_route: &str) -> String {
         "grant = \"refresh_token\"\ntoken_url = \"{token_url}\"\nclient_id = \"demo-client\"\nclient_secret = { env = \"DEMO_CLIENT_SECRET\" }\nrefresh_token = { env = \"DEMO_REFRESH_TOKEN\" }",
         &format!(
             "[[routes]]\nprefix = \"/api/\"\nupstream = \"{{api}}/\"\ntoken = \"p\"\nrewrite_links = true\n\n\
-             [[routes]]\nprefix = \"/plain/\"\nupstream = \"{{api}}/\"\ntoken = \"p\"\n\n{extra_route}"
+             [[routes]]\nprefix = \"/plain/\"\nupstream = \"{{api}}/\"\ntoken = \"p\"\n\n\
+             [[routes]]\nprefix = \"/off/\"\nupstream = \"{{api}}/\"\ntoken = \"p\"\nrewrite_links = \"off\"\n\n{extra_route}"
         ),
     )
 }
@@ -62,40 +63,86 @@ fn odata(v: &serde_json::Value, _: &str) -> Option<String> {
 async fn every_link_style_leads_through_the_proxy_to_the_last_page() {
     let w = World::default().await;
     let p = w.spawn(&config(&w, ""));
-    let base = p.url("/api/");
-    for style in ["plain", "escaped", "split", "gzip", "deflate", "br", "link"] {
-        let pages = follow(
-            format!("{base}pages?page=1&last=4&style={style}"),
-            odata,
-            &base,
-        )
-        .await;
-        assert_eq!(pages.len(), 4, "{style}");
-        assert!(
-            pages
-                .iter()
-                .all(|b| !b.contains(&w.provider.api_url) && !b.contains("localhost\\/")),
-            "{style}: {pages:?}"
+    // `/api/` rewrites every upstream URL; `/plain/` has the default, next-page
+    // links only.
+    for base in [p.url("/api/"), p.url("/plain/")] {
+        for style in ["plain", "escaped", "split", "gzip", "deflate", "br", "link"] {
+            let pages = follow(
+                format!("{base}pages?page=1&last=4&style={style}"),
+                odata,
+                &base,
+            )
+            .await;
+            assert_eq!(pages.len(), 4, "{base} {style}");
+            assert!(
+                pages
+                    .iter()
+                    .all(|b| !b.contains(&w.provider.api_url) && !b.contains("localhost\\/")),
+                "{style}: {pages:?}"
+            );
+        }
+        let hubspot = |v: &serde_json::Value, _: &str| {
+            v["paging"]["next"]["link"].as_str().map(str::to_owned)
+        };
+        assert_eq!(
+            follow(format!("{base}pages?last=3&style=hubspot"), hubspot, &base)
+                .await
+                .len(),
+            3
+        );
+        let atom = |_: &serde_json::Value, body: &str| {
+            body.split("rel=\"next\" href=\"")
+                .nth(1)
+                .map(|s| s.split('"').next().unwrap().replace("&amp;", "&"))
+        };
+        assert_eq!(
+            follow(format!("{base}pages?last=3&style=xml"), atom, &base)
+                .await
+                .len(),
+            3
         );
     }
-    let hubspot =
-        |v: &serde_json::Value, _: &str| v["paging"]["next"]["link"].as_str().map(str::to_owned);
-    assert_eq!(
-        follow(format!("{base}pages?last=3&style=hubspot"), hubspot, &base)
-            .await
-            .len(),
-        3
+}
+
+/// Exact Online's OData v2 pages: by default `__next` leads back through the proxy
+/// while each record's `__metadata.uri` (and an Atom entry's links) stay as Exact
+/// wrote them, so a warehouse loads the provider's URLs; `"all"` rewrites both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pagination_links_rewritten_data_left_as_written() {
+    let w = World::default().await;
+    let p = w.spawn(&config(&w, ""));
+    let up = &w.provider.api_url;
+    let base = p.url("/plain/");
+    let next = |v: &serde_json::Value, _: &str| v["d"]["__next"].as_str().map(str::to_owned);
+    let pages = follow(format!("{base}pages?last=3&style=exact"), next, &base).await;
+    assert_eq!(pages.len(), 3);
+    for page in &pages {
+        let v: serde_json::Value = serde_json::from_str(page).unwrap();
+        let results = v["d"]["results"].as_array().unwrap();
+        assert_eq!(results.len(), 10);
+        for r in results {
+            let uri = r["__metadata"]["uri"].as_str().unwrap();
+            assert!(uri.starts_with(&format!("{up}crm/Accounts(")), "{uri}");
+        }
+    }
+    let (_, xml) = get(&format!("{base}pages?last=3&style=xml")).await;
+    assert!(
+        xml.contains(&format!(
+            "<id>{up}items(1)</id><link rel=\"edit\" href=\"{up}items(1)\"/>"
+        )),
+        "{xml}"
     );
-    let atom = |_: &serde_json::Value, body: &str| {
-        body.split("href=\"")
-            .nth(1)
-            .map(|s| s.split('"').next().unwrap().replace("&amp;", "&"))
-    };
-    assert_eq!(
-        follow(format!("{base}pages?last=3&style=xml"), atom, &base)
-            .await
-            .len(),
-        3
+    assert!(
+        xml.contains(&format!("rel=\"next\" href=\"{base}pages?")),
+        "{xml}"
+    );
+
+    let all = p.url("/api/");
+    let (_, page) = get(&format!("{all}pages?last=3&style=exact")).await;
+    assert!(!page.contains(up.as_str()), "{page}");
+    assert!(
+        page.contains(&format!("\"uri\":\"{all}crm/Accounts(")),
+        "{page}"
     );
 }
 
@@ -131,13 +178,20 @@ async fn salesforce_absolute_path_links_with_the_path_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn off_by_default_and_other_content_types_untouched() {
+async fn off_means_off_and_other_content_types_untouched() {
     let w = World::default().await;
     let p = w.spawn(&config(&w, ""));
-    let body = get(&p.url("/plain/pages?page=1&last=2")).await.1;
+    let r = client()
+        .get(p.url("/off/pages?page=1&last=2&style=exact"))
+        .send()
+        .await
+        .unwrap();
+    let len = r.headers()["content-length"].to_str().unwrap().to_owned();
+    let body = r.text().await.unwrap();
+    assert_eq!(len, body.len().to_string(), "passed through as it came");
     assert!(
         body.contains(&format!("{}pages?page=2", w.provider.api_url)),
-        "no rewrite_links, no rewrite: {body}"
+        "rewrite_links = \"off\", no rewrite: {body}"
     );
     // Same route that rewrites JSON: a text body is passed byte for byte.
     let r = client()

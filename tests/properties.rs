@@ -137,4 +137,25 @@ proptest! {
         let (streamed, whole) = fuzzing::rewrite(body.as_bytes(), &cuts);
         prop_assert_eq!(String::from_utf8_lossy(&streamed), String::from_utf8_lossy(&whole));
     }
+
+    #[test]
+    fn paging_links_do_not_depend_on_where_the_body_is_cut(
+        parts in proptest::collection::vec(prop_oneof![
+            Just("https://api.example.com/v1/".to_owned()),
+            Just("https:\\/\\/api.example.com\\/v1\\/".to_owned()),
+            Just("https://api.example.com/v".to_owned()),
+            Just("{\"__next\":\"".to_owned()),
+            Just("\"next\":{\"link\":\"".to_owned()),
+            Just("<link rel=\"next\" href=\"".to_owned()),
+            "[a-z\"{}\\[\\]:,/<>= \\\\]{0,12}",
+        ], 0..12),
+        cuts in proptest::collection::vec(0usize..200, 0..8),
+    ) {
+        let body = parts.concat();
+        let mut cuts = cuts;
+        cuts.sort_unstable();
+        for (streamed, whole) in fuzzing::paging(body.as_bytes(), &cuts) {
+            prop_assert_eq!(String::from_utf8_lossy(&streamed), String::from_utf8_lossy(&whole));
+        }
+    }
 }

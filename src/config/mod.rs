@@ -529,11 +529,23 @@ pub struct Route {
     pub retry_on: Vec<StatusCode>,
     /// Static headers for every upstream request, resolved at start.
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// Upstream URLs in JSON/XML bodies and `Link` headers become proxy URLs.
-    pub rewrite_links: bool,
+    /// Which upstream URLs in JSON/XML bodies and `Link` headers become proxy URLs.
+    pub rewrite_links: RewriteLinks,
     /// Whether the prefix is removed from the path sent upstream; when not, the
     /// upstream's base path is `/` and the request path goes as it is.
     pub strip_prefix: bool,
+}
+
+/// A route's `rewrite_links`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RewriteLinks {
+    /// Nothing is rewritten.
+    Off,
+    /// Next-page links only (JSON paging keys, XML `<link rel="next">`, `Link`).
+    #[default]
+    Pagination,
+    /// Every occurrence of the upstream base URL in JSON/XML bodies and `Link`.
+    All,
 }
 
 #[derive(Debug, Clone)]

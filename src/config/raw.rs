@@ -237,9 +237,8 @@ pub struct RawRoute {
     pub inject: Option<String>,
     #[serde(default = "default_retry_on")]
     pub retry_on: Vec<u16>,
-    /// Rewrite upstream URLs in JSON/XML bodies and `Link` headers to proxy URLs.
-    #[serde(default)]
-    pub rewrite_links: bool,
+    /// `"pagination"` (default), `"all"` or `"off"`; `true`/`false` mean `"all"`/`"off"`.
+    pub rewrite_links: Option<RawRewriteLinks>,
     /// `false`: the request path goes upstream whole (for APIs whose links are
     /// absolute paths, such as Salesforce's `nextRecordsUrl`).
     #[serde(default = "yes")]
@@ -247,6 +246,13 @@ pub struct RawRoute {
     /// Static headers added to every upstream request (e.g. `Xero-Tenant-Id`).
     #[serde(default)]
     pub headers: BTreeMap<String, SecretRef>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum RawRewriteLinks {
+    Flag(bool),
+    Mode(String),
 }
 
 fn yes() -> bool {

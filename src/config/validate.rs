@@ -10,11 +10,12 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::preset::{self, Preset};
-use super::raw::{RawConfig, RawIntercept, RawRoute, RawToken};
+use super::raw::{RawConfig, RawIntercept, RawRewriteLinks, RawRoute, RawToken};
 use super::{
     Assertion, ClientAuth, ClientAuthKind, ClientKey, Config, ConfigError, Endpoint, Grant,
-    GrantKind, Inject, Intercept, Listen, ListenAddr, Login, ProxySettings, Route, RouteUpstream,
-    SigningKey, StoreConfig, Tls, TokenConfig, Upstream, is_dns_host, is_loopback, normalise_host,
+    GrantKind, Inject, Intercept, Listen, ListenAddr, Login, ProxySettings, RewriteLinks, Route,
+    RouteUpstream, SigningKey, StoreConfig, Tls, TokenConfig, Upstream, is_dns_host, is_loopback,
+    normalise_host,
 };
 use crate::secret::SecretRef;
 
@@ -998,6 +999,23 @@ impl Validator<'_> {
             (_, Some(h)) => h.clone(),
             _ => "root".to_owned(),
         });
+        let rewrite_links = match raw.rewrite_links {
+            None => RewriteLinks::Pagination,
+            Some(RawRewriteLinks::Flag(true)) => RewriteLinks::All,
+            Some(RawRewriteLinks::Flag(false)) => RewriteLinks::Off,
+            Some(RawRewriteLinks::Mode(m)) => match m.as_str() {
+                "pagination" => RewriteLinks::Pagination,
+                "all" => RewriteLinks::All,
+                "off" => RewriteLinks::Off,
+                _ => {
+                    return Err(self.err(
+                        key("rewrite_links"),
+                        format!("{m:?} is not a way to rewrite links"),
+                        "write \"pagination\" (next-page links only, the default), \"all\" (every upstream URL in JSON/XML bodies) or \"off\"",
+                    ));
+                }
+            },
+        };
         if !raw.strip_prefix && upstream.base_path() != "/" {
             return Err(self.err(
                 key("strip_prefix"),
@@ -1014,7 +1032,7 @@ impl Validator<'_> {
             inject,
             retry_on,
             headers,
-            rewrite_links: raw.rewrite_links,
+            rewrite_links,
             strip_prefix: raw.strip_prefix,
         })
     }

@@ -105,7 +105,7 @@ impl Provider {
 
     /// Paginated answers with absolute next links, in the shapes real APIs use:
     /// `…/pages?page=N&last=M&style=S` (S: plain, escaped, split, gzip, deflate,
-    /// br, xml, link, hubspot) and Salesforce's `…/query` then
+    /// br, xml, link, hubspot, exact) and Salesforce's `…/query` then
     /// `…/query/01g-N` with `nextRecordsUrl` as an absolute path.
     async fn pages(&self, uri: &http::Uri) -> Option<Response<FakeBody>> {
         let path = uri.path();
@@ -151,7 +151,7 @@ impl Provider {
                     .map(|l| format!("<link rel=\"next\" href=\"{}\"/>", l.replace('&', "&amp;")))
                     .unwrap_or_default();
                 let body = format!(
-                    "<?xml version=\"1.0\"?><feed xmlns=\"http://www.w3.org/2005/Atom\"><entry><id>{n}</id></entry>{link}</feed>"
+                    "<?xml version=\"1.0\"?><feed xmlns=\"http://www.w3.org/2005/Atom\"><entry><id>{base}items({n})</id><link rel=\"edit\" href=\"{base}items({n})\"/></entry>{link}</feed>"
                 );
                 (
                     body,
@@ -171,6 +171,25 @@ impl Provider {
                     json_ct,
                     None,
                 )
+            }
+            // Exact Online's OData v2: each record's `__metadata.uri` is data that
+            // must stay as written; `__next` is the page link.
+            "exact" => {
+                let results: Vec<_> = items
+                    .iter()
+                    .map(|i| {
+                        json!({
+                            "__metadata": {"uri": format!("{base}crm/Accounts(guid'{i}')"), "type": "Exact.Web.Api.Models.CRM.Account"},
+                            "ID": i,
+                            "Name": format!("Account {i}"),
+                        })
+                    })
+                    .collect();
+                let mut d = json!({"results": results});
+                if let Some(next) = next {
+                    d["__next"] = json!(next);
+                }
+                (json!({"d": d}).to_string(), json_ct, None)
             }
             "salesforce" => {
                 let next = (n < last).then(|| format!("/services/data/v59.0/query/01g-{}", n + 1));

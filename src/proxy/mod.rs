@@ -20,6 +20,7 @@
 
 mod body;
 mod headers;
+mod paging;
 mod rewrite;
 mod route;
 mod upstream;
@@ -33,11 +34,12 @@ use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 pub use body::{BoxError, ProxyBody};
+pub use paging::{JsonLinks, XmlLinks};
 pub use rewrite::{Rewriter, rewrite_stream};
 pub use route::{Router, upstream_uri};
 pub use upstream::{SendError, UpstreamBody, Upstreams};
 
-use crate::config::{Credential, Inject, ProxySettings, Route, RouteUpstream};
+use crate::config::{Credential, Inject, ProxySettings, RewriteLinks, Route, RouteUpstream};
 use crate::error::ProxyError;
 use crate::intercept::Interceptor;
 use crate::metrics::{Metrics, RetryOutcome, RouteMetrics};
@@ -208,9 +210,10 @@ impl Proxy {
         let route = &self.router.routes()[target.route];
         let source = &self.sources[route.token];
         headers::to_upstream(&mut parts.headers);
-        let refuses_identity = route.rewrite_links
-            && rewrite::refuses_identity(parts.headers.get(http::header::ACCEPT_ENCODING));
-        if route.rewrite_links {
+        let rewrites = route.rewrite_links != RewriteLinks::Off;
+        let refuses_identity =
+            rewrites && rewrite::refuses_identity(parts.headers.get(http::header::ACCEPT_ENCODING));
+        if rewrites {
             rewrite::accept_encoding_for_upstream(&mut parts.headers);
         }
         for (name, value) in &route.headers {
@@ -294,13 +297,18 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         let proxy_base = target.proxy_base.as_deref();
         headers::to_client(&mut parts.headers, &base_url, proxy_base);
-        let rewriter = proxy_base
-            .filter(|_| route.rewrite_links)
-            .and_then(|base| rewrite::Rewriter::new(&base_url, base));
-        let body = match rewriter {
-            Some(rw) if has_body(out.method, parts.status) => {
-                rewrite::link_headers(&mut parts.headers, &rw);
-                rewrite::body(&mut parts.headers, body, rw, refuses_identity)
+        // Inside an intercepted tunnel the client's base is the upstream's own.
+        let body = match proxy_base.filter(|base| rewrites && *base != base_url) {
+            Some(base) if has_body(out.method, parts.status) => {
+                rewrite::link_headers(&mut parts.headers, &base_url, base);
+                let bases = (base_url.as_str(), base);
+                rewrite::body(
+                    &mut parts.headers,
+                    body,
+                    route.rewrite_links,
+                    bases,
+                    refuses_identity,
+                )
             }
             _ => ProxyBody::Upstream(body),
         };

@@ -2,20 +2,21 @@
 //!
 //! APIs page by returning absolute next-page URLs (OData `@odata.nextLink` and
 //! `__next`, HubSpot `paging.next.link`, Atom `<link rel="next">`, `Link` headers).
-//! A client that follows one would leave the proxy and lose its token. On routes
-//! with `rewrite_links`, occurrences of the route's upstream base URL — as written,
-//! and JSON-escaped (`https:\/\/host\/base\/`) — become the proxy base the client
-//! used. Only JSON and XML bodies are touched; everything else streams through
-//! byte for byte.
+//! A client that follows one would leave the proxy and lose its token. What a
+//! route rewrites is its `rewrite_links`: `"pagination"` (the default) only the
+//! next-page links ([`super::paging`]), `"all"` every occurrence of the route's
+//! upstream base URL — as written, and JSON-escaped (`https:\/\/host\/base\/`) —
+//! and `"off"` nothing. Either way the proxy base is the one the client used, only
+//! JSON and XML bodies are touched, and everything else streams through byte for
+//! byte.
 //!
-//! The rewrite streams: a matcher keeps at most one pattern's length of carry
-//! between chunks, so memory stays flat and a URL split across chunks is still
-//! found. Compressed bodies (gzip, deflate, br) are decoded first and sent on as
-//! identity, unless the client refuses identity, in which case they are gzipped
-//! again. `Content-Length` is dropped (the length changes) and a strong `ETag` is
-//! weakened.
+//! The rewrite streams: the matchers keep at most one pattern's length (or one XML
+//! tag) of carry between chunks, so memory stays flat and a URL split across
+//! chunks is still found. Compressed bodies (gzip, deflate, br) are decoded first
+//! and sent on as identity, unless the client refuses identity, in which case they
+//! are gzipped again. `Content-Length` is dropped (the length may change) and a
+//! strong `ETag` is weakened.
 
-use std::borrow::Cow;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -29,7 +30,9 @@ use http_body_util::BodyDataStream;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::ProxyBody;
+use super::paging::{JsonLinks, XmlLinks};
 use super::upstream::UpstreamBody;
+use crate::config::RewriteLinks;
 
 /// Replaces an upstream base URL (and its JSON-escaped form) with a proxy base.
 pub struct Rewriter {
@@ -62,19 +65,6 @@ impl Rewriter {
     pub fn replace_bytes(&self, body: &[u8]) -> Vec<u8> {
         let replacements: Vec<&[u8]> = self.replacements.iter().map(|b| &b[..]).collect();
         self.patterns.replace_all_bytes(body, &replacements)
-    }
-
-    /// Every occurrence replaced, for header values.
-    pub fn replace_all<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        if !self.patterns.is_match(text) {
-            return Cow::Borrowed(text);
-        }
-        let replacements: Vec<&str> = self
-            .replacements
-            .iter()
-            .map(|b| std::str::from_utf8(b).unwrap_or(""))
-            .collect();
-        Cow::Owned(self.patterns.replace_all(text, &replacements))
     }
 }
 
@@ -126,10 +116,35 @@ pub fn rewrite_stream(rewriter: Rewriter, chunks: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-/// A stream of chunks passed through a [`Matcher`].
+/// What rewrites one body: every occurrence, or the paging links of JSON or XML.
+enum Scanner {
+    All(Matcher),
+    Json(JsonLinks),
+    Xml(XmlLinks),
+}
+
+impl Scanner {
+    fn push(&mut self, chunk: Bytes) -> Bytes {
+        match self {
+            Scanner::All(m) => m.push(&chunk, false),
+            Scanner::Json(j) => j.push(chunk),
+            Scanner::Xml(x) => x.push(chunk),
+        }
+    }
+
+    fn finish(&mut self) -> Bytes {
+        match self {
+            Scanner::All(m) => m.push(b"", true),
+            Scanner::Json(j) => j.finish(),
+            Scanner::Xml(x) => x.finish(),
+        }
+    }
+}
+
+/// A stream of chunks passed through a [`Scanner`].
 struct Rewriting<S> {
     inner: S,
-    matcher: Matcher,
+    scanner: Scanner,
     done: bool,
 }
 
@@ -144,16 +159,15 @@ impl<S: Stream<Item = io::Result<Bytes>> + Unpin> Stream for Rewriting<S> {
             if self.done {
                 return Poll::Ready(None);
             }
-            let (chunk, last) = match self.inner.poll_next_unpin(cx) {
+            let out = match self.inner.poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(Some(Ok(chunk))) => (chunk, false),
+                Poll::Ready(Some(Ok(chunk))) => self.scanner.push(chunk),
                 Poll::Ready(None) => {
                     self.done = true;
-                    (Bytes::new(), true)
+                    self.scanner.finish()
                 }
             };
-            let out = self.matcher.push(&chunk, last);
             if !out.is_empty() {
                 return Poll::Ready(Some(Ok(out)));
             }
@@ -172,20 +186,25 @@ fn token_name(value: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// JSON or XML, by the response's media type.
-pub fn is_rewritable(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Media {
+    Json,
+    Xml,
+}
+
+/// JSON or XML, by the response's media type; `None` for anything else.
+fn media(headers: &HeaderMap) -> Option<Media> {
+    let ct = headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
+        .and_then(|v| v.to_str().ok())?;
     let media = token_name(ct);
-    matches!(
-        media.as_str(),
-        "application/json" | "application/xml" | "text/xml" | "application/atom+xml"
-    ) || media.ends_with("+json")
-        || media.ends_with("+xml")
+    if media == "application/json" || media.ends_with("+json") {
+        Some(Media::Json)
+    } else if matches!(media.as_str(), "application/xml" | "text/xml") || media.ends_with("+xml") {
+        Some(Media::Xml)
+    } else {
+        None
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -268,31 +287,53 @@ pub fn refuses_identity(accept: Option<&HeaderValue>) -> bool {
     }
 }
 
-/// Rewrites `body` (and the headers that describe it) when it is JSON or XML in a
-/// coding the proxy can read; otherwise returns it untouched.
+/// Rewrites `body` (and the headers that describe it) as `mode` says, from
+/// `upstream_base` to `proxy_base`, when it is JSON or XML in a coding the proxy
+/// can read; otherwise returns it untouched.
 pub fn body(
     headers: &mut HeaderMap,
     body: UpstreamBody,
-    rewriter: Rewriter,
+    mode: RewriteLinks,
+    (upstream_base, proxy_base): (&str, &str),
     client_refuses_identity: bool,
 ) -> ProxyBody {
-    let (true, Some(coding)) = (is_rewritable(headers), coding(headers)) else {
+    let (Some(media), Some(coding)) = (media(headers), coding(headers)) else {
         return ProxyBody::Upstream(body);
     };
-    let raw = StreamReader::new(BodyDataStream::new(body).map_err(io::Error::other));
-    let decoded: Pin<Box<dyn tokio::io::AsyncRead + Send>> = match coding {
-        Coding::Identity => Box::pin(raw),
-        Coding::Gzip => Box::pin(async_compression::tokio::bufread::GzipDecoder::new(raw)),
+    let scanner = match (mode, media) {
+        (RewriteLinks::Off, _) => return ProxyBody::Upstream(body),
+        (RewriteLinks::All, _) => match Rewriter::new(upstream_base, proxy_base) {
+            Some(r) => Scanner::All(Matcher {
+                rewriter: r,
+                carry: BytesMut::new(),
+            }),
+            None => return ProxyBody::Upstream(body),
+        },
+        (RewriteLinks::Pagination, Media::Json) => {
+            Scanner::Json(JsonLinks::new(upstream_base, proxy_base))
+        }
+        (RewriteLinks::Pagination, Media::Xml) => {
+            Scanner::Xml(XmlLinks::new(upstream_base, proxy_base))
+        }
+    };
+    let chunks = BodyDataStream::new(body).map_err(io::Error::other);
+    let decoded: Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>> = match coding {
+        // An identity body's chunks go to the scanner as they are (no copy).
+        Coding::Identity => Box::pin(chunks),
+        Coding::Gzip => Box::pin(ReaderStream::new(
+            async_compression::tokio::bufread::GzipDecoder::new(StreamReader::new(chunks)),
+        )),
         // HTTP's "deflate" is the zlib format (RFC 9110 §8.4.1.2).
-        Coding::Deflate => Box::pin(async_compression::tokio::bufread::ZlibDecoder::new(raw)),
-        Coding::Brotli => Box::pin(async_compression::tokio::bufread::BrotliDecoder::new(raw)),
+        Coding::Deflate => Box::pin(ReaderStream::new(
+            async_compression::tokio::bufread::ZlibDecoder::new(StreamReader::new(chunks)),
+        )),
+        Coding::Brotli => Box::pin(ReaderStream::new(
+            async_compression::tokio::bufread::BrotliDecoder::new(StreamReader::new(chunks)),
+        )),
     };
     let rewritten = Rewriting {
-        inner: ReaderStream::new(decoded),
-        matcher: Matcher {
-            rewriter,
-            carry: BytesMut::new(),
-        },
+        inner: decoded,
+        scanner,
         done: false,
     };
     headers.remove(header::CONTENT_LENGTH);
@@ -312,20 +353,29 @@ pub fn body(
     ProxyBody::Stream(Box::pin(rewritten))
 }
 
-/// `Link` header values rewritten the same way (`Location` and `Content-Location`
-/// are handled for every route by the header rules).
-pub fn link_headers(headers: &mut HeaderMap, rewriter: &Rewriter) {
+/// `Link` header values rewritten from `upstream_base` to `proxy_base` (`Link`
+/// holds navigation, never data, so every mode but `"off"` rewrites it;
+/// `Location` and `Content-Location` are handled for every route by the header
+/// rules).
+pub fn link_headers(headers: &mut HeaderMap, upstream_base: &str, proxy_base: &str) {
+    if !headers
+        .get_all(header::LINK)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.contains(upstream_base)))
+    {
+        return;
+    }
     let links: Vec<HeaderValue> = headers
         .get_all(header::LINK)
         .iter()
-        .map(|v| match v.to_str().map(|s| rewriter.replace_all(s)) {
-            Ok(Cow::Owned(s)) => HeaderValue::try_from(s).unwrap_or_else(|_| v.clone()),
+        .map(|v| match v.to_str() {
+            Ok(s) if s.contains(upstream_base) => {
+                HeaderValue::try_from(s.replace(upstream_base, proxy_base))
+                    .unwrap_or_else(|_| v.clone())
+            }
             _ => v.clone(),
         })
         .collect();
-    if links.is_empty() {
-        return;
-    }
     headers.remove(header::LINK);
     for v in links {
         headers.append(header::LINK, v);
@@ -388,7 +438,7 @@ mod tests {
             "text/xml",
             "application/xml",
         ] {
-            assert!(is_rewritable(&h(ct)), "{ct}");
+            assert!(media(&h(ct)).is_some(), "{ct}");
         }
         for ct in [
             "text/plain",
@@ -396,7 +446,7 @@ mod tests {
             "text/csv",
             "text/html",
         ] {
-            assert!(!is_rewritable(&h(ct)), "{ct}");
+            assert!(media(&h(ct)).is_none(), "{ct}");
         }
         assert!(refuses_identity(Some(&HeaderValue::from_static(
             "gzip, identity;q=0"
@@ -433,7 +483,11 @@ mod tests {
             header::LINK,
             "<https://docs.example.com/>; rel=\"help\"".parse().unwrap(),
         );
-        link_headers(&mut m, &rewriter());
+        link_headers(
+            &mut m,
+            "https://api.example.com/v1/",
+            "http://localhost:8080/ex/",
+        );
         let v: Vec<_> = m
             .get_all(header::LINK)
             .iter()
