@@ -29,7 +29,7 @@ fi
 
 out=$(mktemp -d /tmp/tokenproxy-deploy.XXXXXX)
 trap 'rm -rf "$out"' EXIT
-for dir in base overlays/pvc overlays/shared-postgres overlays/intercept cronjob; do
+for dir in base overlays/ephemeral overlays/shared-postgres overlays/intercept cronjob; do
   file="$out/$(echo "$dir" | tr / -).yaml"
   "$venv/bin/kubectl" kustomize "deploy/kubernetes/$dir" > "$file"
   "$venv/bin/kubernetes-validate" -k 1.33.0 --strict --quiet "$file" 2>&1 |
@@ -38,15 +38,41 @@ for dir in base overlays/pvc overlays/shared-postgres overlays/intercept cronjob
   "$venv/bin/kubernetes-validate" -k 1.33.0 --strict --quiet --no-warn "$file"
   echo "kubernetes: $dir renders and validates"
 done
+# Where a rotating refresh token lives: on a claim in what a reader meets first
+# (base, and the overlays and CronJob built like it), on an emptyDir only where that
+# is the point (ephemeral) or the tokens live elsewhere (shared-postgres).
+"$venv/bin/python" - "$out" <<'PY'
+import sys, yaml
+want = {"base": "persistentVolumeClaim", "overlays-intercept": "persistentVolumeClaim",
+        "cronjob": "persistentVolumeClaim", "overlays-ephemeral": "emptyDir",
+        "overlays-shared-postgres": "emptyDir"}
+for name, kind in want.items():
+    docs = [d for d in yaml.safe_load_all(open(f"{sys.argv[1]}/{name}.yaml")) if d]
+    claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    pod = next(d for d in docs if d["kind"] in ("Deployment", "CronJob"))["spec"]
+    pod = pod["jobTemplate"]["spec"]["template"]["spec"] if "jobTemplate" in pod else pod["template"]["spec"]
+    sidecar = next(c for c in pod["initContainers"] if c["name"] == "tokenproxy")
+    mount = next(m for m in sidecar["volumeMounts"] if m["mountPath"] == "/var/lib/tokenproxy")
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert kind in volume, f"{name}: the state volume is {volume}, not a {kind}"
+    if kind == "persistentVolumeClaim":
+        assert volume[kind]["claimName"] in claims, f"{name}: claim {volume[kind]} is not rendered"
+    else:
+        assert not claims, f"{name}: an unused claim {claims}"
+    print(f"kubernetes: {name} keeps the token store on a {kind}")
+PY
 "$venv/bin/checkov" -d "$out" --framework kubernetes --compact --quiet --skip-download
-# The PrometheusRule's rules, as Prometheus would load them.
-"$venv/bin/python" - "$out/base.yaml" "$out/rules.yaml" <<'PY'
+# The PrometheusRules' rules, as Prometheus would load them.
+for rendered in base cronjob; do
+  "$venv/bin/python" - "$out/$rendered.yaml" "$out/rules-$rendered.yaml" <<'PY'
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "PrometheusRule"]
-assert len(docs) == 1, docs
-yaml.safe_dump(docs[0]["spec"], open(sys.argv[2], "w"))
+assert docs, "no PrometheusRule"
+groups = [g for d in docs for g in d["spec"]["groups"]]
+yaml.safe_dump({"groups": groups}, open(sys.argv[2], "w"))
 PY
-promtool check rules "$out/rules.yaml"
+  promtool check rules "$out/rules-$rendered.yaml"
+done
 # The configurations under deploy/ are checked by tests/config.rs.
 
 "$venv/bin/hadolint" deploy/docker/Dockerfile

@@ -231,7 +231,11 @@ async fn open_store(
         }
     };
     let inner: Arc<dyn TokenStore> = match &config.store {
-        StoreConfig::File { path } => Arc::new(FileStore::open(path)?),
+        StoreConfig::File { path } => {
+            let store = FileStore::open(path)?;
+            warn_if_ephemeral(config, path);
+            Arc::new(store)
+        }
         StoreConfig::Postgres { url, lease } => {
             let url = store_url(url)?;
             let tls = tls::client_config(Arc::clone(roots), None)?;
@@ -244,6 +248,28 @@ async fn open_store(
         }
     };
     Ok(store::Encrypted::new(inner, keys))
+}
+
+/// A refresh token that rotates is replaced at every refresh and the configured
+/// copy is spent: in a directory that does not outlive the pod or container, the
+/// next start would present a spent token (and a strict provider revokes the family).
+fn warn_if_ephemeral(config: &Config, dir: &std::path::Path) {
+    let refreshed: Vec<&str> = config
+        .tokens
+        .iter()
+        .filter(|t| matches!(t.grant, config::Grant::RefreshToken { .. }))
+        .map(|t| t.name.as_str())
+        .collect();
+    if refreshed.is_empty() {
+        return;
+    }
+    if let Some(what) = store::ephemeral(dir) {
+        tracing::warn!(
+            path = %dir.display(),
+            tokens = ?refreshed,
+            "the state directory is on {what}: a refresh token that rotates (Exact Online, Xero, QuickBooks) would be lost, and the next start would present the spent one from the configuration. Put store.path on a persistent volume (a PersistentVolumeClaim, a host directory) or use a shared store"
+        );
+    }
 }
 
 /// For `tokenproxy check`: whether the configured store can be used, in words,

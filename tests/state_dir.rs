@@ -264,3 +264,37 @@ async fn tokens_are_encrypted_at_rest_with_a_rotatable_key() {
         "{status}"
     );
 }
+
+/// A state directory that does not outlive the machine or pod (here a tmpfs,
+/// `/dev/shm`) loses a rotated refresh token: the start says so, and where. A
+/// directory on a disk starts without the warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ephemeral_state_directory_is_warned_about_at_start() {
+    let w = World::default().await;
+    let warning = "a refresh token that rotates";
+    let p = w.spawn(&w.config("", ""));
+    p.wait_log("tokenproxy listening").await;
+    assert!(!p.log().contains(warning), "{}", p.log());
+    drop(p);
+
+    let shm = Path::new("/dev/shm");
+    let on_shm = std::fs::metadata(shm).is_ok()
+        && std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains(" /dev/shm ") && l.contains(" - tmpfs "));
+    if !on_shm {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but /dev/shm is not a tmpfs here"
+        );
+        eprintln!("skipped the tmpfs half: /dev/shm is not a tmpfs here");
+        return;
+    }
+    let dir = tempfile::tempdir_in(shm).unwrap();
+    let config = write_config(&w, &dir.path().join("state"));
+    let p = w.spawn(&std::fs::read_to_string(config).unwrap());
+    let log = p.wait_log(warning).await;
+    assert!(log.contains("a tmpfs"), "{log}");
+    assert!(log.contains("[\"demo\"]"), "{log}");
+}

@@ -183,6 +183,58 @@ fn check_directory(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What makes the filesystem under `dir` lose its files with the process's pod,
+/// container or machine, in words (`None`: nothing known). Read from
+/// `/proc/self/mountinfo`: the mount that holds `dir` is a tmpfs, a Kubernetes
+/// `emptyDir`, or a container's own root filesystem.
+pub fn ephemeral(dir: &Path) -> Option<&'static str> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let dir = dir.canonicalize().ok()?;
+    let in_container = Path::new("/.dockerenv").exists()
+        || Path::new("/run/.containerenv").exists()
+        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    ephemeral_mount(&mountinfo, &dir, in_container)
+}
+
+fn ephemeral_mount(mountinfo: &str, dir: &Path, in_container: bool) -> Option<&'static str> {
+    // Fields: id parent major:minor root mount-point options [optional...] - fstype source ...
+    let unescape = |s: &str| {
+        s.replace("\\040", " ")
+            .replace("\\011", "\t")
+            .replace("\\134", "\\")
+    };
+    let (root, point, fstype) = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (head, tail) = line.split_once(" - ")?;
+            let mut f = head.split(' ');
+            let root = unescape(f.nth(3)?);
+            let point = PathBuf::from(unescape(f.next()?));
+            let fstype = tail.split(' ').next()?.to_owned();
+            dir.starts_with(&point).then_some((root, point, fstype))
+        })
+        // The last mount on the longest matching point is the one in effect.
+        .fold(
+            None,
+            |best: Option<(String, PathBuf, String)>, m| match &best {
+                Some(b) if b.1.as_os_str().len() > m.1.as_os_str().len() => best,
+                _ => Some(m),
+            },
+        )?;
+    if root.contains("kubernetes.io~empty-dir") {
+        Some("a Kubernetes emptyDir, deleted with the pod")
+    } else if fstype == "tmpfs" || fstype == "ramfs" {
+        Some("a tmpfs, kept in memory and lost at the next restart of the pod or machine")
+    } else if in_container
+        && point == Path::new("/")
+        && matches!(fstype.as_str(), "overlay" | "fuse-overlayfs" | "aufs")
+    {
+        Some("the container's own filesystem, lost when the container is replaced")
+    } else {
+        None
+    }
+}
+
 /// Temporary files a crash left behind (they hold tokens); only old ones, since
 /// another instance may be writing one now.
 fn remove_stale_temporaries(dir: &Path) {
@@ -626,5 +678,37 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("held the lock"), "{err}");
+    }
+
+    #[test]
+    fn ephemeral_mounts_are_recognised() {
+        let mountinfo = "\
+22 1 259:1 / / rw,relatime shared:1 - ext4 /dev/root rw
+30 22 0:25 / /tmp rw,nosuid shared:12 - tmpfs tmpfs rw
+41 22 259:1 /var/lib/kubelet/pods/1f/volumes/kubernetes.io~empty-dir/state /var/lib/tokenproxy rw - ext4 /dev/root rw
+42 22 259:1 /var/lib/kubelet/pods/1f/volumes/kubernetes.io~csi/pvc-9/mount /var/lib/kept rw - ext4 /dev/sdb rw
+43 22 0:40 / /srv/with\\040space rw - tmpfs tmpfs rw
+";
+        let at = |p: &str, container: bool| ephemeral_mount(mountinfo, Path::new(p), container);
+        assert!(
+            at("/var/lib/tokenproxy/state", false)
+                .unwrap()
+                .contains("emptyDir")
+        );
+        assert!(at("/tmp/x", false).unwrap().contains("tmpfs"));
+        assert!(
+            at("/srv/with space/state", false)
+                .unwrap()
+                .contains("tmpfs")
+        );
+        assert_eq!(at("/var/lib/kept/state", true), None);
+        assert_eq!(at("/home/etl/state", false), None);
+        // A container's root: only its writable overlay layer is lost with it.
+        assert_eq!(at("/home/etl/state", true), None);
+        let overlay = mountinfo.replace("- ext4 /dev/root", "- overlay overlay");
+        let root = ephemeral_mount(&overlay, Path::new("/home/etl/state"), true);
+        assert!(root.unwrap().contains("container"));
+        // A mount whose path is only a string prefix does not hold the directory.
+        assert_eq!(at("/tmpx/state", false), None);
     }
 }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::secret::Secret;
 
 pub use encrypted::{Encrypted, Key, Keys};
-pub use file::FileStore;
+pub use file::{FileStore, ephemeral};
 #[cfg(test)]
 pub use memory::MemoryStore;
 pub use observed::{Observed, StoreHealth};
