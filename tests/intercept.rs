@@ -55,7 +55,7 @@ impl Setup {
             upstream_ca.display()
         );
         let text = format!(
-            "{}\n[[routes]]\nhost = \"{HOST}\"\nupstream = \"{}\"\ntoken = \"demo\"\nrewrite_links = true\n{extra}",
+            "{}\n[[routes]]\nhost = \"{HOST}\"\nupstream = \"{}\"\ntoken = \"demo\"\n{extra}",
             w.config(&top, ""),
             w.provider.api_url
         );
@@ -875,11 +875,11 @@ async fn sessions_resume_and_the_ca_key_is_never_shown() {
     }
 }
 
-/// A tunnel whose client never starts TLS is closed after the idle timeout, and
-/// one that speaks plain HTTP inside is closed at once: both are failed
-/// handshakes, counted by name.
+/// A tunnel whose client never sends anything is closed after the idle timeout,
+/// a failed handshake counted by name; one whose client speaks plain HTTP inside
+/// is served as HTTP, with the token (the first byte tells TLS from HTTP).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tunnel_without_a_tls_client_is_closed_and_counted() {
+async fn a_silent_tunnel_is_closed_and_counted_a_plain_one_served() {
     let s = Setup::with(
         ProviderOptions::default(),
         "",
@@ -892,16 +892,6 @@ async fn a_tunnel_without_a_tls_client_is_closed_and_counted() {
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(20), silent.read_to_end(&mut rest)).await;
     assert!(read.is_ok(), "the silent tunnel was closed");
-
-    let (mut plain, _) = connect(p.addr, &format!("{HOST}:443"), "").await;
-    plain
-        .write_all(format!("GET /v1/x HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut rest = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(20), plain.read_to_end(&mut rest)).await;
-    assert!(read.is_ok(), "the plain-text tunnel was closed");
-    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
     p.wait_log("TLS handshake in a CONNECT tunnel failed").await;
     assert_eq!(
         metric(
@@ -910,9 +900,156 @@ async fn a_tunnel_without_a_tls_client_is_closed_and_counted() {
             &["error=\"intercept_handshake_failed\""]
         )
         .await,
-        2.0
+        1.0
     );
-    assert_eq!(s.w.provider.api_requests(), 0);
+
+    let (mut plain, _) = connect(p.addr, &format!("{HOST}:443"), "").await;
+    plain
+        .write_all(
+            format!("GET /v1/x HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), plain.read_to_end(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"authorized\":\"yes"), "{answer}");
+    assert_eq!(s.w.provider.api_requests(), 1);
+}
+
+/// Plain HTTP inside `CONNECT`: clients that tunnel `http://` URLs too (curl
+/// `-p`, undici's `EnvHttpProxyAgent`, Node's `NODE_USE_ENV_PROXY`) send `CONNECT
+/// host:80` and HTTP inside. That needs no CA, so it is served without
+/// `[intercept]` as well, with the same routes, token and rules; TLS to port 80
+/// without `[intercept]` is closed, and `CONNECT` to 443 still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_inside_connect_is_served_without_intercept() {
+    let w = World::default().await;
+    let config = format!(
+        "{}\n[[routes]]\nhost = \"{HOST}\"\nupstream = \"{}\"\ntoken = \"demo\"\n",
+        w.config("", ""),
+        w.provider.api_url
+    );
+    let p = w.spawn(&config);
+    let (code, out, err) = curl(&p, &["-p", &format!("http://{HOST}/v1/tunneled?x=1")]);
+    assert_eq!(code, 0, "{err}");
+    let v = json(&out);
+    assert_eq!(v["path"], "/v1/tunneled", "{out}");
+    assert!(
+        v["authorized"].as_str().unwrap().starts_with("yes"),
+        "{out}"
+    );
+    // A path that climbs out of the route is refused inside as outside.
+    let (mut t, head) = connect(p.addr, &format!("{HOST}:80"), "").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    t.write_all(format!("GET /v1/%2e%2e/x HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0; 4096];
+    let n = t.read(&mut buf).await.unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // Another host's name inside the tunnel is misdirected.
+    t.write_all(b"GET /v1/x HTTP/1.1\r\nHost: elsewhere.example\r\n\r\n")
+        .await
+        .unwrap();
+    let n = t.read(&mut buf).await.unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
+    // TLS where no CA can answer it: closed, counted.
+    let (mut t, _) = connect(p.addr, &format!("{HOST}:80"), "").await;
+    t.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 0, 0, 1, 0])
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), t.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty(), "{rest:?}");
+    p.wait_log("no [intercept] to terminate it").await;
+    // https still needs [intercept].
+    let (_, head) = connect(p.addr, &format!("{HOST}:443"), "").await;
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    assert_eq!(w.provider.api_requests(), 1);
+}
+
+/// A Node.js of 22.21 or later (for `NODE_USE_ENV_PROXY`) and a directory whose
+/// `node_modules` holds undici (`.ci/run` installs both and names them in
+/// `TOKENPROXY_TEST_NODE` and `TOKENPROXY_TEST_NODE_MODULES`); `None` outside CI
+/// without them.
+fn modern_node() -> Option<(String, String)> {
+    match (
+        std::env::var("TOKENPROXY_TEST_NODE"),
+        std::env::var("TOKENPROXY_TEST_NODE_MODULES"),
+    ) {
+        (Ok(node), Ok(modules)) => Some((node, modules)),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but TOKENPROXY_TEST_NODE(_MODULES) is not set: .ci/run installs them"
+            );
+            eprintln!("skipped: no TOKENPROXY_TEST_NODE (Node >= 22.21 and undici; see .ci/run)");
+            None
+        }
+    }
+}
+
+/// Node with `HTTP_PROXY` and `http://` URLs, as the README recommends: undici's
+/// `EnvHttpProxyAgent` and Node's own `NODE_USE_ENV_PROXY=1` fetch tunnel them
+/// with `CONNECT`, and get the API with the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_undici_and_env_proxy_fetch_with_http_urls() {
+    let Some((node, modules)) = modern_node() else {
+        return;
+    };
+    let w = World::default().await;
+    let config = format!(
+        "{}\n[[routes]]\nhost = \"{HOST}\"\nupstream = \"{}\"\ntoken = \"demo\"\n",
+        w.config("", ""),
+        w.provider.api_url
+    );
+    let p = w.spawn(&config);
+    let undici = format!(
+        r#"
+const {{ EnvHttpProxyAgent, fetch }} = require('undici');
+(async () => {{
+  const r = await fetch('http://{HOST}/v1/undici?x=1', {{ dispatcher: new EnvHttpProxyAgent() }});
+  const v = await r.json();
+  console.log(r.status, v.path, v.authorized.startsWith('yes'));
+}})().catch((e) => {{ console.error(e); process.exit(1); }});
+"#
+    );
+    let stdout = run_client(
+        Command::new(&node)
+            .args(["-e", &undici])
+            .env("NODE_PATH", &modules)
+            .env("HTTP_PROXY", proxy_url(&p))
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy"),
+        &p,
+    );
+    assert_eq!(stdout, "200 /v1/undici true\n");
+    let builtin = format!(
+        r#"
+fetch('http://{HOST}/v1/builtin?x=1').then(async (r) => {{
+  const v = await r.json();
+  console.log(r.status, v.path, v.authorized.startsWith('yes'));
+}}).catch((e) => {{ console.error(e); process.exit(1); }});
+"#
+    );
+    let stdout = run_client(
+        Command::new(&node)
+            .args(["-e", &builtin])
+            .env("NODE_USE_ENV_PROXY", "1")
+            .env("HTTP_PROXY", proxy_url(&p))
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy"),
+        &p,
+    );
+    assert_eq!(stdout, "200 /v1/builtin true\n");
+    assert_eq!(w.provider.api_requests(), 2);
 }
 
 /// `[intercept]` cannot change on reload; a routed host added by a reload that the

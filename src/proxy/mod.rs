@@ -337,8 +337,8 @@ impl Proxy {
     }
 
     /// Routes a request read inside a tunnel: it must name the tunnel's host (or
-    /// none), and it is then the absolute-form request `https://HOST/...`, which
-    /// `uri` becomes.
+    /// none), and it is then the absolute-form request `https://HOST/...` (or
+    /// `http://HOST/...` for plain HTTP inside), which `uri` becomes.
     fn route_tunneled(
         &self,
         uri: &mut Uri,
@@ -352,24 +352,31 @@ impl Proxy {
                 .and_then(|h| h.to_str().ok())
                 .and_then(|h| h.parse::<http::uri::Authority>().ok()),
         };
+        let (scheme, default_port) = if tunnel.tls {
+            (http::uri::Scheme::HTTPS, 443)
+        } else {
+            (http::uri::Scheme::HTTP, 80)
+        };
         if let Some(a) = named
-            && crate::config::normalise_host(a.host(), a.port_u16(), 443)
+            && crate::config::normalise_host(a.host(), a.port_u16(), default_port)
                 != tunnel.authority.as_str()
         {
             return Err(ProxyError::Misdirected);
         }
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         *uri = Uri::builder()
-            .scheme(http::uri::Scheme::HTTPS)
+            .scheme(scheme.clone())
             .authority(tunnel.authority.clone())
             .path_and_query(path)
             .build()
             .map_err(|_| ProxyError::BadPath)?;
-        self.router.absolute(uri, "https").map_err(miss)
+        self.router.absolute(uri, scheme.as_str()).map_err(miss)
     }
 
-    /// `CONNECT`: a tunnel whose TLS tokenproxy terminates, for a routed host
-    /// with `[intercept]`; otherwise refused, with nothing opened.
+    /// `CONNECT` to a routed host: a tunnel whose TLS tokenproxy terminates (with
+    /// `[intercept]`), or in which the client speaks plain HTTP (undici and Node's
+    /// `NODE_USE_ENV_PROXY` tunnel `http://` URLs too: `CONNECT host:80`); the
+    /// first byte inside tells which. Refused with nothing opened otherwise.
     fn connect(
         &self,
         mut req: Request<Incoming>,
@@ -380,10 +387,11 @@ impl Proxy {
         let Some(port) = authority.port_u16().filter(|_| port_ok(authority.as_str())) else {
             return Err(ProxyError::BadHost);
         };
-        let Some(interceptor) = &self.interceptor else {
+        // Plain HTTP needs no CA: a tunnel to port 80 is served without [intercept].
+        if self.interceptor.is_none() && port != 80 {
             tracing::info!(host = %authority, "CONNECT refused: no [intercept] configured");
             return Err(ProxyError::Connect);
-        };
+        }
         // The server offers tunnels on HTTP/1.1 connections only.
         let Some(slot) = req.extensions_mut().remove::<TunnelSlot>() else {
             return Err(ProxyError::Connect);
@@ -393,58 +401,95 @@ impl Proxy {
             tracing::info!(host = %authority, "CONNECT refused: not a routed host name");
             return Err(ProxyError::Connect);
         }
-        let key = crate::config::normalise_host(host, Some(port), 443);
-        let route = self
-            .router
-            .routes()
-            .iter()
-            .position(|r| r.host.as_deref() == Some(key.as_str()))
+        // A route's host is its scheme's default port: 443 inside TLS, 80 in plain HTTP.
+        let tls_key = crate::config::normalise_host(host, Some(port), 443);
+        let plain_key = crate::config::normalise_host(host, Some(port), 80);
+        let routes = self.router.routes();
+        let by_host = |key: &str| routes.iter().position(|r| r.host.as_deref() == Some(key));
+        // Plain HTTP inside names the host as the route does (`host` for port 80, or
+        // for port 443 when the client sends HTTP where TLS was expected).
+        let (route, plain_key) = by_host(&tls_key)
+            .map(|r| (r, tls_key.clone()))
+            .or_else(|| by_host(&plain_key).map(|r| (r, plain_key)))
             .ok_or_else(|| {
-                tracing::info!(host = %key, "CONNECT refused: no route names this host");
+                tracing::info!(host = %tls_key, "CONNECT refused: no route names this host");
                 ProxyError::Connect
             })?;
         trace.route = Some(route);
         if let Some(caller) = &self.client_key {
             caller.check(req.headers_mut())?;
         }
-        let name = crate::config::dns_name(&key).to_owned();
-        if !interceptor.permits(&name) {
-            tracing::warn!(
-                host = %name,
-                "CONNECT refused: the interception CA's name constraints do not cover this routed host; recreate the CA with `tokenproxy ca init --force`"
-            );
-            return Err(ProxyError::ConnectOutsideCa);
-        }
-        let config = interceptor.tls_config(&name).map_err(|e| {
-            tracing::error!(host = %name, error = %e, "cannot sign an interception certificate");
-            ProxyError::Internal
-        })?;
-        let authority = key.parse().map_err(|_| ProxyError::Connect)?;
+        let name = crate::config::dns_name(&tls_key).to_owned();
+        let tls = match &self.interceptor {
+            None => None,
+            Some(interceptor) if !interceptor.permits(&name) => {
+                tracing::warn!(
+                    host = %name,
+                    "CONNECT refused: the interception CA's name constraints do not cover this routed host; recreate the CA with `tokenproxy ca init --force`"
+                );
+                return Err(ProxyError::ConnectOutsideCa);
+            }
+            Some(interceptor) => Some(interceptor.tls_config(&name).map_err(|e| {
+                tracing::error!(host = %name, error = %e, "cannot sign an interception certificate");
+                ProxyError::Internal
+            })?),
+        };
+        let tls_authority = tls_key.parse().map_err(|_| ProxyError::Connect)?;
+        let plain_authority = plain_key.parse().map_err(|_| ProxyError::Connect)?;
         let metrics = Arc::clone(&self.metrics);
-        let route_name = self.router.routes()[route].name.clone();
+        let route_name = routes[route].name.clone();
         slot.open(Tunnel {
             upgrade: hyper::upgrade::on(&mut req),
-            tunneled: Tunneled { authority },
             accept: Box::new(move |io| {
                 Box::pin(async move {
+                    let failed = |failure: crate::intercept::HandshakeFailure, e: &dyn std::fmt::Display| {
+                        metrics.error(&route_name, failure.code());
+                        match failure {
+                            crate::intercept::HandshakeFailure::Distrusted => tracing::warn!(
+                                host = %name,
+                                route = %route_name,
+                                error = %e,
+                                "the client refused tokenproxy's certificate: it does not trust the interception CA; give it the CA certificate (`tokenproxy ca show`)"
+                            ),
+                            crate::intercept::HandshakeFailure::Failed => tracing::info!(
+                                host = %name,
+                                route = %route_name,
+                                error = %e,
+                                "TLS handshake in a CONNECT tunnel failed"
+                            ),
+                        }
+                    };
+                    let io = match crate::server::Peeked::new(io).await {
+                        Ok(io) => io,
+                        Err(e) => {
+                            failed(crate::intercept::HandshakeFailure::Failed, &e);
+                            return None;
+                        }
+                    };
+                    if !io.is_tls() {
+                        let tunneled = Tunneled {
+                            authority: plain_authority,
+                            tls: false,
+                        };
+                        return Some((Box::pin(io) as crate::server::TunnelIo, tunneled));
+                    }
+                    let Some(config) = tls else {
+                        failed(
+                            crate::intercept::HandshakeFailure::Failed,
+                            &"TLS inside a CONNECT to port 80, and no [intercept] to terminate it",
+                        );
+                        return None;
+                    };
                     match Interceptor::accept(config, io).await {
-                        Ok(tls) => Some(Box::pin(tls) as crate::server::TunnelIo),
+                        Ok(tls) => {
+                            let tunneled = Tunneled {
+                                authority: tls_authority,
+                                tls: true,
+                            };
+                            Some((Box::pin(tls) as crate::server::TunnelIo, tunneled))
+                        }
                         Err((failure, e)) => {
-                            metrics.error(&route_name, failure.code());
-                            match failure {
-                                crate::intercept::HandshakeFailure::Distrusted => tracing::warn!(
-                                    host = %name,
-                                    route = %route_name,
-                                    error = %e,
-                                    "the client refused tokenproxy's certificate: it does not trust the interception CA; give it the CA certificate (`tokenproxy ca show`)"
-                                ),
-                                crate::intercept::HandshakeFailure::Failed => tracing::info!(
-                                    host = %name,
-                                    route = %route_name,
-                                    error = %e,
-                                    "TLS handshake in a CONNECT tunnel failed"
-                                ),
-                            }
+                            failed(failure, &e);
                             None
                         }
                     }

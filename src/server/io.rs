@@ -246,3 +246,76 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// A stream whose first bytes were read to see what protocol they start, and are
+/// read again by whoever reads it next (a TLS acceptor or an HTTP server).
+pub struct Peeked<S> {
+    head: bytes::Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Peeked<S> {
+    /// Reads until at least one byte has come; an end of stream is an error.
+    pub async fn new(mut inner: S) -> io::Result<Peeked<S>> {
+        let mut buf = [0u8; 16];
+        let n = tokio::io::AsyncReadExt::read(&mut inner, &mut buf).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(Peeked {
+            head: bytes::Bytes::copy_from_slice(&buf[..n]),
+            inner,
+        })
+    }
+
+    /// Whether the stream starts as TLS does: a handshake record (content type 22).
+    pub fn is_tls(&self) -> bool {
+        self.head.first() == Some(&0x16)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Peeked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.head.is_empty() {
+            let n = self.head.len().min(buf.remaining());
+            let head = self.head.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Peeked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

@@ -54,6 +54,7 @@ use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::proxy::ProxyBody;
 use framing::Verdict;
+pub use io::Peeked;
 use io::{ConnState, Guarded, InFlight};
 
 /// A bound listener: TCP, or a Unix socket (created 0660, for hosts where the
@@ -100,14 +101,13 @@ impl Drop for Listener {
 /// A tunnel a handler opened for a `CONNECT` it answered with `200`.
 pub struct Tunnel {
     pub upgrade: hyper::upgrade::OnUpgrade,
-    /// The handshake that turns the raw tunnel into the stream requests are read
-    /// from (`None`: it failed, and the handshake said why).
+    /// What turns the raw tunnel into the stream requests are read from (a TLS
+    /// handshake, or nothing for plain HTTP), with what to put on every request
+    /// read inside (`None`: it failed, and the handshake said why).
     pub accept: Box<dyn FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> TunnelAccept + Send>,
-    /// Put on every request read inside the tunnel.
-    pub tunneled: Tunneled,
 }
 
-pub type TunnelAccept = Pin<Box<dyn Future<Output = Option<TunnelIo>> + Send>>;
+pub type TunnelAccept = Pin<Box<dyn Future<Output = Option<(TunnelIo, Tunneled)>> + Send>>;
 pub type TunnelIo = Pin<Box<dyn IoStream>>;
 
 /// Where a handler leaves the tunnel of a `CONNECT` (an extension of `CONNECT`
@@ -125,10 +125,12 @@ impl TunnelSlot {
     }
 }
 
-/// An extension of each request read inside a tunnel: the `CONNECT` authority.
+/// An extension of each request read inside a tunnel: the `CONNECT` authority,
+/// and whether tokenproxy terminated TLS inside (else the client spoke plain HTTP).
 #[derive(Clone, Debug)]
 pub struct Tunneled {
     pub authority: http::uri::Authority,
+    pub tls: bool,
 }
 
 /// How a listener treats its connections.
@@ -337,14 +339,16 @@ pub async fn serve<F, Fut>(
                     let upgraded = tunnel.upgrade.await.ok()?;
                     (tunnel.accept)(TokioIo::new(upgraded)).await
                 };
+                // Each read inside is bounded by the socket's idle timer (so a silent
+                // client fails the handshake, and says so); this bounds a trickle.
                 let opened = tokio::select! {
-                    o = tokio::time::timeout(limits.idle, opened) => o.ok().flatten(),
+                    o = tokio::time::timeout(limits.idle * 2, opened) => o.ok().flatten(),
                     _ = std::future::poll_fn(|cx| state.poll_stop(cx)) => None,
                 };
-                if let Some(io) = opened {
+                if let Some((io, tunneled)) = opened {
                     let io =
                         Guarded::new(io, Arc::clone(&state), limits.idle, limits.max_header_size);
-                    let svc = service(&state, &handler, limits, &cx, None, Some(tunnel.tunneled));
+                    let svc = service(&state, &handler, limits, &cx, None, Some(tunneled));
                     let inner = builder
                         .serve_connection(TokioIo::new(Box::pin(io) as TunnelIo), svc)
                         .into_owned();
