@@ -1,7 +1,9 @@
 # Starts the servers the shared-store tests use, on 127.0.0.1 on free ports, in
 # throwaway directories, and exports their URLs. Source it:
 #
-#   . .ci/services.sh      # then: cargo test
+#   . .ci/services.sh      # then: cargo bench --bench shared_store
+#
+# (`cargo test` starts servers of its own where none is exported: tests/support/harness.rs.)
 #
 # PostgreSQL (Debian's `postgresql` package) runs as the unprivileged `postgres`
 # user, which the package creates. Redis (`redis-server`) runs as `nobody`, with

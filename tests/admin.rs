@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_answer_with_their_shapes() {
     let w = World::default().await;
     let p = w.spawn(&w.config("", ""));
@@ -76,7 +75,6 @@ async fn admin_endpoints_answer_with_their_shapes() {
 
 /// Paths that once panicked the admin connection (a slice of `/tokens/refresh`)
 /// get a JSON answer, and a request pipelined behind them is still served.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_admin_paths_get_json_and_keep_the_connection() {
     let w = World::default().await;
     let p = w.spawn(&w.config("", ""));
@@ -106,7 +104,6 @@ async fn odd_admin_paths_get_json_and_keep_the_connection() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_credential_and_seed_restores_it_without_restart() {
     let w = World::default().await;
     w.provider.set_mode(Mode::InvalidGrant);
@@ -182,8 +179,19 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_move_with_their_events_and_pass_promtool() {
+async fn metrics_move_with_their_events() {
+    metrics_scenario().await;
+}
+
+/// The metrics of that scenario, every kind of series present, as Prometheus
+/// reads them: `promtool check metrics`.
+async fn the_metrics_pass_promtool() {
+    promtool_check(&metrics_scenario().await);
+}
+
+/// Drives every counted event and checks each metric moved; returns the last
+/// scrape.
+async fn metrics_scenario() -> String {
     let w = World::default().await;
     let p = w.spawn(&w.config("", ""));
     let scrape = || async { get(&p.admin_url("/metrics")).await.1 };
@@ -327,26 +335,18 @@ async fn metrics_move_with_their_events_and_pass_promtool() {
         ),
         Some(1.0)
     );
-    promtool_check(&m);
+    m
 }
 
-/// `promtool check metrics`, required in CI (which installs it), skipped with a
-/// note on a developer machine without it.
+/// `promtool check metrics` on `text`.
 fn promtool_check(text: &str) {
-    let Ok(mut child) = Command::new("promtool")
+    let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-    else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is missing in CI"
-        );
-        eprintln!("promtool not installed: skipping `promtool check metrics`");
-        return;
-    };
+        .expect("promtool runs");
     child
         .stdin
         .take()
@@ -362,7 +362,6 @@ fn promtool_check(text: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_command_reports_and_refreshes_through_the_admin_api() {
     let w = World::default().await;
     let config = w.config("", "");
@@ -415,7 +414,6 @@ fn cli(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
     (out.status.code(), text)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_log_line_per_request_without_query_or_headers() {
     let w = World::default().await;
     let path = w.dir.path().join("json.toml");
@@ -460,7 +458,6 @@ async fn one_log_line_per_request_without_query_or_headers() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_text_request_line_has_every_field_and_one_line_per_request() {
     // Plain text (stderr is not a terminal here): the line tokenproxy writes without
     // tracing's formatter, in tracing's format.
@@ -500,7 +497,6 @@ async fn the_text_request_line_has_every_field_and_one_line_per_request() {
 
 /// The request line (written without tracing's formatter) is still filtered by
 /// `RUST_LOG`, by its level and its target.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_line_follows_rust_log() {
     let w = World::default().await;
     let p = w.spawn_with(
@@ -519,7 +515,6 @@ async fn the_request_line_follows_rust_log() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_a_refresh_in_flight() {
     let w = World::default().await;
     let p = w.spawn(&w.config("", "timeout = \"2s\""));
@@ -549,7 +544,6 @@ async fn status_shows_a_refresh_in_flight() {
 /// (401 with `WWW-Authenticate` without it or with a wrong one); the GET
 /// endpoints stay open for probes and Prometheus; the key is never logged; and
 /// `tokenproxy token refresh` sends it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_key_guards_the_post_endpoints() {
     const KEY: &str = "admin-key-0123456789abcdef";
     let w = World::default().await;
@@ -606,7 +600,6 @@ async fn the_admin_key_guards_the_post_endpoints() {
 
 /// An admin listener beyond loopback without a key: `check` warns, GET endpoints
 /// answer, and the POST endpoints answer 403 admin_key_required and do nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exposed_admin_listener_without_a_key_refuses_changes() {
     let w = World::default().await;
     let config = w
@@ -638,7 +631,6 @@ async fn an_exposed_admin_listener_without_a_key_refuses_changes() {
 
 /// A manual refresh obeys `min_interval` and the backoff: too soon is `429` with
 /// `Retry-After`, and no token request (30 POSTs used to make 30).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_refresh_obeys_min_interval() {
     let w = World::default().await;
     let p = w.spawn(&w.config("", "min_interval = \"570s\""));
@@ -659,7 +651,6 @@ async fn a_manual_refresh_obeys_min_interval() {
 
 /// CONNECT and absolute-form requests to the admin listener are refused and the
 /// connection closed: a request after them on the same connection is not served.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_listener_is_not_a_proxy() {
     let w = World::default().await;
     let p = w.spawn(&w.config("", ""));
@@ -687,7 +678,6 @@ async fn the_admin_listener_is_not_a_proxy() {
 
 /// `tokenproxy token status` needs only the admin listener from the
 /// configuration: it works in a shell where the tokens' secrets are not set.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_command_needs_none_of_the_tokens_secrets() {
     let w = World::default().await;
     let config = w.config("", "");
@@ -707,3 +697,23 @@ async fn the_token_command_needs_none_of_the_tokens_secrets() {
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.starts_with("demo: valid"), "{text}");
 }
+
+use support::harness::Needs;
+
+harness!(
+    Needs::Nothing => admin_endpoints_answer_with_their_shapes,
+    Needs::Nothing => odd_admin_paths_get_json_and_keep_the_connection,
+    Needs::Nothing => readiness_follows_the_credential_and_seed_restores_it_without_restart,
+    Needs::Nothing => metrics_move_with_their_events,
+    Needs::Promtool => the_metrics_pass_promtool,
+    Needs::Nothing => token_command_reports_and_refreshes_through_the_admin_api,
+    Needs::Nothing => one_log_line_per_request_without_query_or_headers,
+    Needs::Nothing => the_text_request_line_has_every_field_and_one_line_per_request,
+    Needs::Nothing => the_request_line_follows_rust_log,
+    Needs::Nothing => status_shows_a_refresh_in_flight,
+    Needs::Nothing => the_admin_key_guards_the_post_endpoints,
+    Needs::Nothing => an_exposed_admin_listener_without_a_key_refuses_changes,
+    Needs::Nothing => a_manual_refresh_obeys_min_interval,
+    Needs::Nothing => the_admin_listener_is_not_a_proxy,
+    Needs::Nothing => the_token_command_needs_none_of_the_tokens_secrets,
+);

@@ -9,7 +9,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_state_file_stops_the_token_without_spending_the_configured_one() {
     for (content, expect) in [
         (
@@ -48,12 +47,9 @@ async fn a_broken_state_file_stops_the_token_without_spending_the_configured_one
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_keeps_the_token_in_memory_until_space_returns() {
     let w = World::default().await;
-    let Some(disk) = SmallDisk::mount(w.dir.path()) else {
-        return;
-    };
+    let disk = SmallDisk::mount(w.dir.path());
     let state = disk.state();
     // Fill the disk, leaving no room for a token record.
     disk.fill();
@@ -93,12 +89,9 @@ async fn a_full_disk_keeps_the_token_in_memory_until_space_returns() {
 
 /// SIGTERM while the newest token could not be stored: one last write is tried,
 /// and when it fails too the exit says loudly what the store holds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_an_unsaved_token_writes_it_or_says_so() {
     let w = World::default().await;
-    let Some(disk) = SmallDisk::mount(w.dir.path()) else {
-        return;
-    };
+    let disk = SmallDisk::mount(w.dir.path());
     let config = w.config("", "").replace(
         &w.state_dir().display().to_string(),
         &disk.state().display().to_string(),
@@ -180,7 +173,6 @@ fn open_fds(p: &Proxy) -> usize {
         .count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_upstreams_get_clear_errors_and_nothing_hangs() {
     let w = World::default().await;
     for (fault, status) in [(Fault::Close, 502), (Fault::PartialHeaders, 502)] {
@@ -245,7 +237,6 @@ async fn misbehaving_upstreams_get_clear_errors_and_nothing_hangs() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_failures_leak_no_file_descriptors() {
     let w = World::default().await;
     let p = w.spawn(&fault_config(&w, &fault_server(Fault::Close).await));
@@ -308,3 +299,13 @@ async fn tls_server(config: std::sync::Arc<rustls::ServerConfig>) -> String {
     });
     format!("https://localhost:{port}/")
 }
+
+use support::harness::Needs;
+
+harness!(
+    Needs::Nothing => a_broken_state_file_stops_the_token_without_spending_the_configured_one,
+    Needs::Root => a_full_disk_keeps_the_token_in_memory_until_space_returns,
+    Needs::Root => shutdown_with_an_unsaved_token_writes_it_or_says_so,
+    Needs::Nothing => misbehaving_upstreams_get_clear_errors_and_nothing_hangs,
+    Needs::Nothing => ten_thousand_failures_leak_no_file_descriptors,
+);

@@ -130,7 +130,6 @@ async fn metric(p: &Proxy, name: &str, labels: &[&str]) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_with_an_https_url_gets_the_api_with_the_token_over_http1_and_http2() {
     let s = Setup::new(ProviderOptions::default()).await;
     let p = s.start();
@@ -183,7 +182,6 @@ async fn curl_with_an_https_url_gets_the_api_with_the_token_over_http1_and_http2
     assert!(!log.contains("stale-token-in-the-tool"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_requests_and_httpx_with_https_proxy_and_the_ca_bundle() {
     let s = Setup::new(ProviderOptions::default()).await;
     let p = s.start();
@@ -193,18 +191,13 @@ import requests
 r = requests.get("https://{HOST}/crm/v3/objects/contacts", params={{"limit": 2}}, timeout=20)
 print(r.status_code)
 print(r.json()["path"])
-try:
-    import httpx
-except ImportError:
-    print("no httpx")
-else:
-    r = httpx.get("https://{HOST}/v2/httpx", timeout=20)
-    print("httpx", r.status_code, r.json()["path"])
+import httpx
+r = httpx.get("https://{HOST}/v2/httpx", timeout=20)
+print("httpx", r.status_code, r.json()["path"])
 "#
     );
-    let python = std::env::var("TOKENPROXY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let stdout = run_client(
-        Command::new(python)
+        Command::new(support::harness::python())
             .args(["-c", &script])
             .env("HTTPS_PROXY", proxy_url(&p))
             .env("REQUESTS_CA_BUNDLE", s.ca())
@@ -213,18 +206,12 @@ else:
             .env_remove("no_proxy"),
         &p,
     );
-    // The venv of .ci/run has httpx; a plain python3 elsewhere may not.
-    let httpx =
-        if stdout.ends_with("no httpx\n") && std::env::var_os("TOKENPROXY_TEST_PYTHON").is_none() {
-            eprintln!("httpx skipped: not installed in python3");
-            "no httpx\n"
-        } else {
-            "httpx 200 /v2/httpx\n"
-        };
-    assert_eq!(stdout, format!("200\n/crm/v3/objects/contacts\n{httpx}"));
+    assert_eq!(
+        stdout,
+        "200\n/crm/v3/objects/contacts\nhttpx 200 /v2/httpx\n"
+    );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_https_through_a_connect_agent_trusting_the_ca_by_environment() {
     let s = Setup::new(ProviderOptions::default()).await;
     let p = s.start();
@@ -302,7 +289,6 @@ async fn canary() -> (SocketAddr, Arc<AtomicU64>) {
     (addr, count)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_to_anything_but_a_routed_host_is_refused_and_opens_nothing() {
     let s = Setup::new(ProviderOptions::default()).await;
     let p = s.start();
@@ -336,7 +322,6 @@ async fn connect_to_anything_but_a_routed_host_is_refused_and_opens_nothing() {
     assert_eq!(s.w.provider.api_requests(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_intercept_a_routed_host_is_still_refused() {
     let w = World::default().await;
     let config = format!(
@@ -350,7 +335,6 @@ async fn without_intercept_a_routed_host_is_still_refused() {
     assert!(head.contains("connect_not_supported"), "{head}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leaf_is_valid_for_its_host_only() {
     let s = Setup::new(ProviderOptions::default()).await;
     let p = s.start();
@@ -384,7 +368,6 @@ async fn the_leaf_is_valid_for_its_host_only() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_for_another_host_inside_a_tunnel_is_misdirected() {
     let s = Setup::new(ProviderOptions::default()).await;
     let p = s.start();
@@ -452,7 +435,6 @@ async fn tls_server(config: Arc<rustls::ServerConfig>) -> SocketAddr {
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ca_key_cannot_mint_a_certificate_clients_accept_for_another_site() {
     let s = Setup::new(ProviderOptions::default()).await;
     assert!(s.ca_init().status.success());
@@ -495,7 +477,6 @@ async fn the_ca_key_cannot_mint_a_certificate_clients_accept_for_another_site() 
     assert!(err.to_string().to_lowercase().contains("name"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_trust_the_ca_fails_and_it_is_counted() {
     let s = Setup::new(ProviderOptions::default()).await;
     let p = s.start();
@@ -520,7 +501,6 @@ async fn a_client_that_does_not_trust_the_ca_fails_and_it_is_counted() {
     assert_eq!(s.w.provider.api_requests(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_inside_the_tunnel_refreshes_once_and_resends_once() {
     let s = Setup::new(ProviderOptions::default()).await;
     let p = s.start();
@@ -549,7 +529,6 @@ async fn a_401_inside_the_tunnel_refreshes_once_and_resends_once() {
     assert_eq!(s.w.provider.api_requests(), 2, "one resend");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_connects_to_one_host_sign_one_leaf() {
     let s = Setup::new(ProviderOptions::default()).await;
     let p = s.start();
@@ -588,7 +567,6 @@ async fn a_thousand_connects_to_one_host_sign_one_leaf() {
     assert_eq!(s.w.provider.api_requests(), 20);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_auto_is_created_once_in_the_state_directory_and_kept() {
     let s = Setup::with(ProviderOptions::default(), "ca = \"auto\"", "").await;
     let p = Proxy::start(&s.config, &[]);
@@ -623,7 +601,6 @@ async fn ca_auto_is_created_once_in_the_state_directory_and_kept() {
     assert_eq!(code, 0, "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_init_refuses_to_overwrite_and_ca_show_says_how_to_trust_it() {
     let s = Setup::new(ProviderOptions::default()).await;
     let out = s.ca_init();
@@ -678,27 +655,10 @@ async fn ca_init_refuses_to_overwrite_and_ca_show_says_how_to_trust_it() {
     let _ = client();
 }
 
-/// A Python with `requests` and `simple-salesforce` (`.ci/run` makes a venv and
-/// names it in `TOKENPROXY_TEST_PYTHON`); `None` outside CI without one.
-fn sdk_python() -> Option<String> {
-    if let Ok(python) = std::env::var("TOKENPROXY_TEST_PYTHON") {
-        return Some(python);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but TOKENPROXY_TEST_PYTHON is not set: .ci/run makes the venv"
-    );
-    eprintln!("skipped: no TOKENPROXY_TEST_PYTHON (a python with simple-salesforce; see .ci/run)");
-    None
-}
-
 /// An unmodified vendor SDK whose URLs are hard-coded (`https://INSTANCE/services/
 /// data/v59.0/...`), given no token at all, reads every page through the proxy.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_salesforce_reads_all_pages_with_no_token_of_its_own() {
-    let Some(python) = sdk_python() else {
-        return;
-    };
+    let python = support::harness::python();
     let instance = "acme.my.salesforce.com";
     let extra =
         format!("\n[[routes]]\nhost = \"{instance}\"\nupstream = \"{{api}}\"\ntoken = \"demo\"\n");
@@ -732,16 +692,7 @@ print(result["totalSize"], len(result["records"]), result["done"])
 
 /// Java's HttpClient with a proxy and a truststore made by keytool, as
 /// `tokenproxy ca show` says. Runs where a JDK is installed (`.ci/run` installs one).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn java_httpclient_with_a_keytool_truststore() {
-    if Command::new("javac").arg("-version").output().is_err() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but no JDK: .ci/run installs one"
-        );
-        eprintln!("skipped: no JDK");
-        return;
-    }
     let s = Setup::new(ProviderOptions::default()).await;
     let p = s.start();
     let store = s.w.dir.path().join("tokenproxy.jks");
@@ -796,7 +747,6 @@ public class Get {{
 
 /// With `[listen] client_key`, the CONNECT must present it; a proxy URL with the
 /// key as its password (what `HTTPS_PROXY=http://user:KEY@...` sends) does.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_key_guards_the_connect_and_may_come_as_the_proxy_password() {
     let s = Setup::new(ProviderOptions::default()).await;
     let text = std::fs::read_to_string(&s.config).unwrap().replace(
@@ -835,7 +785,6 @@ async fn a_caller_key_guards_the_connect_and_may_come_as_the_proxy_password() {
 
 /// A client coming back resumes its TLS session (no new signature), and the CA
 /// key never shows in the log, `/status` or `/metrics`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_resume_and_the_ca_key_is_never_shown() {
     let s = Setup::new(ProviderOptions::default()).await;
     let p = s.start();
@@ -878,7 +827,6 @@ async fn sessions_resume_and_the_ca_key_is_never_shown() {
 /// A tunnel whose client never sends anything is closed after the idle timeout,
 /// a failed handshake counted by name; one whose client speaks plain HTTP inside
 /// is served as HTTP, with the token (the first byte tells TLS from HTTP).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_tunnel_is_closed_and_counted_a_plain_one_served() {
     let s = Setup::with(
         ProviderOptions::default(),
@@ -926,7 +874,6 @@ async fn a_silent_tunnel_is_closed_and_counted_a_plain_one_served() {
 /// host:80` and HTTP inside. That needs no CA, so it is served without
 /// `[intercept]` as well, with the same routes, token and rules; TLS to port 80
 /// without `[intercept]` is closed, and `CONNECT` to 443 still refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_inside_connect_is_served_without_intercept() {
     let w = World::default().await;
     let config = format!(
@@ -975,35 +922,11 @@ async fn plain_http_inside_connect_is_served_without_intercept() {
     assert_eq!(w.provider.api_requests(), 1);
 }
 
-/// A Node.js of 22.21 or later (for `NODE_USE_ENV_PROXY`) and a directory whose
-/// `node_modules` holds undici (`.ci/run` installs both and names them in
-/// `TOKENPROXY_TEST_NODE` and `TOKENPROXY_TEST_NODE_MODULES`); `None` outside CI
-/// without them.
-fn modern_node() -> Option<(String, String)> {
-    match (
-        std::env::var("TOKENPROXY_TEST_NODE"),
-        std::env::var("TOKENPROXY_TEST_NODE_MODULES"),
-    ) {
-        (Ok(node), Ok(modules)) => Some((node, modules)),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but TOKENPROXY_TEST_NODE(_MODULES) is not set: .ci/run installs them"
-            );
-            eprintln!("skipped: no TOKENPROXY_TEST_NODE (Node >= 22.21 and undici; see .ci/run)");
-            None
-        }
-    }
-}
-
 /// Node with `HTTP_PROXY` and `http://` URLs, as the README recommends: undici's
 /// `EnvHttpProxyAgent` and Node's own `NODE_USE_ENV_PROXY=1` fetch tunnel them
 /// with `CONNECT`, and get the API with the token.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_undici_and_env_proxy_fetch_with_http_urls() {
-    let Some((node, modules)) = modern_node() else {
-        return;
-    };
+    let (node, modules) = support::harness::modern_node();
     let w = World::default().await;
     let config = format!(
         "{}\n[[routes]]\nhost = \"{HOST}\"\nupstream = \"{}\"\ntoken = \"demo\"\n",
@@ -1054,7 +977,6 @@ fetch('http://{HOST}/v1/builtin?x=1').then(async (r) => {{
 
 /// `[intercept]` cannot change on reload; a routed host added by a reload that the
 /// CA does not cover is refused by name.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_keeps_the_ca_and_refuses_hosts_outside_it() {
     let s = Setup::new(ProviderOptions::default()).await;
     let p = s.start();
@@ -1098,7 +1020,6 @@ async fn reload_keeps_the_ca_and_refuses_hosts_outside_it() {
 /// The lines `tokenproxy ca show` prints run when pasted: its curl line, and its
 /// Python lines (the bundle, the variables, the request), each against the running
 /// proxy with the routed host, through a shell — with a space in the CA's path.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_show_prints_commands_that_run_when_pasted() {
     let s = Setup::new(ProviderOptions::default()).await;
     let p = s.start();
@@ -1174,3 +1095,30 @@ async fn ca_show_prints_commands_that_run_when_pasted() {
     assert_eq!(said.trim(), "200", "{said}");
     drop(p);
 }
+
+use support::harness::Needs;
+
+harness!(
+    Needs::Program("curl") => curl_with_an_https_url_gets_the_api_with_the_token_over_http1_and_http2,
+    Needs::Python("requests, httpx") => python_requests_and_httpx_with_https_proxy_and_the_ca_bundle,
+    Needs::Program("node") => node_https_through_a_connect_agent_trusting_the_ca_by_environment,
+    Needs::Nothing => connect_to_anything_but_a_routed_host_is_refused_and_opens_nothing,
+    Needs::Nothing => without_intercept_a_routed_host_is_still_refused,
+    Needs::Nothing => the_leaf_is_valid_for_its_host_only,
+    Needs::Nothing => a_request_for_another_host_inside_a_tunnel_is_misdirected,
+    Needs::Program("curl") => the_ca_key_cannot_mint_a_certificate_clients_accept_for_another_site,
+    Needs::Program("curl") => a_client_that_does_not_trust_the_ca_fails_and_it_is_counted,
+    Needs::Program("curl") => a_401_inside_the_tunnel_refreshes_once_and_resends_once,
+    Needs::Nothing => a_thousand_connects_to_one_host_sign_one_leaf,
+    Needs::Program("curl") => ca_auto_is_created_once_in_the_state_directory_and_kept,
+    Needs::Nothing => ca_init_refuses_to_overwrite_and_ca_show_says_how_to_trust_it,
+    Needs::Python("requests, simple_salesforce") => simple_salesforce_reads_all_pages_with_no_token_of_its_own,
+    Needs::Jdk => java_httpclient_with_a_keytool_truststore,
+    Needs::Program("curl") => a_caller_key_guards_the_connect_and_may_come_as_the_proxy_password,
+    Needs::Nothing => sessions_resume_and_the_ca_key_is_never_shown,
+    Needs::Nothing => a_silent_tunnel_is_closed_and_counted_a_plain_one_served,
+    Needs::Program("curl") => plain_http_inside_connect_is_served_without_intercept,
+    Needs::ModernNode => node_undici_and_env_proxy_fetch_with_http_urls,
+    Needs::Program("curl") => reload_keeps_the_ca_and_refuses_hosts_outside_it,
+    Needs::Program("curl") => ca_show_prints_commands_that_run_when_pasted,
+);

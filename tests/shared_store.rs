@@ -1,10 +1,11 @@
 //! Several instances on one shared store behave as one: one token request per
 //! lifetime, never a refresh token spent twice, a lock that ends with its holder
 //! and a write fenced by generation, and records other tools can read. Every
-//! scenario runs against a real PostgreSQL server and a real Redis server, whose
-//! URLs `.ci/services.sh` exports as `TOKENPROXY_TEST_POSTGRES_URL` and
-//! `TOKENPROXY_TEST_REDIS_URL` (CI fails without them; elsewhere these tests say
-//! so and pass).
+//! scenario runs against a real PostgreSQL server and a real Redis server: those
+//! `.ci/services.sh` exports (`TOKENPROXY_TEST_POSTGRES_URL`,
+//! `TOKENPROXY_TEST_REDIS_URL`), else throwaway servers this binary starts where
+//! `postgres` and `redis-server` are installed (`support::harness`). Where they are
+//! not, the tests are reported as ignored, with the reason; CI fails instead.
 
 mod support;
 
@@ -18,57 +19,71 @@ enum Kind {
     Redis,
 }
 
-/// Each scenario, once per store kind: `scenario::postgres` and `scenario::redis`.
-macro_rules! on_both {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$scenario(super::Kind::Postgres).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                super::$scenario(super::Kind::Redis).await
-            }
-        }
-    )*};
+/// Each scenario once per store kind (`scenario::postgres`, `scenario::redis`),
+/// then the tests of one kind.
+fn main() -> std::process::ExitCode {
+    use support::harness::{Needs, Test};
+    let mut tests = Vec::new();
+    macro_rules! on_both {
+        ($($scenario:ident),* $(,)?) => {$(
+            tests.push(Test::new(concat!(stringify!($scenario), "::postgres"), Needs::Postgres, || $scenario(Kind::Postgres)));
+            tests.push(Test::new(concat!(stringify!($scenario), "::redis"), Needs::Redis, || $scenario(Kind::Redis)));
+        )*};
+    }
+    on_both!(
+        four_instances_refresh_as_one,
+        another_tool_reads_the_current_token,
+        an_unknown_layout_version_is_refused,
+        a_killed_lock_holder_does_not_block_the_others,
+        a_frozen_lock_holder_is_taken_over_and_spends_nothing,
+        a_holder_whose_lease_lapsed_cannot_overwrite_a_newer_state,
+        a_store_restart_loses_nothing,
+        an_unreachable_store_is_reported_and_tokens_keep_serving,
+        other_instances_pick_a_new_token_up_at_once,
+        the_store_holds_no_token_in_clear_with_an_encryption_key,
+        check_reports_the_store,
+        seed_writes_to_the_shared_store,
+        a_holder_frozen_past_the_timeout_keeps_the_late_answer,
+        a_refusal_is_presented_once_in_total,
+        a_holder_frozen_before_its_request_spends_nothing,
+        a_store_restart_during_a_refresh_keeps_the_rotated_token,
+    );
+    tests.extend([
+        Test::new(
+            "a_redis_server_that_can_lose_writes_is_warned_about",
+            Needs::Redis,
+            a_redis_server_that_can_lose_writes_is_warned_about,
+        ),
+        Test::new(
+            "redis_over_tls_is_verified_against_the_configured_ca",
+            Needs::Redis,
+            redis_over_tls_is_verified_against_the_configured_ca,
+        ),
+        Test::new(
+            "a_token_table_pipeline_migrates_as_the_guide_says",
+            Needs::Postgres,
+            a_token_table_pipeline_migrates_as_the_guide_says,
+        ),
+        Test::new(
+            "a_corrupt_redis_record_names_the_field_not_its_value",
+            Needs::Redis,
+            a_corrupt_redis_record_names_the_field_not_its_value,
+        ),
+    ]);
+    support::harness::main(tests)
 }
 
-on_both!(
-    four_instances_refresh_as_one,
-    another_tool_reads_the_current_token,
-    an_unknown_layout_version_is_refused,
-    a_killed_lock_holder_does_not_block_the_others,
-    a_frozen_lock_holder_is_taken_over_and_spends_nothing,
-    a_holder_whose_lease_lapsed_cannot_overwrite_a_newer_state,
-    a_store_restart_loses_nothing,
-    an_unreachable_store_is_reported_and_tokens_keep_serving,
-    other_instances_pick_a_new_token_up_at_once,
-    the_store_holds_no_token_in_clear_with_an_encryption_key,
-    check_reports_the_store,
-    seed_writes_to_the_shared_store,
-    a_holder_frozen_past_the_timeout_keeps_the_late_answer,
-    a_refusal_is_presented_once_in_total,
-    a_holder_frozen_before_its_request_spends_nothing,
-    a_store_restart_during_a_refresh_keeps_the_rotated_token,
-);
+/// The run's test server of `kind` (`support::harness` found or started it).
+fn server_url(kind: Kind) -> String {
+    match kind {
+        Kind::Postgres => support::harness::postgres().0,
+        Kind::Redis => support::harness::redis(),
+    }
+}
 
-/// The test server of `kind`, from the environment; `None` (after saying why)
-/// outside CI when it is not set.
-fn server_url(kind: Kind) -> Option<String> {
-    let var = match kind {
-        Kind::Postgres => "TOKENPROXY_TEST_POSTGRES_URL",
-        Kind::Redis => "TOKENPROXY_TEST_REDIS_URL",
-    };
-    let Ok(url) = std::env::var(var) else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but {var} is not set: .ci/run starts the servers"
-        );
-        eprintln!("skipped: no {var} (run `. .ci/services.sh` first)");
-        return None;
-    };
-    Some(url)
+/// The directory of PostgreSQL's programs (`psql`, `pg_ctl`, ...).
+fn pg_bin() -> String {
+    support::harness::postgres().1.display().to_string()
 }
 
 /// One test's own place on a server: a database of its own (PostgreSQL) or a key
@@ -81,8 +96,8 @@ struct Store {
 
 impl Store {
     /// A fresh place on the shared test server.
-    async fn fresh(kind: Kind) -> Option<Store> {
-        let base = server_url(kind)?;
+    async fn fresh(kind: Kind) -> Store {
+        let base = server_url(kind);
         let url = match kind {
             Kind::Postgres => {
                 let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
@@ -99,7 +114,7 @@ impl Store {
             }
             Kind::Redis => base,
         };
-        Some(Store::on(kind, url))
+        Store::on(kind, url)
     }
 
     /// A fresh place on the server at `url` (for a database, the one it names).
@@ -242,9 +257,7 @@ fn short_lived(secs: f64) -> ProviderOptions {
 /// refreshes one instance alone would make (one per lifetime less the margin), not
 /// four times as many: each token request makes exactly one stored generation.
 async fn four_instances_refresh_as_one(kind: Kind) {
-    let Some(store) = Store::fresh(kind).await else {
-        return;
-    };
+    let store = Store::fresh(kind).await;
     let lifetime = Duration::from_secs(2);
     let w = World::new(short_lived(lifetime.as_secs_f64())).await;
     // Margin 0.5 s (and up to 0.1 s of jitter): one refresh per ~1.5 s.
@@ -296,18 +309,13 @@ async fn four_instances_refresh_as_one(kind: Kind) {
 /// Another tool (`psql`, `redis-cli`) reads the current access token from the
 /// documented table or key, and the API accepts it.
 async fn another_tool_reads_the_current_token(kind: Kind) {
-    let Some(store) = Store::fresh(kind).await else {
-        return;
-    };
+    let store = Store::fresh(kind).await;
     let w = World::default().await;
     let p = store.spawn(&w, &store.config(&w, ""));
     assert_eq!(get(&p.url("/demo/x")).await.0, 200);
     let out = match kind {
         Kind::Postgres => {
-            let psql = format!(
-                "{}/psql",
-                std::env::var("TOKENPROXY_PG_BIN").expect("TOKENPROXY_PG_BIN")
-            );
+            let psql = format!("{}/psql", pg_bin());
             std::process::Command::new(psql)
                 .arg(&store.url)
                 .args(["-tAc", "SELECT access_token FROM tokenproxy_tokens WHERE name = 'demo' AND expires_at > now()"])
@@ -348,9 +356,7 @@ async fn another_tool_reads_the_current_token(kind: Kind) {
 
 /// A layout this build does not know is refused by name at start.
 async fn an_unknown_layout_version_is_refused(kind: Kind) {
-    let Some(store) = Store::fresh(kind).await else {
-        return;
-    };
+    let store = Store::fresh(kind).await;
     let w = World::default().await;
     drop(store.spawn(&w, &store.config(&w, "")));
     match kind {
@@ -414,10 +420,8 @@ async fn wait_generation(p: &Proxy, above: u64, within: Duration) -> Duration {
 /// Two instances A and B on a fresh store, both serving; A holds the lock with its
 /// token request sent into a provider that never answers it (the provider answers
 /// others again). The task is A's caller.
-async fn holder_in_a_hang(
-    kind: Kind,
-) -> Option<(Store, World, Proxy, Proxy, tokio::task::JoinHandle<()>)> {
-    let store = Store::fresh(kind).await?;
+async fn holder_in_a_hang(kind: Kind) -> (Store, World, Proxy, Proxy, tokio::task::JoinHandle<()>) {
+    let store = Store::fresh(kind).await;
     let w = World::default().await;
     let config = store.config(&w, "");
     let a = store.spawn(&w, &config);
@@ -425,7 +429,7 @@ async fn holder_in_a_hang(
     assert_eq!(get(&a.url("/demo/x")).await.0, 200);
     assert_eq!(get(&b.url("/demo/x")).await.0, 200);
     let held = refresh_into_a_hang(&w, &a).await;
-    Some((store, w, a, b, held))
+    (store, w, a, b, held)
 }
 
 /// Starts a refresh on `p` that takes the lock and sends its token request into a
@@ -453,9 +457,7 @@ async fn refresh_into_a_hang(w: &World, p: &Proxy) -> tokio::task::JoinHandle<()
 /// intent, then presents the refresh token once (`in_doubt = "retry"`); the
 /// provider never processed the lost request, so the chain goes on.
 async fn a_killed_lock_holder_does_not_block_the_others(kind: Kind) {
-    let Some((store, w, a, b, held)) = holder_in_a_hang(kind).await else {
-        return;
-    };
+    let (store, w, a, b, held) = holder_in_a_hang(kind).await;
     a.signal("KILL");
     held.abort();
     let killed = Instant::now();
@@ -486,9 +488,7 @@ async fn a_killed_lock_holder_does_not_block_the_others(kind: Kind) {
 /// and its answer never came, writes nothing, and serves the new token. No
 /// refresh token is spent twice.
 async fn a_frozen_lock_holder_is_taken_over_and_spends_nothing(kind: Kind) {
-    let Some((store, w, a, b, held)) = holder_in_a_hang(kind).await else {
-        return;
-    };
+    let (store, w, a, b, held) = holder_in_a_hang(kind).await;
     let locked = Instant::now();
     a.signal("STOP");
     let _ = force_refresh(&b, "demo").await;
@@ -522,9 +522,7 @@ async fn a_frozen_lock_holder_is_taken_over_and_spends_nothing(kind: Kind) {
 async fn a_holder_whose_lease_lapsed_cannot_overwrite_a_newer_state(kind: Kind) {
     use tokenproxy::secret::Secret;
     use tokenproxy::store::{StoreError, StoredToken};
-    let Some(store) = Store::fresh(kind).await else {
-        return;
-    };
+    let store = Store::fresh(kind).await;
     let lease = Duration::from_secs(30);
     let (one, two) = (store.open(lease).await, store.open(lease).await);
     let record = |generation: u64, access: &str| StoredToken {
@@ -615,15 +613,8 @@ struct OwnPg {
 impl OwnPg {
     /// Blocking (it waits for the server): call it from `spawn_blocking`.
     #[allow(clippy::disallowed_methods)]
-    fn start() -> Option<OwnPg> {
-        let Ok(bin) = std::env::var("TOKENPROXY_PG_BIN") else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but TOKENPROXY_PG_BIN is not set: .ci/run sources .ci/services.sh"
-            );
-            eprintln!("skipped: no TOKENPROXY_PG_BIN (run `. .ci/services.sh` first)");
-            return None;
-        };
+    fn start() -> OwnPg {
+        let bin = pg_bin();
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .map(|l| l.local_addr().unwrap().port())
@@ -638,13 +629,15 @@ impl OwnPg {
             dir,
             opts,
         };
+        // PostgreSQL refuses to run as root: the Debian package's user runs it.
         assert!(
-            std::process::Command::new("chown")
-                .args(["postgres:"])
-                .arg(server.dir.path())
-                .status()
-                .unwrap()
-                .success()
+            !support::harness::is_root()
+                || std::process::Command::new("chown")
+                    .args(["postgres:"])
+                    .arg(server.dir.path())
+                    .status()
+                    .unwrap()
+                    .success()
         );
         server.pg(&[
             "initdb",
@@ -666,19 +659,26 @@ impl OwnPg {
             "-w",
             "start",
         ]);
-        Some(server)
+        server
     }
 
     fn data(&self) -> String {
         self.dir.path().join("data").display().to_string()
     }
 
-    /// Runs a PostgreSQL program as the unprivileged `postgres` user. Its output
-    /// goes nowhere: a server it starts keeps what it inherits open.
+    /// Runs a PostgreSQL program (as the unprivileged `postgres` user when this
+    /// is root). Its output goes nowhere: a server it starts keeps what it inherits
+    /// open.
     fn pg(&self, args: &[&str]) {
-        let status = std::process::Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{}/{}", self.bin, args[0]))
+        let program = format!("{}/{}", self.bin, args[0]);
+        let mut cmd = if support::harness::is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--", &program]);
+            c
+        } else {
+            std::process::Command::new(&program)
+        };
+        let status = cmd
             .args(&args[1..])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -726,9 +726,15 @@ impl OwnPg {
 
 impl Drop for OwnPg {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{}/pg_ctl", self.bin))
+        let pg_ctl = format!("{}/pg_ctl", self.bin);
+        let mut cmd = if support::harness::is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--", &pg_ctl]);
+            c
+        } else {
+            std::process::Command::new(&pg_ctl)
+        };
+        let _ = cmd
             .args(["-D", &self.data(), "-m", "immediate", "stop"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -747,8 +753,7 @@ struct OwnRedis {
 impl OwnRedis {
     /// Blocking (it waits for the server): call it from `spawn_blocking`.
     #[allow(clippy::disallowed_methods)]
-    fn start() -> Option<OwnRedis> {
-        server_url(Kind::Redis)?;
+    fn start() -> OwnRedis {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .map(|l| l.local_addr().unwrap().port())
             .unwrap();
@@ -758,7 +763,7 @@ impl OwnRedis {
             child: std::sync::Mutex::new(None),
         };
         server.start_again();
-        Some(server)
+        server
     }
 
     fn url(&self) -> String {
@@ -825,10 +830,10 @@ enum OwnServer {
 }
 
 impl OwnServer {
-    async fn start(kind: Kind) -> Option<OwnServer> {
+    async fn start(kind: Kind) -> OwnServer {
         tokio::task::spawn_blocking(move || match kind {
-            Kind::Postgres => OwnPg::start().map(OwnServer::Pg),
-            Kind::Redis => OwnRedis::start().map(OwnServer::Redis),
+            Kind::Postgres => OwnServer::Pg(OwnPg::start()),
+            Kind::Redis => OwnServer::Redis(OwnRedis::start()),
         })
         .await
         .unwrap()
@@ -867,9 +872,7 @@ impl OwnServer {
 /// killed and started again on its files): requests keep succeeding on the token
 /// held in memory, the next refresh reconnects, and nothing is lost.
 async fn a_store_restart_loses_nothing(kind: Kind) {
-    let Some(server) = OwnServer::start(kind).await else {
-        return;
-    };
+    let server = OwnServer::start(kind).await;
     let store = server.store();
     let w = World::new(short_lived(6.0)).await;
     let p = store.spawn(&w, &store.config(&w, "refresh_before = \"3s\""));
@@ -914,9 +917,7 @@ async fn a_store_restart_loses_nothing(kind: Kind) {
 /// While the store is down, the token in memory keeps serving; `/status` and
 /// `/metrics` say the store is unreachable, and say so no more once it is back.
 async fn an_unreachable_store_is_reported_and_tokens_keep_serving(kind: Kind) {
-    let Some(server) = OwnServer::start(kind).await else {
-        return;
-    };
+    let server = OwnServer::start(kind).await;
     let store = server.store();
     let w = World::new(short_lived(60.0)).await;
     let p = store.spawn(&w, &store.config(&w, ""));
@@ -962,9 +963,7 @@ async fn an_unreachable_store_is_reported_and_tokens_keep_serving(kind: Kind) {
 /// A refresh on one instance reaches the others through the store's notifications
 /// at once, not at their own refresh time, and costs them no token request.
 async fn other_instances_pick_a_new_token_up_at_once(kind: Kind) {
-    let Some(store) = Store::fresh(kind).await else {
-        return;
-    };
+    let store = Store::fresh(kind).await;
     let w = World::new(short_lived(600.0)).await;
     let config = store.config(&w, "");
     let a = store.spawn(&w, &config);
@@ -992,9 +991,7 @@ async fn other_instances_pick_a_new_token_up_at_once(kind: Kind) {
 /// Encrypted at rest: what the server holds contains no token, and the instance
 /// works as ever.
 async fn the_store_holds_no_token_in_clear_with_an_encryption_key(kind: Kind) {
-    let Some(store) = Store::fresh(kind).await else {
-        return;
-    };
+    let store = Store::fresh(kind).await;
     let w = World::default().await;
     let config = store.config(&w, "").replace(
         "lease = \"15s\"",
@@ -1029,9 +1026,7 @@ fn check_store(path: &std::path::Path, url: &str) -> std::process::Output {
 
 /// `check` connects to the store: reachable with its layout, or an error and exit 1.
 async fn check_reports_the_store(kind: Kind) {
-    let Some(store) = Store::fresh(kind).await else {
-        return;
-    };
+    let store = Store::fresh(kind).await;
     let w = World::default().await;
     let path = w.dir.path().join("check.toml");
     std::fs::write(&path, store.config(&w, "")).unwrap();
@@ -1067,11 +1062,8 @@ async fn check_reports_the_store(kind: Kind) {
 
 /// A Redis server that would lose an answered write at a crash or restart is
 /// named by `check` and at start, with the setting that fixes it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_server_that_can_lose_writes_is_warned_about() {
-    let Some(server) = OwnServer::start(Kind::Redis).await else {
-        return;
-    };
+    let server = OwnServer::start(Kind::Redis).await;
     let store = server.store();
     let w = World::default().await;
     let path = w.dir.path().join("check.toml");
@@ -1115,9 +1107,7 @@ async fn a_redis_server_that_can_lose_writes_is_warned_about() {
 /// `tokenproxy seed` writes to the configured shared store, and a running instance
 /// whose refresh token was refused resumes with the seeded one, no restart.
 async fn seed_writes_to_the_shared_store(kind: Kind) {
-    let Some(store) = Store::fresh(kind).await else {
-        return;
-    };
+    let store = Store::fresh(kind).await;
     let w = World::default().await;
     w.provider.set_mode(Mode::InvalidGrant);
     let config = store.config(&w, "");
@@ -1164,11 +1154,8 @@ async fn seed_writes_to_the_shared_store(kind: Kind) {
 
 /// `rediss://`: the store is reached over TLS, verified against `[tls] ca_file`;
 /// a server whose certificate that CA did not sign is refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_over_tls_is_verified_against_the_configured_ca() {
-    let Some(server) = OwnServer::start(Kind::Redis).await else {
-        return;
-    };
+    let server = OwnServer::start(Kind::Redis).await;
     let OwnServer::Redis(redis) = &server else {
         unreachable!()
     };
@@ -1240,15 +1227,9 @@ async fn redis_over_tls_is_verified_against_the_configured_ca() {
 /// old table's refresh token is piped from `psql` into `seed`, tokenproxy runs on
 /// the same database, and a view with the old table's name serves the jobs that
 /// read it a current access token.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_table_pipeline_migrates_as_the_guide_says() {
-    let Some(store) = Store::fresh(Kind::Postgres).await else {
-        return;
-    };
-    let psql = format!(
-        "{}/psql",
-        std::env::var("TOKENPROXY_PG_BIN").expect("TOKENPROXY_PG_BIN")
-    );
+    let store = Store::fresh(Kind::Postgres).await;
+    let psql = format!("{}/psql", pg_bin());
     let sql = |statement: &str| {
         let out = std::process::Command::new(&psql)
             .arg(&store.url)
@@ -1308,11 +1289,8 @@ async fn a_token_table_pipeline_migrates_as_the_guide_says() {
 
 /// A Redis hash with a wrong field is a corrupt record named by its field, never
 /// by its value; the token is not ready and nothing is refreshed over it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_redis_record_names_the_field_not_its_value() {
-    let Some(store) = Store::fresh(Kind::Redis).await else {
-        return;
-    };
+    let store = Store::fresh(Kind::Redis).await;
     let mut conn = store.redis().await;
     let () = redis::cmd("HSET")
         .arg(format!("{}token:demo", store.prefix))
@@ -1342,9 +1320,7 @@ async fn a_corrupt_redis_record_names_the_field_not_its_value() {
 /// the holder), stores it, and no instance presents the spent refresh token: the
 /// store ends with the provider's current one and the grant is never revoked.
 async fn a_holder_frozen_past_the_timeout_keeps_the_late_answer(kind: Kind) {
-    let Some(store) = Store::fresh(kind).await else {
-        return;
-    };
+    let store = Store::fresh(kind).await;
     let w = World::default().await;
     let config = store.config(&w, "");
     let (a, b, all) = four(&store, &w, &config).await;
@@ -1407,9 +1383,7 @@ async fn a_holder_frozen_past_the_timeout_keeps_the_late_answer(kind: Kind) {
 /// recorded in the store, and of four instances asked to refresh, none presents
 /// the refused token again; all say a login is needed.
 async fn a_refusal_is_presented_once_in_total(kind: Kind) {
-    let Some(store) = Store::fresh(kind).await else {
-        return;
-    };
+    let store = Store::fresh(kind).await;
     let w = World::default().await;
     let config = store.config(&w, "");
     let proxies: Vec<Proxy> = (0..4).map(|_| store.spawn(&w, &config)).collect();
@@ -1462,9 +1436,7 @@ async fn until(what: &str, within: Duration, mut ready: impl AsyncFnMut() -> boo
 /// refreshes meanwhile. Woken, the holder finds its lease gone before sending and
 /// abandons: the provider sees one token request, and nothing is reused.
 async fn a_holder_frozen_before_its_request_spends_nothing(kind: Kind) {
-    let Some(store) = Store::fresh(kind).await else {
-        return;
-    };
+    let store = Store::fresh(kind).await;
     // Hour-long tokens: no instance refreshes (writes to the store) by itself
     // while the test holds the store's writes up, so the one held up is A.
     let w = World::new(short_lived(3600.0)).await;
@@ -1588,9 +1560,7 @@ async fn a_holder_frozen_before_its_request_spends_nothing(kind: Kind) {
 /// intent and does not present the spent refresh token; the holder writes its
 /// result, reads it back, and both serve it.
 async fn a_store_restart_during_a_refresh_keeps_the_rotated_token(kind: Kind) {
-    let Some(server) = OwnServer::start(kind).await else {
-        return;
-    };
+    let server = OwnServer::start(kind).await;
     let store = server.store();
     let w = World::default().await;
     let config = store.config(&w, "");

@@ -47,7 +47,6 @@ fn write_config(w: &World, state: &Path) -> std::path::PathBuf {
     path
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_state_directories_are_refused_with_the_fix() {
     let w = World::default().await;
     let root = w.dir.path();
@@ -113,7 +112,6 @@ async fn unsafe_state_directories_are_refused_with_the_fix() {
 /// Links planted in the directory are never followed: a record that is a link is
 /// refused (not read), a write replaces a link named like the record (the target
 /// is untouched), and a dangling lock link does not create its target.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planted_links_are_not_followed() {
     let w = World::default().await;
     let state = w.state_dir();
@@ -148,7 +146,6 @@ async fn planted_links_are_not_followed() {
 }
 
 /// A FIFO in place of the record neither hangs requests nor shutdown.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_in_place_of_the_record_hangs_nothing() {
     let w = World::default().await;
     let state = w.state_dir();
@@ -178,7 +175,6 @@ async fn a_fifo_in_place_of_the_record_hangs_nothing() {
 }
 
 /// Secret files: only small regular files are read, by `check` and while running.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_files_are_bounded_and_regular() {
     let w = World::default().await;
     let secret = w.dir.path().join("client_secret");
@@ -219,7 +215,6 @@ const KEY_B: &str = "f0e0d0c0b0a090807060504030201000f0e0d0c0b0a0908070605040302
 
 /// With an encryption key the record on disk holds no token; a rotated key still
 /// reads it; without the right key the token stops with an error naming the key.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_encrypted_at_rest_with_a_rotatable_key() {
     let w = World::default().await;
     let keyed = |top: &str| {
@@ -265,36 +260,38 @@ async fn tokens_are_encrypted_at_rest_with_a_rotatable_key() {
     );
 }
 
-/// A state directory that does not outlive the machine or pod (here a tmpfs,
-/// `/dev/shm`) loses a rotated refresh token: the start says so, and where. A
-/// directory on a disk starts without the warning.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ephemeral_state_directory_is_warned_about_at_start() {
+/// A state directory on a disk starts without the ephemeral-volume warning.
+async fn a_state_directory_on_a_disk_is_not_warned_about() {
     let w = World::default().await;
-    let warning = "a refresh token that rotates";
     let p = w.spawn(&w.config("", ""));
     p.wait_log("tokenproxy listening").await;
-    assert!(!p.log().contains(warning), "{}", p.log());
-    drop(p);
+    assert!(
+        !p.log().contains("a refresh token that rotates"),
+        "{}",
+        p.log()
+    );
+}
 
-    let shm = Path::new("/dev/shm");
-    let on_shm = std::fs::metadata(shm).is_ok()
-        && std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.contains(" /dev/shm ") && l.contains(" - tmpfs "));
-    if !on_shm {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but /dev/shm is not a tmpfs here"
-        );
-        eprintln!("skipped the tmpfs half: /dev/shm is not a tmpfs here");
-        return;
-    }
-    let dir = tempfile::tempdir_in(shm).unwrap();
+/// A state directory that does not outlive the machine or pod (here a tmpfs,
+/// `/dev/shm`) loses a rotated refresh token: the start says so, and where.
+async fn an_ephemeral_state_directory_is_warned_about_at_start() {
+    let w = World::default().await;
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let config = write_config(&w, &dir.path().join("state"));
     let p = w.spawn(&std::fs::read_to_string(config).unwrap());
-    let log = p.wait_log(warning).await;
+    let log = p.wait_log("a refresh token that rotates").await;
     assert!(log.contains("a tmpfs"), "{log}");
     assert!(log.contains("[\"demo\"]"), "{log}");
 }
+
+use support::harness::Needs;
+
+harness!(
+    Needs::Nothing => unsafe_state_directories_are_refused_with_the_fix,
+    Needs::Nothing => planted_links_are_not_followed,
+    Needs::Nothing => a_fifo_in_place_of_the_record_hangs_nothing,
+    Needs::Nothing => secret_files_are_bounded_and_regular,
+    Needs::Nothing => tokens_are_encrypted_at_rest_with_a_rotatable_key,
+    Needs::Nothing => a_state_directory_on_a_disk_is_not_warned_about,
+    Needs::Tmpfs => an_ephemeral_state_directory_is_warned_about_at_start,
+);

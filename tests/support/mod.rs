@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod harness;
 pub mod pki;
 
 use std::io::{BufRead, BufReader};
@@ -456,27 +457,24 @@ pub async fn force_refresh(p: &Proxy, token: &str) -> reqwest::Response {
         .expect("admin request")
 }
 
-/// A 64 KiB tmpfs for a state directory, to fill up on demand (needs root; `None`
-/// where mounting is not allowed). Unmounted when dropped.
+/// A 64 KiB tmpfs for a state directory, to fill up on demand (needs root: the
+/// tests that use it declare `Needs::Root`). Unmounted when dropped.
 pub struct SmallDisk {
     pub mount: PathBuf,
 }
 
 impl SmallDisk {
-    pub fn mount(under: &Path) -> Option<SmallDisk> {
+    pub fn mount(under: &Path) -> SmallDisk {
         let mount = under.join("small");
-        std::fs::create_dir_all(&mount).ok()?;
+        std::fs::create_dir_all(&mount).unwrap();
         let mounted = Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
             .arg(&mount)
             .status()
             .is_ok_and(|s| s.success());
-        if !mounted {
-            eprintln!("cannot mount a small tmpfs here (not root?): skipping this test");
-            return None;
-        }
-        std::fs::create_dir_all(mount.join("state")).ok()?;
-        Some(SmallDisk { mount })
+        assert!(mounted, "mount a small tmpfs at {}", mount.display());
+        std::fs::create_dir_all(mount.join("state")).unwrap();
+        SmallDisk { mount }
     }
 
     pub fn state(&self) -> PathBuf {
