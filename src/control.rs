@@ -1,4 +1,6 @@
-//! Talking to a running instance: `tokenproxy token status|refresh NAME`.
+//! Talking to a running instance: `tokenproxy token status|refresh NAME`, and
+//! `tokenproxy health` (for a container's health check: the image has no shell or
+//! curl to write one with).
 //!
 //! A plain HTTP/1.1 request to the admin listener named in the configuration, and
 //! a one-line human summary of the answer (or the JSON itself). It changes nothing
@@ -79,6 +81,38 @@ pub async fn token(
         summary(name, &token)
     };
     Ok(Report { text, ok })
+}
+
+/// Longest wait for a health answer: a health check must not hang its runner.
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Readiness (`/readyz`: every routed token valid) or, with `live`, liveness
+/// (`/healthz`: the process serves) of the instance at `admin`; `ok` when it
+/// answered 200.
+pub async fn health(admin: SocketAddr, live: bool) -> Result<Report, ControlError> {
+    let addr = reachable(admin);
+    let path = if live { "/healthz" } else { "/readyz" };
+    let (status, body) =
+        tokio::time::timeout(HEALTH_TIMEOUT, request(addr, Method::GET, path, None))
+            .await
+            .map_err(|_| ControlError::Unreachable {
+                addr,
+                detail: format!("no answer within {} s", HEALTH_TIMEOUT.as_secs()),
+            })??;
+    let value: Value =
+        serde_json::from_slice(&body).map_err(|_| ControlError::BadAnswer(status))?;
+    let mut text = value["status"].as_str().unwrap_or("-").to_owned();
+    for t in value["tokens"].as_array().into_iter().flatten() {
+        text += &format!(
+            "\n  {}: {}",
+            t["token"].as_str().unwrap_or("-"),
+            t["state"].as_str().unwrap_or("-")
+        );
+    }
+    Ok(Report {
+        text,
+        ok: status == StatusCode::OK,
+    })
 }
 
 /// `exact: valid until 2026-11-25T10:00:00Z, generation 14, last refresh … (proactive)`.

@@ -93,6 +93,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Exit 0 when a running instance is ready (every routed token valid), 1 when
+    /// it is not or does not answer within 5 s: a container's health check.
+    Health {
+        #[arg(short, long, env = "TOKENPROXY_CONFIG")]
+        config: Option<PathBuf>,
+        /// The admin listener to ask, instead of the configuration's `listen.admin`.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// Liveness (`/healthz`: the process serves) instead of readiness (`/readyz`).
+        #[arg(long)]
+        live: bool,
+    },
     /// The local CA for HTTPS interception ([intercept]).
     Ca {
         #[arg(value_enum)]
@@ -270,6 +282,30 @@ fn main() -> ExitCode {
                     json,
                 )
                 .await?;
+                println!("{}", report.text);
+                ok = report.ok;
+                Ok::<(), tokenproxy::control::ControlError>(())
+            });
+            if ok { code } else { ExitCode::from(1) }
+        }
+        Command::Health {
+            config,
+            admin,
+            live,
+        } => {
+            let admin = match admin {
+                Some(a) => a,
+                None => match tokenproxy::config::ControlTarget::load(&config_path(config)) {
+                    Ok(target) => target.admin,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let mut ok = true;
+            let code = runtime(async {
+                let report = tokenproxy::control::health(admin, live).await?;
                 println!("{}", report.text);
                 ok = report.ok;
                 Ok::<(), tokenproxy::control::ControlError>(())

@@ -414,6 +414,38 @@ fn cli(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
     (out.status.code(), text)
 }
 
+/// `tokenproxy health`, the container image's health check: exit 0 while every
+/// routed token is valid, 1 once one is not (naming it) or when nothing answers;
+/// `--live` asks only whether the process serves.
+async fn the_health_command_follows_readiness() {
+    let w = World::default().await;
+    let config = w.config("", "");
+    let p = w.spawn(&config);
+    assert_eq!(get(&p.url("/demo/a")).await.0, 200);
+    // The admin listener from the configuration, or named on the command line.
+    let path = w.operator_config(&config, &p);
+    let (code, out) = cli(&path, &["health"]);
+    assert_eq!((code, out.as_str()), (Some(0), "ready\n"));
+    let admin = p.admin.to_string();
+    let (code, out) = cli(&path, &["health", "--admin", &admin]);
+    assert_eq!((code, out.as_str()), (Some(0), "ready\n"));
+
+    // The API refuses the token and the provider the refresh token: not ready.
+    w.provider.set_mode(Mode::InvalidGrant);
+    w.provider.revoke_access();
+    assert_eq!(get(&p.url("/demo/a")).await.0, 401);
+    let (code, out) = cli(&path, &["health"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.starts_with("not_ready\n  demo: "), "{out}");
+    let (code, out) = cli(&path, &["health", "--live"]);
+    assert_eq!(code, Some(0), "{out}");
+
+    drop(p);
+    let (code, out) = cli(&path, &["health"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("cannot reach the admin endpoint"), "{out}");
+}
+
 async fn one_log_line_per_request_without_query_or_headers() {
     let w = World::default().await;
     let path = w.dir.path().join("json.toml");
@@ -707,6 +739,7 @@ harness!(
     Needs::Nothing => metrics_move_with_their_events,
     Needs::Promtool => the_metrics_pass_promtool,
     Needs::Nothing => token_command_reports_and_refreshes_through_the_admin_api,
+    Needs::Nothing => the_health_command_follows_readiness,
     Needs::Nothing => one_log_line_per_request_without_query_or_headers,
     Needs::Nothing => the_text_request_line_has_every_field_and_one_line_per_request,
     Needs::Nothing => the_request_line_follows_rust_log,

@@ -297,9 +297,13 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         let proxy_base = target.proxy_base.as_deref();
         headers::to_client(&mut parts.headers, &base_url, proxy_base);
-        // Inside an intercepted tunnel the client's base is the upstream's own.
+        // Inside an intercepted tunnel the client's base is the upstream's own. A
+        // range of a document cannot be rewritten: its offsets are the upstream's.
         let body = match proxy_base.filter(|base| rewrites && *base != base_url) {
-            Some(base) if has_body(out.method, parts.status) => {
+            Some(base)
+                if has_body(out.method, parts.status)
+                    && parts.status != http::StatusCode::PARTIAL_CONTENT =>
+            {
                 rewrite::link_headers(&mut parts.headers, &base_url, base);
                 let bases = (base_url.as_str(), base);
                 rewrite::body(
