@@ -59,11 +59,11 @@ pub fn route(target: &str) -> Option<String> {
         .map(|u| u.to_string())
 }
 
-/// The streaming link rewriter over `body` cut at `cuts`, and the one-shot
-/// replacement of the whole body; a correct matcher gives the same bytes.
-pub fn rewrite(body: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<u8>) {
-    let base = "https://api.example.com/v1/";
-    let proxy = "http://localhost:8080/ex/";
+const BASE: &str = "https://api.example.com/v1/";
+const PROXY: &str = "http://localhost:8080/ex/";
+
+/// `body` cut at `cuts` (clamped to the body, in order).
+fn cut<'a>(body: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
     let mut chunks = Vec::new();
     let mut at = 0;
     for &c in cuts {
@@ -72,8 +72,17 @@ pub fn rewrite(body: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<u8>) {
         at = c;
     }
     chunks.push(&body[at..]);
-    let streamed = rewrite_stream(Rewriter::new(base, proxy).expect("patterns"), &chunks);
-    let whole = Rewriter::new(base, proxy)
+    chunks
+}
+
+/// The streaming link rewriter over `body` cut at `cuts`, and the one-shot
+/// replacement of the whole body; a correct matcher gives the same bytes.
+pub fn rewrite(body: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<u8>) {
+    let streamed = rewrite_stream(
+        Rewriter::new(BASE, PROXY).expect("patterns"),
+        &cut(body, cuts),
+    );
+    let whole = Rewriter::new(BASE, PROXY)
         .expect("patterns")
         .replace_bytes(body);
     (streamed, whole)
@@ -82,31 +91,22 @@ pub fn rewrite(body: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<u8>) {
 /// The paging-link scanners (JSON, then XML) over `body` cut at `cuts`, and over
 /// the whole body in one piece; where a body is cut must not change the output.
 pub fn paging(body: &[u8], cuts: &[usize]) -> [(Vec<u8>, Vec<u8>); 2] {
-    let base = "https://api.example.com/v1/";
-    let proxy = "http://localhost:8080/ex/";
-    let mut chunks = Vec::new();
-    let mut at = 0;
-    for &c in cuts {
-        let c = c.min(body.len()).max(at);
-        chunks.push(&body[at..c]);
-        at = c;
-    }
-    chunks.push(&body[at..]);
+    let chunks = cut(body, cuts);
     let json = |pieces: &[&[u8]]| {
-        let mut s = JsonLinks::new(base, proxy);
-        let mut out = Vec::new();
-        for p in pieces {
-            out.extend_from_slice(&s.push(Bytes::copy_from_slice(p)));
-        }
+        let mut s = JsonLinks::new(BASE, PROXY);
+        let mut out: Vec<u8> = pieces
+            .iter()
+            .flat_map(|p| s.push(Bytes::copy_from_slice(p)))
+            .collect();
         out.extend_from_slice(&s.finish());
         out
     };
     let xml = |pieces: &[&[u8]]| {
-        let mut s = XmlLinks::new(base, proxy);
-        let mut out = Vec::new();
-        for p in pieces {
-            out.extend_from_slice(&s.push(Bytes::copy_from_slice(p)));
-        }
+        let mut s = XmlLinks::new(BASE, PROXY);
+        let mut out: Vec<u8> = pieces
+            .iter()
+            .flat_map(|p| s.push(Bytes::copy_from_slice(p)))
+            .collect();
         out.extend_from_slice(&s.finish());
         out
     };

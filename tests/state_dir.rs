@@ -88,25 +88,27 @@ async fn unsafe_state_directories_are_refused_with_the_fix() {
     );
     let mode = std::fs::metadata(&open).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o777, "left as it was");
+}
 
-    // Owned by another user, or under a parent another user owns (as root, the
-    // test can make such directories; as anyone else it cannot).
-    if rustix::process::geteuid().is_root() {
-        let foreign = root.join("foreign");
-        std::fs::create_dir(&foreign).unwrap();
-        std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
-        let err = refused_start(&write_config(&w, &foreign));
-        assert!(
-            err.contains("belongs to uid 65534") && err.contains("chown"),
-            "{err}"
-        );
+/// Owned by another user, or under a parent another user owns: refused, naming
+/// the owner (only root can make such directories, hence `Needs::Root`).
+async fn foreign_state_directories_are_refused() {
+    let w = World::default().await;
+    let root = w.dir.path();
+    let foreign = root.join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+    let err = refused_start(&write_config(&w, &foreign));
+    assert!(
+        err.contains("belongs to uid 65534") && err.contains("chown"),
+        "{err}"
+    );
 
-        let parent = root.join("their-home");
-        std::fs::create_dir(&parent).unwrap();
-        std::os::unix::fs::chown(&parent, Some(65534), Some(65534)).unwrap();
-        let err = refused_start(&write_config(&w, &parent.join("state")));
-        assert!(err.contains("its parent") && err.contains("65534"), "{err}");
-    }
+    let parent = root.join("their-home");
+    std::fs::create_dir(&parent).unwrap();
+    std::os::unix::fs::chown(&parent, Some(65534), Some(65534)).unwrap();
+    let err = refused_start(&write_config(&w, &parent.join("state")));
+    assert!(err.contains("its parent") && err.contains("65534"), "{err}");
 }
 
 /// Links planted in the directory are never followed: a record that is a link is
@@ -288,6 +290,7 @@ use support::harness::Needs;
 
 harness!(
     Needs::Nothing => unsafe_state_directories_are_refused_with_the_fix,
+    Needs::Root => foreign_state_directories_are_refused,
     Needs::Nothing => planted_links_are_not_followed,
     Needs::Nothing => a_fifo_in_place_of_the_record_hangs_nothing,
     Needs::Nothing => secret_files_are_bounded_and_regular,

@@ -40,7 +40,7 @@ pub enum Needs {
     Program(&'static str),
     /// `promtool` (Debian's `prometheus`).
     Promtool,
-    /// Root, to mount a loop device.
+    /// Root: to mount a small filesystem, or to give a directory to another user.
     Root,
     /// `/dev/shm` on a tmpfs.
     Tmpfs,
@@ -179,7 +179,7 @@ fn unmet(needs: Needs) -> Option<String> {
         Needs::Promtool => (!runs(Command::new("promtool").arg("--version")))
             .then(|| "metrics format check: no promtool (apt install prometheus)".to_owned()),
         Needs::Root => (rustix::process::geteuid().as_raw() != 0 || !runs(Command::new("mount").arg("--version")))
-            .then(|| "full-disk tests: they mount a small filesystem, which needs root".to_owned()),
+            .then(|| "tests that mount a small filesystem or chown a directory to another user: they need root".to_owned()),
         Needs::Tmpfs => (!std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .lines()
