@@ -366,6 +366,19 @@ macro_rules! enabled_at {
     };
 }
 
+/// An error and its sources, `outer: inner: innermost`, for log lines (a
+/// transport error's cause is several levels down).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

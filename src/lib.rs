@@ -5,22 +5,27 @@
 //! - `secret`: secret values that never print, and references to where they live;
 //! - `tls`: the trust store shared by the upstream client and the token client;
 //! - `store`: durable token records (`TokenStore`: the embedded file store, the
-//!   shared PostgreSQL store), each written under its lock and fenced by generation;
+//!   shared PostgreSQL and Redis stores, encryption at rest), each written under its
+//!   lock and fenced by generation;
 //! - `token`: token sources, the lock-free current token, single-flight refresh,
 //!   the refresh scheduler, token endpoint requests and response parsing;
 //! - `proxy`: routing, header rules, forwarding, retry after a refresh;
 //! - `error`: the errors tokenproxy answers with, mapped in one place;
 //! - `metrics`: every Prometheus metric, in a registry handed to the others;
 //! - `admin`: health, readiness, status, metrics and manual refresh;
+//! - `reload`: builds the token sources and servers from a configuration, at start
+//!   and at every reload (SIGHUP, `POST /reload`), keeping what did not change;
 //! - `server`: listeners, accept loop, graceful drain, tunnels;
 //! - `intercept`: the local CA, leaf certificates, TLS inside `CONNECT` tunnels;
-//! - `control`: `tokenproxy token status|refresh`, a client of the admin listener;
+//! - `control`: `tokenproxy token status|refresh` and `tokenproxy health`, clients
+//!   of the admin listener;
 //! - `logging`: log lines to stderr in batches, from a thread of their own;
 //! - `login`: `tokenproxy login`, the authorization code flow with PKCE;
-//! - `demo`: a local token server and API for `tokenproxy demo` and the tests.
+//! - `demo`: a local token server and API for `tokenproxy demo` and the tests;
+//! - `fuzzing`: the untrusted-input parsers, exposed for `fuzz/` and property tests.
 //!
-//! This file wires them: configuration → store → token sources → proxy and admin
-//! servers, and shuts them down in the reverse order.
+//! This file opens the store and the listeners and shuts everything down in the
+//! reverse order; `reload` builds what runs on them.
 
 #![forbid(unsafe_code)]
 

@@ -546,7 +546,7 @@ impl Proxy {
         match tokio::time::timeout(timeout, Box::pin(self.upstreams.send(req))).await {
             Ok(Ok(resp)) => Ok((resp, upstream.base_url.clone())),
             Ok(Err(e)) => {
-                tracing::warn!(error = %error_chain(&e), "upstream request failed");
+                tracing::warn!(error = %crate::error::chain(&e), "upstream request failed");
                 Err(match e {
                     SendError::Connect(_) => ProxyError::UpstreamUnreachable,
                     SendError::Http(_) => ProxyError::UpstreamFailed,
@@ -726,17 +726,6 @@ fn has_body(method: &Method, status: http::StatusCode) -> bool {
         && !status.is_informational()
         && status != http::StatusCode::NO_CONTENT
         && status != http::StatusCode::NOT_MODIFIED
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -294,14 +294,10 @@ fn transport_detail(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    let mut detail = kind.to_owned();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        source = s.source();
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{kind}: {}", crate::error::chain(cause)),
+        None => kind.to_owned(),
     }
-    detail
 }
 
 #[cfg(test)]
