@@ -1,22 +1,25 @@
 //! The proxy: one request in, the token added, one request (or two) out.
 //!
-//! Phases of [`Proxy::handle`], in order:
-//! 1. route: match the request to a configured route, or answer 404/400/405;
-//! 2. token: read the current header value lock-free; without a valid token, join
-//!    (or start) the single-flight refresh, or answer 503;
-//! 3. body: on routes that retry, keep a body up to the replay limit;
-//! 4. send: forward with the route's header rules and timeouts (502/504 on failure);
-//! 5. retry: on a `retry_on` status, refresh the generation that was sent (single
-//!    flight) and resend once with the new token;
-//! 6. respond: strip hop-by-hop headers, rewrite `Location`, stream the body back
-//!    (with upstream URLs in JSON/XML turned into proxy URLs on `rewrite_links`
-//!    routes).
+//! Phases of a request (`Proxy::forward`), in order, each a function:
+//! 1. route (`admit`): the request checks, then a configured route, or 404/400/405;
+//! 2. token (`token`): read the current header value lock-free; without a valid
+//!    token, join (or start) the single-flight refresh, or answer 503;
+//! 3. body (`keep_body`): watch the client's body; on routes that retry, keep it up
+//!    to the replay limit;
+//! 4. send (`upstream_headers`, `send`): forward with the route's header rules and
+//!    timeouts (502/504 on failure);
+//! 5. retry (`retry`): on a `retry_on` status, refresh the generation that was sent
+//!    (single flight) and resend once with the new token;
+//! 6. respond (`respond`): strip hop-by-hop headers, rewrite `Location`, stream the
+//!    body back (next-page links, or every upstream URL, turned into proxy URLs as
+//!    the route's `rewrite_links` says).
 //!
 //! A `CONNECT` to a routed host, with `[intercept]` configured, is answered with
-//! `200` and a tunnel whose TLS tokenproxy terminates (`crate::intercept`); the
-//! requests inside come back here marked [`Tunneled`] and go through the same
-//! phases as `https://HOST/...` absolute-form requests. Every other `CONNECT` is
-//! refused, and its connection closed.
+//! `200` and a tunnel whose TLS tokenproxy terminates (`crate::intercept`); plain
+//! HTTP inside a tunnel (to port 80 also without `[intercept]`) is served as is.
+//! The requests inside come back here marked [`Tunneled`] and go through the same
+//! phases as `https://HOST/...` (or `http://HOST/...`) absolute-form requests.
+//! Every other `CONNECT` is refused, and its connection closed.
 
 mod body;
 mod headers;
@@ -163,6 +166,7 @@ impl Proxy {
         Ok(resp)
     }
 
+    /// The phases of the module doc, in order: each a function below.
     async fn forward(
         &self,
         req: Request<Incoming>,
@@ -171,14 +175,42 @@ impl Proxy {
         if req.method() == Method::CONNECT {
             return self.connect(req, trace);
         }
+        let (mut parts, body) = req.into_parts();
+        let admitted = self.admit(&mut parts)?;
+        let target = &admitted.target;
+        trace.route = Some(target.route);
+        let route = &self.router.routes()[target.route];
+        let source = &self.sources[route.token];
+        let refuses_identity = upstream_headers(route, &mut parts.headers);
+        let state = token(source, route.inject).await?;
+        let kept = self
+            .keep_body(route, body, admitted.declared, &parts.headers)
+            .await?;
+        let out = Outgoing {
+            method: &parts.method,
+            uri: &parts.uri,
+            target,
+            route,
+            source,
+        };
+        let sent = match self.send(&out, &state, parts.headers, kept.first).await {
+            Err(_) if kept.watch.fault().is_some() => return Err(self.body_error(&kept.watch)),
+            other => other?,
+        };
+        let (resp, base_url) = self.retry(&out, &state, sent, kept.replay, trace).await?;
+        Ok(respond(&out, resp, &base_url, refuses_identity))
+    }
+
+    /// Phase 1: the request checks that precede routing (method, target, `Host`,
+    /// caller key, upgrade, declared length), then the route.
+    fn admit(&self, parts: &mut http::request::Parts) -> Result<Admitted, ProxyError> {
         // TRACE (and IIS's TRACK) echo the request, injected token included, back
         // to the caller: refused whatever their case (methods are case-sensitive,
         // but a server upstream may not be).
-        let m = req.method().as_str();
+        let m = parts.method.as_str();
         if m.eq_ignore_ascii_case("TRACE") || m.eq_ignore_ascii_case("TRACK") {
-            return Err(ProxyError::proxy_method(req.method()));
+            return Err(ProxyError::proxy_method(&parts.method));
         }
-        let (mut parts, body) = req.into_parts();
         let tunneled = parts.extensions.remove::<Tunneled>();
         check_target(&parts.uri)?;
         check_host(&parts.headers, parts.version)?;
@@ -193,130 +225,115 @@ impl Proxy {
         if wants_upgrade(&parts.headers) {
             return Err(ProxyError::Upgrade);
         }
-        let too_large = |len: u64| self.settings.max_request_body.is_some_and(|max| len > max);
         let declared = parts
             .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(too_large) {
+        if declared.is_some_and(|len| self.too_large(len)) {
             return Err(ProxyError::TooLarge);
         }
         let target = match &tunneled {
             Some(t) => self.route_tunneled(&mut parts.uri, &parts.headers, t)?,
             None => self.route(&parts.uri, &parts.headers, parts.version)?,
         };
-        trace.route = Some(target.route);
-        let route = &self.router.routes()[target.route];
-        let source = &self.sources[route.token];
-        headers::to_upstream(&mut parts.headers);
-        let rewrites = route.rewrite_links != RewriteLinks::Off;
-        let refuses_identity =
-            rewrites && rewrite::refuses_identity(parts.headers.get(http::header::ACCEPT_ENCODING));
-        if rewrites {
-            rewrite::accept_encoding_for_upstream(&mut parts.headers);
-        }
-        for (name, value) in &route.headers {
-            parts.headers.insert(name.clone(), value.clone());
-        }
+        Ok(Admitted { target, declared })
+    }
 
-        let state = token(source, route.inject).await?;
+    fn too_large(&self, len: u64) -> bool {
+        self.settings.max_request_body.is_some_and(|max| len > max)
+    }
 
+    fn body_error(&self, watch: &body::BodyWatch) -> ProxyError {
+        match watch.fault() {
+            Some(body::BodyFault::TooLarge) => ProxyError::TooLarge,
+            Some(body::BodyFault::Stalled) => ProxyError::ClientTimeout(self.settings.body_timeout),
+            None => ProxyError::ClientBody,
+        }
+    }
+
+    /// Phase 3: the client's body, watched (size, stalls); on routes that retry,
+    /// kept up to the replay limit with a copy of the headers for a resend.
+    async fn keep_body(
+        &self,
+        route: &Route,
+        body: Incoming,
+        declared: Option<u64>,
+        headers: &HeaderMap,
+    ) -> Result<KeptBody, ProxyError> {
         // A body of unknown length is counted as it streams.
         let limit = self
             .settings
             .max_request_body
             .filter(|_| declared.is_none());
         let (body, watch) = body::ClientBody::new(body, self.settings.body_timeout, limit);
-        let body_error = |watch: &body::BodyWatch| match watch.fault() {
-            Some(body::BodyFault::TooLarge) => ProxyError::TooLarge,
-            Some(body::BodyFault::Stalled) => ProxyError::ClientTimeout(self.settings.body_timeout),
-            None => ProxyError::ClientBody,
-        };
         let prepared = if route.retry_on.is_empty() {
             Prepared::Streaming(ProxyBody::Client(body))
         } else {
             body::prepare(body, self.settings.replay_body_limit)
                 .await
-                .map_err(|_| body_error(&watch))?
+                .map_err(|_| self.body_error(&watch))?
         };
         let (first, replay) = match prepared {
             Prepared::Replayable(bytes) => {
-                let again = (bytes.clone(), parts.headers.clone());
+                if self.too_large(bytes.len() as u64) {
+                    return Err(ProxyError::TooLarge);
+                }
+                let again = (bytes.clone(), headers.clone());
                 (ProxyBody::full(bytes), Some(again))
             }
             Prepared::Streaming(body) => (body, None),
         };
-        if replay
-            .as_ref()
-            .is_some_and(|(b, _)| too_large(b.len() as u64))
-        {
-            return Err(ProxyError::TooLarge);
-        }
-        let out = Outgoing {
-            method: &parts.method,
-            uri: &parts.uri,
-            target: &target,
-            route,
-            source,
-        };
-        let (mut resp, mut base_url) = match self.send(&out, &state, parts.headers, first).await {
-            Err(_) if watch.fault().is_some() => return Err(body_error(&watch)),
-            other => other?,
-        };
+        Ok(KeptBody {
+            first,
+            replay,
+            watch,
+        })
+    }
 
-        if route.retry_on.contains(&resp.status()) {
-            // The token was refused: refresh it either way, so that the next request
-            // works; resend only a request whose body was kept.
-            let generation = state.generation();
-            let fresh = source
-                .refresh_for_caller(generation, Trigger::Reactive)
-                .await
-                .ok()
-                .filter(|s| s.generation() != generation && s.credential(route.inject).is_some());
-            if fresh.is_none() {
-                source.mark_refused(generation);
-            }
-            trace.retry = Some(match (replay, fresh) {
-                (_, None) => RetryOutcome::RefreshFailed,
-                (None, Some(_)) => RetryOutcome::NotReplayable,
-                (Some((bytes, headers)), Some(fresh)) => {
-                    drop(resp);
-                    (resp, base_url) = self
-                        .send(&out, &fresh, headers, ProxyBody::full(bytes))
-                        .await?;
-                    if route.retry_on.contains(&resp.status()) {
-                        RetryOutcome::Rejected
-                    } else {
-                        RetryOutcome::Success
-                    }
-                }
-            });
+    /// Phase 5: on a `retry_on` status the token was refused: refresh the
+    /// generation that was sent (single flight) either way, so that the next
+    /// request works; resend once a request whose body was kept.
+    async fn retry(
+        &self,
+        out: &Outgoing<'_>,
+        state: &TokenState,
+        sent: (Response<UpstreamBody>, String),
+        replay: Option<(bytes::Bytes, HeaderMap)>,
+        trace: &mut Trace,
+    ) -> Result<(Response<UpstreamBody>, String), ProxyError> {
+        let route = out.route;
+        if !route.retry_on.contains(&sent.0.status()) {
+            return Ok(sent);
         }
-
-        let (mut parts, body) = resp.into_parts();
-        let proxy_base = target.proxy_base.as_deref();
-        headers::to_client(&mut parts.headers, &base_url, proxy_base);
-        // Inside an intercepted tunnel the client's base is the upstream's own. A
-        // range of a document cannot be rewritten: its offsets are the upstream's.
-        let body = match proxy_base.filter(|base| rewrites && *base != base_url) {
-            Some(base)
-                if has_body(out.method, parts.status)
-                    && parts.status != http::StatusCode::PARTIAL_CONTENT =>
-            {
-                rewrite::link_headers(&mut parts.headers, &base_url, base);
-                let bases = (base_url.as_str(), base);
-                rewrite::body(
-                    &mut parts.headers,
-                    body,
-                    route.rewrite_links,
-                    bases,
-                    refuses_identity,
-                )
+        let generation = state.generation();
+        let fresh = out
+            .source
+            .refresh_for_caller(generation, Trigger::Reactive)
+            .await
+            .ok()
+            .filter(|s| s.generation() != generation && s.credential(route.inject).is_some());
+        if fresh.is_none() {
+            out.source.mark_refused(generation);
+        }
+        let (outcome, answer) = match (replay, fresh) {
+            (_, None) => (RetryOutcome::RefreshFailed, sent),
+            (None, Some(_)) => (RetryOutcome::NotReplayable, sent),
+            (Some((bytes, headers)), Some(fresh)) => {
+                drop(sent);
+                let again = self
+                    .send(out, &fresh, headers, ProxyBody::full(bytes))
+                    .await?;
+                let outcome = if route.retry_on.contains(&again.0.status()) {
+                    RetryOutcome::Rejected
+                } else {
+                    RetryOutcome::Success
+                };
+                (outcome, again)
             }
-            _ => ProxyBody::Upstream(body),
         };
-        Ok(Response::from_parts(parts, body))
+        trace.retry = Some(outcome);
+        Ok(answer)
     }
 
     fn route(
@@ -565,12 +582,79 @@ fn miss(miss: Miss) -> ProxyError {
 }
 
 /// What stays the same between the first attempt and a resend.
+/// What phase 1 found: the route, and the length the client declared.
+struct Admitted {
+    target: Target,
+    declared: Option<u64>,
+}
+
+/// What phase 3 made of the client's body: what to send first, a copy to resend
+/// (with the headers as they were), and the watch that tells why a send failed.
+struct KeptBody {
+    first: ProxyBody,
+    replay: Option<(bytes::Bytes, HeaderMap)>,
+    watch: body::BodyWatch,
+}
+
+/// Phase 4's header rules, applied before the token is read: hop-by-hop and
+/// identifying headers out, the route's static headers in, and, where bodies are
+/// rewritten, only codings tokenproxy can decode asked of the upstream. Returns
+/// whether the client refuses an identity body.
+fn upstream_headers(route: &Route, headers: &mut HeaderMap) -> bool {
+    headers::to_upstream(headers);
+    let rewrites = route.rewrite_links != RewriteLinks::Off;
+    let refuses_identity =
+        rewrites && rewrite::refuses_identity(headers.get(http::header::ACCEPT_ENCODING));
+    if rewrites {
+        rewrite::accept_encoding_for_upstream(headers);
+    }
+    for (name, value) in &route.headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    refuses_identity
+}
+
+/// Phase 6: the upstream's answer for the client: its header rules, and links
+/// turned back into proxy URLs as the route's `rewrite_links` says.
+fn respond(
+    out: &Outgoing<'_>,
+    resp: Response<UpstreamBody>,
+    base_url: &str,
+    refuses_identity: bool,
+) -> Response<ProxyBody> {
+    let route = out.route;
+    let (mut parts, body) = resp.into_parts();
+    let proxy_base = out.target.proxy_base.as_deref();
+    headers::to_client(&mut parts.headers, base_url, proxy_base);
+    let rewrites = route.rewrite_links != RewriteLinks::Off;
+    // Inside an intercepted tunnel the client's base is the upstream's own. A range
+    // of a document cannot be rewritten: its offsets are the upstream's.
+    let body = match proxy_base.filter(|base| rewrites && *base != base_url) {
+        Some(base)
+            if has_body(out.method, parts.status)
+                && parts.status != http::StatusCode::PARTIAL_CONTENT =>
+        {
+            rewrite::link_headers(&mut parts.headers, base_url, base);
+            let bases = (base_url, base);
+            rewrite::body(
+                &mut parts.headers,
+                body,
+                route.rewrite_links,
+                bases,
+                refuses_identity,
+            )
+        }
+        _ => ProxyBody::Upstream(body),
+    };
+    Response::from_parts(parts, body)
+}
+
 struct Outgoing<'a> {
     method: &'a Method,
     uri: &'a Uri,
     target: &'a Target,
     route: &'a Route,
-    source: &'a TokenSource,
+    source: &'a Arc<TokenSource>,
 }
 
 /// A token state with a valid credential for `inject`; refreshes (single flight)
