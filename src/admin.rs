@@ -15,12 +15,13 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use crate::body::ProxyBody;
+use crate::clock::{ms_to_time, rfc3339};
 use crate::config::{Listen, Route, RouteUpstream};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::proxy::ProxyBody;
 use crate::secret::SecretRef;
-use crate::token::{InDoubtNow, TokenSource, Trigger, ms_to_time, rfc3339};
+use crate::token::{InDoubtNow, TokenSource, Trigger};
 
 pub struct Admin {
     view: arc_swap::ArcSwap<View>,
@@ -147,7 +148,9 @@ impl Admin {
             Endpoint::Status => Ok(json_response(StatusCode::OK, self.status())),
             Endpoint::Metrics => {
                 let view = self.view.load();
-                let mut resp = Response::new(ProxyBody::full(self.metrics.render(&view.sources)));
+                let mut resp = Response::new(ProxyBody::full(
+                    self.metrics.render(view.sources.iter().map(|s| s.gauges())),
+                ));
                 resp.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 
-use crate::proxy::ProxyBody;
+use crate::body::ProxyBody;
 
 /// Where an error came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -30,6 +30,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod body;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;
@@ -47,6 +49,7 @@ pub mod server;
 pub mod store;
 pub mod tls;
 pub mod token;
+pub mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -358,7 +361,7 @@ async fn standalone_source(
 
 /// What was stored, in words (never a token).
 fn stored_summary(name: &str, kind: &str, record: &store::StoredToken) -> String {
-    let expires = token::rfc3339(token::ms_to_time(record.expires_at_ms));
+    let expires = clock::rfc3339(clock::ms_to_time(record.expires_at_ms));
     let mut text = format!(
         "stored token `{name}` (generation {}) in the {kind} store",
         record.generation

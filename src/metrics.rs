@@ -16,8 +16,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::token::{TokenSource, Trigger, ms_to_time};
-
 /// Proxy latencies, from a cached loopback answer to a slow bulk export.
 const REQUEST_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -269,9 +267,9 @@ impl Metrics {
         }
     }
 
-    pub fn refresh(&self, token: &str, trigger: Trigger, result: &str, elapsed: Duration) {
+    pub fn refresh(&self, token: &str, trigger: &str, result: &str, elapsed: Duration) {
         self.refresh_total
-            .with_label_values(&[token, trigger.as_str(), result])
+            .with_label_values(&[token, trigger, result])
             .inc();
         self.refresh_duration
             .with_label_values(&[token])
@@ -339,32 +337,35 @@ impl Metrics {
         self.valid.with_label_values(&[token]);
     }
 
-    /// The Prometheus text format, with token gauges read from the sources now
+    /// The Prometheus text format, with the token gauges as the tokens are now
     /// (validity changes with the clock, not only with events).
-    pub fn render(&self, sources: &[std::sync::Arc<TokenSource>]) -> String {
-        for s in sources {
-            let state = s.current();
+    pub fn render<'a>(&self, tokens: impl IntoIterator<Item = TokenGauges<'a>>) -> String {
+        let unix = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        for t in tokens {
             self.valid
-                .with_label_values(&[s.name()])
-                .set(i64::from(state.valid_for(Duration::ZERO)));
-            if let Some(r) = &state.record {
-                let unix = |ms| {
-                    ms_to_time(ms)
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map_or(0.0, |d| d.as_secs_f64())
-                };
-                self.expiry
-                    .with_label_values(&[s.name()])
-                    .set(unix(r.expires_at_ms));
-                self.issued
-                    .with_label_values(&[s.name()])
-                    .set(unix(r.issued_at_ms));
+                .with_label_values(&[t.name])
+                .set(i64::from(t.valid));
+            if let Some((issued, expires)) = t.issued_expires {
+                self.expiry.with_label_values(&[t.name]).set(unix(expires));
+                self.issued.with_label_values(&[t.name]).set(unix(issued));
             }
         }
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// One token's gauges, read when metrics are scraped.
+pub struct TokenGauges<'a> {
+    pub name: &'a str,
+    /// Whether it holds a usable access token now.
+    pub valid: bool,
+    /// When the access token held was issued and when it expires.
+    pub issued_expires: Option<(SystemTime, SystemTime)>,
 }
 
 impl Default for Metrics {

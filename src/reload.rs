@@ -219,7 +219,7 @@ impl ReloadHandle {
         match &*last {
             None => serde_json::Value::Null,
             Some((at, result)) => serde_json::json!({
-                "at": crate::token::rfc3339(*at),
+                "at": crate::clock::rfc3339(*at),
                 "result": if result.is_ok() { "success" } else { "error" },
                 "summary": result.as_ref().ok(),
                 "error": result.as_ref().err(),

@@ -223,7 +223,7 @@ async fn absurd_lifetimes_are_clamped_and_everything_still_answers() {
     let status = token_status(&p, "demo").await;
     let expires = status["expires_at"].as_str().unwrap().to_owned();
     let year: i32 = expires[..4].parse().unwrap();
-    let now: i32 = tokenproxy::token::rfc3339(std::time::SystemTime::now())[..4]
+    let now: i32 = tokenproxy::clock::rfc3339(std::time::SystemTime::now())[..4]
         .parse()
         .unwrap();
     assert!(

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use tokenproxy::body::ProxyBody;
 use tokenproxy::config::ListenAddr;
 use tokenproxy::metrics::Metrics;
-use tokenproxy::proxy::ProxyBody;
 use tokenproxy::server::{self, Limits, Listener, Reporting};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -91,7 +91,7 @@ async fn a_panicking_request_is_answered_counted_logged_and_isolated() {
         "{reply}"
     );
 
-    let text = metrics.render(&[]);
+    let text = metrics.render([]);
     assert!(text.contains("tokenproxy_panics_total 1"), "{text}");
     assert!(
         text.contains(r#"tokenproxy_errors_total{error="internal",route="none"} 1"#),

@@ -78,7 +78,7 @@ pub fn create(hosts: &[String]) -> Result<(String, Secret), CaError> {
         .push(DnType::OrganizationName, "tokenproxy");
     params.distinguished_name.push(
         DnType::CommonName,
-        format!("tokenproxy interception CA {}", crate::token::rfc3339(now)),
+        format!("tokenproxy interception CA {}", crate::clock::rfc3339(now)),
     );
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
@@ -141,7 +141,7 @@ impl CaInfo {
         let not_after = SystemTime::UNIX_EPOCH
             + Duration::from_secs(x509.validity().not_after.timestamp().max(0) as u64);
         if not_after <= SystemTime::now() {
-            return Err(CaError::Expired(crate::token::rfc3339(not_after)));
+            return Err(CaError::Expired(crate::clock::rfc3339(not_after)));
         }
         let (permitted, excluded) = constraints(&x509)?;
         Ok(CaInfo {

@@ -24,8 +24,6 @@ use std::time::SystemTime;
 
 use rustls::ServerConfig;
 use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::server::TlsStream;
 
 use crate::config::Intercept;
 use crate::metrics::Metrics;
@@ -177,25 +175,6 @@ pub struct Interceptor {
     metrics: Arc<Metrics>,
 }
 
-/// How a TLS handshake inside a tunnel failed.
-#[derive(Debug, PartialEq, Eq)]
-pub enum HandshakeFailure {
-    /// The client refused the leaf: it does not trust the CA (or the CA may not
-    /// sign for the host it asked for).
-    Distrusted,
-    /// Anything else: not TLS, no common version, the client went away.
-    Failed,
-}
-
-impl HandshakeFailure {
-    pub fn code(&self) -> &'static str {
-        match self {
-            HandshakeFailure::Distrusted => "intercept_certificate_rejected",
-            HandshakeFailure::Failed => "intercept_handshake_failed",
-        }
-    }
-}
-
 impl Interceptor {
     pub fn new(ca: Ca, metrics: Arc<Metrics>) -> Result<Interceptor, InterceptError> {
         Ok(Interceptor {
@@ -254,45 +233,8 @@ impl Interceptor {
         let half = leaf.not_after.duration_since(now).unwrap_or_default() / 2;
         leaves.insert(host.to_owned(), (Arc::clone(&config), now + half));
         self.metrics.intercept_leaf_signed();
-        tracing::info!(host, valid_until = %crate::token::rfc3339(leaf.not_after), "signed an interception certificate");
+        tracing::info!(host, valid_until = %crate::clock::rfc3339(leaf.not_after), "signed an interception certificate");
         Ok(config)
-    }
-
-    /// The TLS handshake with the client inside a tunnel.
-    pub async fn accept<IO>(
-        config: Arc<ServerConfig>,
-        io: IO,
-    ) -> Result<TlsStream<IO>, (HandshakeFailure, io::Error)>
-    where
-        IO: AsyncRead + AsyncWrite + Unpin,
-    {
-        tokio_rustls::TlsAcceptor::from(config)
-            .accept(io)
-            .await
-            .map_err(|e| (classify(&e), e))
-    }
-}
-
-/// A client that does not trust the certificate says so with an alert.
-fn classify(e: &io::Error) -> HandshakeFailure {
-    use rustls::AlertDescription as A;
-    let alert = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .and_then(|e| match e {
-            rustls::Error::AlertReceived(a) => Some(*a),
-            _ => None,
-        });
-    match alert {
-        Some(
-            A::UnknownCA
-            | A::BadCertificate
-            | A::CertificateUnknown
-            | A::UnsupportedCertificate
-            | A::CertificateExpired
-            | A::AccessDenied,
-        ) => HandshakeFailure::Distrusted,
-        _ => HandshakeFailure::Failed,
     }
 }
 
@@ -401,7 +343,7 @@ may sign for: {}
 ",
         info.subject,
         info.fingerprint(),
-        crate::token::rfc3339(info.not_after),
+        crate::clock::rfc3339(info.not_after),
         info.permitted
             .as_ref()
             .map_or("any name (no name constraints)".into(), |p| p.join(", ")),
@@ -497,7 +439,7 @@ pub fn check(config: &crate::config::Config) -> Result<Option<String>, Intercept
     Ok(Some(if uncovered.is_empty() {
         format!(
             "{path}: usable, valid until {}",
-            crate::token::rfc3339(info.not_after)
+            crate::clock::rfc3339(info.not_after)
         )
     } else {
         format!(

@@ -21,7 +21,6 @@
 //! phases as `https://HOST/...` (or `http://HOST/...`) absolute-form requests.
 //! Every other `CONNECT` is refused, and its connection closed.
 
-mod body;
 mod headers;
 mod paging;
 mod rewrite;
@@ -36,19 +35,18 @@ use http::header::{HOST, HeaderMap};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
-pub use body::{BoxError, ProxyBody};
 pub use paging::{JsonLinks, XmlLinks};
 pub use rewrite::{Rewriter, rewrite_stream};
 pub use route::{Router, upstream_uri};
-pub use upstream::{SendError, UpstreamBody, Upstreams};
+pub use upstream::{SendError, Upstreams};
 
+use crate::body::{self, Prepared, ProxyBody, UpstreamBody};
 use crate::config::{Credential, Inject, ProxySettings, RewriteLinks, Route, RouteUpstream};
 use crate::error::ProxyError;
 use crate::intercept::Interceptor;
 use crate::metrics::{Metrics, RetryOutcome, RouteMetrics};
-use crate::server::{Tunnel, TunnelSlot, Tunneled};
 use crate::token::{TokenSource, TokenState, Trigger};
-use body::Prepared;
+use crate::tunnel::{Handoff, TunnelSlot, Tunneled};
 use route::{Miss, Target};
 
 pub struct Proxy {
@@ -450,72 +448,21 @@ impl Proxy {
                 );
                 return Err(ProxyError::ConnectOutsideCa);
             }
-            Some(interceptor) => Some(interceptor.tls_config(&name).map_err(|e| {
-                tracing::error!(host = %name, error = %e, "cannot sign an interception certificate");
-                ProxyError::Internal
-            })?),
+            Some(interceptor) => {
+                let config = interceptor.tls_config(&name).map_err(|e| {
+                    tracing::error!(host = %name, error = %e, "cannot sign an interception certificate");
+                    ProxyError::Internal
+                })?;
+                let authority = tls_key.parse().map_err(|_| ProxyError::Connect)?;
+                Some((authority, config))
+            }
         };
-        let tls_authority = tls_key.parse().map_err(|_| ProxyError::Connect)?;
-        let plain_authority = plain_key.parse().map_err(|_| ProxyError::Connect)?;
-        let metrics = Arc::clone(&self.metrics);
-        let route_name = routes[route].name.clone();
-        slot.open(Tunnel {
+        slot.open(Handoff {
             upgrade: hyper::upgrade::on(&mut req),
-            accept: Box::new(move |io| {
-                Box::pin(async move {
-                    let failed = |failure: crate::intercept::HandshakeFailure, e: &dyn std::fmt::Display| {
-                        metrics.error(&route_name, failure.code());
-                        match failure {
-                            crate::intercept::HandshakeFailure::Distrusted => tracing::warn!(
-                                host = %name,
-                                route = %route_name,
-                                error = %e,
-                                "the client refused tokenproxy's certificate: it does not trust the interception CA; give it the CA certificate (`tokenproxy ca show`)"
-                            ),
-                            crate::intercept::HandshakeFailure::Failed => tracing::info!(
-                                host = %name,
-                                route = %route_name,
-                                error = %e,
-                                "TLS handshake in a CONNECT tunnel failed"
-                            ),
-                        }
-                    };
-                    let io = match crate::server::Peeked::new(io).await {
-                        Ok(io) => io,
-                        Err(e) => {
-                            failed(crate::intercept::HandshakeFailure::Failed, &e);
-                            return None;
-                        }
-                    };
-                    if !io.is_tls() {
-                        let tunneled = Tunneled {
-                            authority: plain_authority,
-                            tls: false,
-                        };
-                        return Some((Box::pin(io) as crate::server::TunnelIo, tunneled));
-                    }
-                    let Some(config) = tls else {
-                        failed(
-                            crate::intercept::HandshakeFailure::Failed,
-                            &"TLS inside a CONNECT to port 80, and no [intercept] to terminate it",
-                        );
-                        return None;
-                    };
-                    match Interceptor::accept(config, io).await {
-                        Ok(tls) => {
-                            let tunneled = Tunneled {
-                                authority: tls_authority,
-                                tls: true,
-                            };
-                            Some((Box::pin(tls) as crate::server::TunnelIo, tunneled))
-                        }
-                        Err((failure, e)) => {
-                            failed(failure, &e);
-                            None
-                        }
-                    }
-                })
-            }),
+            route: routes[route].name.clone(),
+            host: name,
+            plain: plain_key.parse().map_err(|_| ProxyError::Connect)?,
+            tls,
         });
         Ok(Response::new(ProxyBody::full(bytes::Bytes::new())))
     }

@@ -29,9 +29,8 @@ use http::header::{self, HeaderMap};
 use http_body_util::BodyDataStream;
 use tokio_util::io::{ReaderStream, StreamReader};
 
-use super::ProxyBody;
 use super::paging::{JsonLinks, XmlLinks};
-use super::upstream::UpstreamBody;
+use crate::body::{ProxyBody, UpstreamBody};
 use crate::config::RewriteLinks;
 
 /// Replaces an upstream base URL (and its JSON-escaped form) with a proxy base.

@@ -17,8 +17,8 @@
 //! timeout to finish, and then whatever is left is closed.
 //!
 //! A handler may turn an HTTP/1 `CONNECT` into a tunnel: it answers `200` and
-//! leaves a [`Tunnel`] in the request's [`TunnelSlot`]. Once the response is
-//! sent, the connection's task runs the tunnel's handshake (bounded by the idle
+//! leaves a [`Handoff`](crate::tunnel::Handoff) in the request's [`TunnelSlot`].
+//! Once the response is sent, the connection's task opens it (bounded by the idle
 //! timeout) and serves the requests inside it with the same handler, limits and
 //! checks, each marked [`Tunneled`]. The tunnel stays the same connection: it
 //! counts against `max_connections`, is evicted and drained like any other.
@@ -44,17 +44,17 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::body::ProxyBody;
 use crate::config::ListenAddr;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::proxy::ProxyBody;
+use crate::tunnel::{TunnelIo, TunnelSlot, Tunneled};
 use framing::Verdict;
-pub use io::Peeked;
 use io::{ConnState, Guarded, InFlight};
 
 /// A bound listener: TCP, or a Unix socket (created 0660, for hosts where the
@@ -96,41 +96,6 @@ impl Drop for Listener {
             let _ = std::fs::remove_file(path);
         }
     }
-}
-
-/// A tunnel a handler opened for a `CONNECT` it answered with `200`.
-pub struct Tunnel {
-    pub upgrade: hyper::upgrade::OnUpgrade,
-    /// What turns the raw tunnel into the stream requests are read from (a TLS
-    /// handshake, or nothing for plain HTTP), with what to put on every request
-    /// read inside (`None`: it failed, and the handshake said why).
-    pub accept: Box<dyn FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> TunnelAccept + Send>,
-}
-
-pub type TunnelAccept = Pin<Box<dyn Future<Output = Option<(TunnelIo, Tunneled)>> + Send>>;
-pub type TunnelIo = Pin<Box<dyn IoStream>>;
-
-/// Where a handler leaves the tunnel of a `CONNECT` (an extension of `CONNECT`
-/// requests on HTTP/1 connections only).
-#[derive(Clone)]
-pub struct TunnelSlot(Arc<Mutex<Option<Tunnel>>>);
-
-impl TunnelSlot {
-    pub fn open(&self, tunnel: Tunnel) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
-    }
-
-    fn take(&self) -> Option<Tunnel> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
-
-/// An extension of each request read inside a tunnel: the `CONNECT` authority,
-/// and whether tokenproxy terminated TLS inside (else the client spoke plain HTTP).
-#[derive(Clone, Debug)]
-pub struct Tunneled {
-    pub authority: http::uri::Authority,
-    pub tls: bool,
 }
 
 /// How a listener treats its connections.
@@ -316,7 +281,7 @@ pub async fn serve<F, Fut>(
         serial += 1;
         let state = ConnState::new(serial);
         registry.insert(&state);
-        let slot = TunnelSlot(Arc::default());
+        let slot = TunnelSlot::default();
         let svc = service(&state, &handler, limits, &cx, Some(&slot), None);
         let conn = match stream {
             Stream::Tcp(s) => {
@@ -334,11 +299,8 @@ pub async fn serve<F, Fut>(
         let (builder, handler, cx) = (builder.clone(), handler.clone(), cx.clone());
         tokio::spawn(async move {
             let ended = drive!(conn, state, force);
-            if ended && let Some(tunnel) = slot.take() {
-                let opened = async {
-                    let upgraded = tunnel.upgrade.await.ok()?;
-                    (tunnel.accept)(TokioIo::new(upgraded)).await
-                };
+            if ended && let Some(handoff) = slot.take() {
+                let opened = handoff.open(&cx.metrics);
                 // Each read inside is bounded by the socket's idle timer (so a silent
                 // client fails the handshake, and says so); this bounds a trickle.
                 let opened = tokio::select! {
@@ -379,10 +341,6 @@ pub async fn serve<F, Fut>(
         force.cancel();
     }
 }
-
-/// A connection's byte stream: a socket, or the TLS stream inside a tunnel.
-pub trait IoStream: AsyncRead + AsyncWrite + Send {}
-impl<T: AsyncRead + AsyncWrite + Send> IoStream for T {}
 
 /// The service of one connection (or of the tunnel inside it): each request is
 /// marked in flight, given its framing verdict, and handled.
@@ -506,7 +464,7 @@ pub struct Tracked {
 
 impl Body for Tracked {
     type Data = Bytes;
-    type Error = crate::proxy::BoxError;
+    type Error = crate::body::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

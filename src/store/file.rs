@@ -500,7 +500,7 @@ impl TokenStore for FileStore {
         match new {
             Some(intent) => {
                 let intent = Intent {
-                    at_ms: crate::token::time_to_ms(SystemTime::now()),
+                    at_ms: crate::clock::time_to_ms(SystemTime::now()),
                     ..intent.clone()
                 };
                 self.write_json(path, &intent).await?;
@@ -529,7 +529,7 @@ impl TokenStore for FileStore {
         .await?;
         Ok(IntentRead {
             intent,
-            now_ms: crate::token::time_to_ms(SystemTime::now()),
+            now_ms: crate::clock::time_to_ms(SystemTime::now()),
         })
     }
 }

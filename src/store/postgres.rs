@@ -311,7 +311,7 @@ fn to_record(row: &tokio_postgres::Row) -> Option<StoredToken> {
     if generation == 0 && access.is_none() && refresh.is_none() {
         return None;
     }
-    let ms = |t: Option<SystemTime>| t.map_or(0, crate::token::time_to_ms);
+    let ms = |t: Option<SystemTime>| t.map_or(0, crate::clock::time_to_ms);
     let extra = match row.get::<_, serde_json::Value>("extra") {
         serde_json::Value::Object(m) => m,
         _ => Default::default(),
@@ -447,7 +447,7 @@ impl TokenStore for PgStore {
                 owner: row.get(0),
                 generation: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
                 refresh_token_sha256,
-                at_ms: crate::token::time_to_ms(row.get(3)),
+                at_ms: crate::clock::time_to_ms(row.get(3)),
                 refused: row.get(4),
             });
         Ok(IntentRead { intent, now_ms })
@@ -544,8 +544,8 @@ async fn update(
     seen: Option<u64>,
 ) -> Result<(), StoreError> {
     let generation = i64::try_from(record.generation).unwrap_or(i64::MAX);
-    let expires = crate::token::ms_to_time(record.expires_at_ms);
-    let issued = crate::token::ms_to_time(record.issued_at_ms);
+    let expires = crate::clock::ms_to_time(record.expires_at_ms);
+    let issued = crate::clock::ms_to_time(record.issued_at_ms);
     let extra = serde_json::Value::Object(record.extra.clone());
     let access = record.access_token.as_ref().map(Secret::expose);
     let refresh = record.refresh_token.as_ref().map(Secret::expose);

@@ -400,7 +400,7 @@ fn fields(record: &StoredToken) -> Vec<(&'static str, String)> {
         ),
         (
             "updated_at_ms",
-            crate::token::time_to_ms(std::time::SystemTime::now()).to_string(),
+            crate::clock::time_to_ms(std::time::SystemTime::now()).to_string(),
         ),
     ];
     if let Some(t) = &record.access_token {

@@ -35,7 +35,8 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::response::{GrantError, TokenResponse};
-use super::{RefreshError, sha256_hex, time_to_ms};
+use super::{RefreshError, sha256_hex};
+use crate::clock::time_to_ms;
 use crate::config::InDoubt;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -384,7 +385,7 @@ impl Refresh<'_> {
                     tracing::warn!(
                         token = self.name,
                         generation,
-                        started_at = %super::rfc3339(super::ms_to_time(found.at_ms)),
+                        started_at = %crate::clock::rfc3339(crate::clock::ms_to_time(found.at_ms)),
                         "an earlier refresh of this token stopped in the middle: it was sent and never stored an answer (its process died or stayed frozen past the grace): the provider may already have rotated this refresh token away. Presenting it once (in_doubt = \"retry\"); a provider with a reuse grace period answers with the same new tokens"
                     );
                 }

@@ -175,7 +175,7 @@ impl Instance {
     }
 
     fn counted(&self, metric: &str) -> String {
-        let text = self.metrics.render(&[]);
+        let text = self.metrics.render([]);
         text.lines()
             .filter(|l| l.starts_with(metric))
             .collect::<Vec<_>>()

@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{TokenSource, TokenState, Trigger, ms_to_time};
+use super::{TokenSource, TokenState, Trigger};
+use crate::clock::ms_to_time;
 use crate::config::TokenConfig;
 
 /// Pause before writing again a record the store refused.
@@ -125,9 +126,9 @@ fn plan(cfg: &TokenConfig, state: &TokenState, now: SystemTime) -> (Duration, Ac
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::time_to_ms;
     use crate::config::Config;
     use crate::store::{RECORD_VERSION, StoredToken};
-    use crate::token::time_to_ms;
 
     /// Now, at the millisecond precision that records keep.
     fn now() -> SystemTime {

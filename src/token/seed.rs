@@ -11,7 +11,8 @@
 use std::time::SystemTime;
 
 use super::response::{self, GrantError};
-use super::{Exchange, TokenSource, time_to_ms};
+use super::{Exchange, TokenSource};
+use crate::clock::time_to_ms;
 use crate::config::GrantKind;
 use crate::secret::Secret;
 use crate::store::{RECORD_VERSION, StoreError, StoredToken};

@@ -1,7 +1,8 @@
 //! The one body type the proxy sends and returns, boxed only when transformed.
 //!
 //! Upstream responses stream through as an [`UpstreamBody`] (hyper's `Incoming`,
-//! driving its HTTP/1 connection). A client's request body
+//! driving its HTTP/1 connection, which `proxy`'s pool lends through the
+//! [`Pooled`] interface). A client's request body
 //! is a [`ClientBody`]: `Incoming` with a per-read timeout (a client that stops
 //! sending, also after `Expect: 100-continue`, fails its request with 408 instead of
 //! holding a connection and an upstream request open) and the size limit for bodies
@@ -23,8 +24,6 @@ use futures_util::Stream;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-
-use super::upstream::UpstreamBody;
 
 pub enum ProxyBody {
     Full(Option<Bytes>),
@@ -206,6 +205,92 @@ impl Body for ProxyBody {
             }
             ProxyBody::Stream(_) => SizeHint::new(),
         }
+    }
+}
+
+/// A pooled HTTP/1 connection lent to the body of the response it carries: the
+/// body drives it as it is read and gives it back once read to the end.
+pub trait Pooled: Send {
+    /// Drives the connection; false once it has ended.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool;
+    /// The response was read to the end: the connection may carry another request.
+    fn release(self: Box<Self>);
+}
+
+/// An upstream response body. Over HTTP/1 it drives its connection as it is read,
+/// and returns the connection to the pool once read to the end; dropped earlier,
+/// it closes the connection (the rest of the response would be in the way).
+///
+/// An error (the upstream cut the body short) is reported one poll late: the
+/// server flushes what it has buffered when a body is pending, so the client gets
+/// the head and the bytes that did arrive before its connection is cut, not a
+/// connection closed without a word.
+pub struct UpstreamBody {
+    body: Incoming,
+    lease: Option<Box<dyn Pooled>>,
+    ended: bool,
+    failed: Option<hyper::Error>,
+}
+
+impl UpstreamBody {
+    pub fn new(body: Incoming, lease: Option<Box<dyn Pooled>>) -> UpstreamBody {
+        UpstreamBody {
+            body,
+            lease,
+            ended: false,
+            failed: None,
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take()
+            && (self.ended || self.body.is_end_stream())
+        {
+            lease.release();
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        if let Some(lease) = &mut this.lease
+            && !lease.drive(cx)
+        {
+            // Ended: what it read is in the body's channel; nothing to return.
+            this.lease = None;
+        }
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                this.failed = Some(e);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Ready(None) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+            polled => polled,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
