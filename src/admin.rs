@@ -33,6 +33,7 @@ pub struct Admin {
 
 /// What the admin endpoints report on: the tokens and routes of the configuration
 /// in force, and who may use the POST endpoints; replaced whole by a reload.
+#[derive(Default)]
 pub struct View {
     sources: Vec<Arc<TokenSource>>,
     /// Per route: name, prefix, upstream host, token index; for `/status`.
@@ -162,18 +163,17 @@ impl Admin {
             Endpoint::Reload => Ok(match self.reload.reload().await {
                 Ok(summary) => json_response(
                     StatusCode::OK,
-                    json!({"result": "success", "summary": summary}),
+                    json!({"result": "success", "summary": summary.to_string()}),
                 ),
-                Err(message) => json_response(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    json!({"result": "error", "error": "reload_refused", "message": message}),
-                ),
+                Err(e) => return Ok(self.refused(ProxyError::ReloadRefused(e.to_string()))),
             }),
         };
-        Ok(resp.unwrap_or_else(|e| {
-            self.metrics.error("admin", e.code());
-            e.response(None)
-        }))
+        Ok(resp.unwrap_or_else(|e| self.refused(e)))
+    }
+
+    fn refused(&self, e: ProxyError) -> Response<ProxyBody> {
+        self.metrics.error("admin", e.code());
+        e.response(None)
     }
 
     /// Puts the tokens and routes of a reloaded configuration in force.

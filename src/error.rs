@@ -27,6 +27,8 @@ pub enum Source {
     Store,
     /// The upstream API.
     Upstream,
+    /// The configuration file.
+    Config,
     /// tokenproxy itself: a defect, or a limit of this process.
     Internal,
 }
@@ -39,6 +41,7 @@ impl Source {
             Source::TokenEndpoint => "token_endpoint",
             Source::Store => "store",
             Source::Upstream => "upstream",
+            Source::Config => "config",
             Source::Internal => "internal",
         }
     }
@@ -138,6 +141,9 @@ pub enum ProxyError {
         .retry_after.as_secs().max(1)
     )]
     RefreshTooSoon { retry_after: Duration },
+    /// The configuration file was not put in force; the message says why.
+    #[error("{0}")]
+    ReloadRefused(String),
 }
 
 impl ProxyError {
@@ -151,6 +157,7 @@ impl ProxyError {
             ProxyError::AdminNotAProxy { connect: true } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::AdminNotAProxy { connect: false } => StatusCode::BAD_REQUEST,
             ProxyError::RefreshTooSoon { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::ReloadRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ProxyError::BadPath
             | ProxyError::BadHost
             | ProxyError::BadScheme
@@ -208,6 +215,7 @@ impl ProxyError {
             ProxyError::AdminKeyRequired => "admin_key_required",
             ProxyError::AdminNotAProxy { .. } => "admin_not_a_proxy",
             ProxyError::RefreshTooSoon { .. } => "refresh_too_soon",
+            ProxyError::ReloadRefused(_) => "reload_refused",
         }
     }
 
@@ -237,6 +245,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamFailed => Source::Upstream,
+            ProxyError::ReloadRefused(_) => Source::Config,
             ProxyError::Internal | ProxyError::Overloaded => Source::Internal,
         }
     }
@@ -261,7 +270,7 @@ impl ProxyError {
     /// a failing upstream or token endpoint is worth a look, a defect is an error.
     pub fn level(&self) -> tracing::Level {
         match self.source() {
-            Source::Client | Source::Route => tracing::Level::INFO,
+            Source::Client | Source::Route | Source::Config => tracing::Level::INFO,
             Source::TokenEndpoint | Source::Upstream => tracing::Level::WARN,
             Source::Store | Source::Internal => tracing::Level::ERROR,
         }
@@ -418,6 +427,7 @@ mod tests {
             ProxyError::RefreshTooSoon {
                 retry_after: Duration::from_secs(3),
             },
+            ProxyError::ReloadRefused("x".into()),
         ];
         let mut codes: Vec<_> = all.iter().map(ProxyError::code).collect();
         codes.sort_unstable();
