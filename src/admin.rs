@@ -172,7 +172,7 @@ impl Admin {
     }
 
     fn refused(&self, e: ProxyError) -> Response<ProxyBody> {
-        self.metrics.error("admin", e.code());
+        self.metrics.error("admin", e.code(), e.source().as_str());
         e.response(None)
     }
 
@@ -317,6 +317,7 @@ fn token_status(source: &TokenSource, store_kind: &str) -> Value {
         "issued_at": record.map(|r| rfc3339(ms_to_time(r.issued_at_ms))),
         "last_refresh": s.last_refresh.map(|(at, trigger)| json!({"at": rfc3339(at), "trigger": trigger.as_str()})),
         "last_error": s.failure.as_ref().map(|f| f.message.clone()),
+        "last_error_source": s.failure.as_ref().map(|f| f.cause.as_str()),
         "next_attempt_in_s": s.failure.as_ref().filter(|f| !f.terminal).map(|f| f.retry_at.saturating_duration_since(std::time::Instant::now()).as_secs()),
         "unsaved": s.unsaved,
         "in_doubt": source.in_doubt().map(|d| match d {

@@ -112,8 +112,13 @@ pub enum ProxyError {
         "the token response names no usable upstream for this route (such as instance_url); see the admin /status endpoint"
     )]
     NoUpstream,
+    /// `cause`: what failed to give one (the token endpoint, the store, the
+    /// configuration, or tokenproxy itself).
     #[error("no valid access token is available; see the admin /status endpoint")]
-    NoValidToken { retry_after: Duration },
+    NoValidToken {
+        retry_after: Duration,
+        cause: Source,
+    },
     #[error("tokenproxy failed while handling this request; the failure is logged")]
     Internal,
     #[error("every connection is busy (proxy.max_connections); retry shortly")]
@@ -241,7 +246,8 @@ impl ProxyError {
             | ProxyError::AdminNotAProxy { .. }
             | ProxyError::RefreshTooSoon { .. } => Source::Client,
             ProxyError::NoRoute | ProxyError::ConnectOutsideCa => Source::Route,
-            ProxyError::NoUpstream | ProxyError::NoValidToken { .. } => Source::TokenEndpoint,
+            ProxyError::NoUpstream => Source::TokenEndpoint,
+            ProxyError::NoValidToken { cause, .. } => *cause,
             ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamFailed => Source::Upstream,
@@ -270,8 +276,8 @@ impl ProxyError {
     /// a failing upstream or token endpoint is worth a look, a defect is an error.
     pub fn level(&self) -> tracing::Level {
         match self.source() {
-            Source::Client | Source::Route | Source::Config => tracing::Level::INFO,
-            Source::TokenEndpoint | Source::Upstream => tracing::Level::WARN,
+            Source::Client | Source::Route => tracing::Level::INFO,
+            Source::TokenEndpoint | Source::Upstream | Source::Config => tracing::Level::WARN,
             Source::Store | Source::Internal => tracing::Level::ERROR,
         }
     }
@@ -290,7 +296,7 @@ impl ProxyError {
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert("x-tokenproxy-error", HeaderValue::from_static(self.code()));
         match self {
-            ProxyError::NoValidToken { retry_after } => {
+            ProxyError::NoValidToken { retry_after, .. } => {
                 h.insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
             }
             ProxyError::Overloaded => {
@@ -416,6 +422,7 @@ mod tests {
             ProxyError::NoUpstream,
             ProxyError::NoValidToken {
                 retry_after: Duration::from_secs(2),
+                cause: Source::Store,
             },
             ProxyError::Internal,
             ProxyError::Overloaded,

@@ -180,8 +180,8 @@ impl Metrics {
             ),
             errors_total: counter(
                 "tokenproxy_errors_total",
-                "Errors tokenproxy answered itself, by route (\"none\" before routing, \"admin\" on the admin listener) and error code (the x-tokenproxy-error value).",
-                &["route", "error"],
+                "Errors tokenproxy answered itself, by route (\"none\" before routing, \"admin\" on the admin listener), error code (the x-tokenproxy-error value) and source (what failed: client, route, token_endpoint, store, upstream, config, internal).",
+                &["route", "error", "source"],
             ),
             panics_total: register(
                 &registry,
@@ -276,9 +276,12 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// An error tokenproxy answered with (its `x-tokenproxy-error` code).
-    pub fn error(&self, route: &str, code: &str) {
-        self.errors_total.with_label_values(&[route, code]).inc();
+    /// An error tokenproxy answered with: its `x-tokenproxy-error` code and
+    /// what failed.
+    pub fn error(&self, route: &str, code: &str, source: &str) {
+        self.errors_total
+            .with_label_values(&[route, code, source])
+            .inc();
     }
 
     pub fn store_up(&self, up: bool) {

@@ -70,7 +70,7 @@ impl Handoff {
     pub async fn open(self, metrics: &Metrics) -> Option<(TunnelIo, Tunneled)> {
         let upgraded = TokioIo::new(self.upgrade.await.ok()?);
         let failed = |failure: HandshakeFailure, e: &dyn std::fmt::Display| {
-            metrics.error(&self.route, failure.code());
+            metrics.error(&self.route, failure.code(), "client");
             match failure {
                 HandshakeFailure::Distrusted => tracing::warn!(
                     host = %self.host,

@@ -99,7 +99,9 @@ async fn odd_admin_paths_get_json_and_keep_the_connection() {
     let metrics = get(&p.admin_url("/metrics")).await.1;
     assert!(metrics.contains("tokenproxy_panics_total 0"), "{metrics}");
     assert!(
-        metrics.contains(r#"tokenproxy_errors_total{error="not_found",route="admin"} 4"#),
+        metrics.contains(
+            r#"tokenproxy_errors_total{error="not_found",route="admin",source="client"} 4"#
+        ),
         "{metrics}"
     );
 }

@@ -29,6 +29,22 @@ async fn a_broken_state_file_stops_the_token_without_spending_the_configured_one
             .wait_token("demo", "needs_login", Duration::from_secs(5))
             .await;
         assert_eq!(get(&p.admin_url("/readyz")).await.0, 503);
+        // The store failed, and every account of it says so.
+        assert_eq!(t["last_error_source"], "store", "{t}");
+        let (status, body) = get(&p.url("/demo/x")).await;
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (status, &body["error"], &body["source"]),
+            (503, &"no_valid_token".into(), &"store".into()),
+            "{body}"
+        );
+        let metrics = get(&p.admin_url("/metrics")).await.1;
+        assert!(
+            metrics.contains(
+                r#"tokenproxy_errors_total{error="no_valid_token",route="demo",source="store"} 1"#
+            ),
+            "{metrics}"
+        );
         let error = t["last_error"].as_str().unwrap();
         assert!(
             error.contains(expect) && error.contains("tokenproxy seed demo"),
@@ -45,6 +61,33 @@ async fn a_broken_state_file_stops_the_token_without_spending_the_configured_one
             "the file is left for a person"
         );
     }
+}
+
+async fn an_unreadable_secret_is_reported_as_the_configuration() {
+    let w = World::default().await;
+    let secret = w.dir.path().join("client-secret");
+    std::fs::write(&secret, "demo-secret").unwrap();
+    let config = w.config("", "").replace(
+        r#"client_secret = { env = "DEMO_CLIENT_SECRET" }"#,
+        &format!("client_secret = {{ file = \"{}\" }}", secret.display()),
+    );
+    // The file goes away after the check at start: the next token request cannot
+    // read it, and nothing is sent.
+    let p = w.spawn(&config);
+    let _ = p.wait_token("demo", "valid", Duration::from_secs(5)).await;
+    std::fs::remove_file(&secret).unwrap();
+    let sent = w.provider.token_requests();
+    let refresh = force_refresh_after_backoff(&p, "demo").await;
+    assert_ne!(refresh.status(), 200);
+    let t = token_status(&p, "demo").await;
+    assert_eq!(t["last_error_source"], "config", "{t}");
+    assert!(
+        t["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot read a configured secret")),
+        "{t}"
+    );
+    assert_eq!(w.provider.token_requests(), sent, "nothing was sent");
 }
 
 async fn a_full_disk_keeps_the_token_in_memory_until_space_returns() {
@@ -304,6 +347,7 @@ use support::harness::Needs;
 
 harness!(
     Needs::Nothing => a_broken_state_file_stops_the_token_without_spending_the_configured_one,
+    Needs::Nothing => an_unreadable_secret_is_reported_as_the_configuration,
     Needs::Root => a_full_disk_keeps_the_token_in_memory_until_space_returns,
     Needs::Root => shutdown_with_an_unsaved_token_writes_it_or_says_so,
     Needs::Nothing => misbehaving_upstreams_get_clear_errors_and_nothing_hangs,

@@ -299,7 +299,9 @@ async fn idle_and_stalled_connections_are_closed() {
     }
     let metrics = get(&p.admin_url("/metrics")).await.1;
     assert!(
-        metrics.contains(r#"tokenproxy_errors_total{error="client_timeout",route="demo"}"#),
+        metrics.contains(
+            r#"tokenproxy_errors_total{error="client_timeout",route="demo",source="client"}"#
+        ),
         "{metrics}"
     );
 }

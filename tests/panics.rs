@@ -94,7 +94,9 @@ async fn a_panicking_request_is_answered_counted_logged_and_isolated() {
     let text = metrics.render([]);
     assert!(text.contains("tokenproxy_panics_total 1"), "{text}");
     assert!(
-        text.contains(r#"tokenproxy_errors_total{error="internal",route="none"} 1"#),
+        text.contains(
+            r#"tokenproxy_errors_total{error="internal",route="none",source="internal"} 1"#
+        ),
         "{text}"
     );
     let logged = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();

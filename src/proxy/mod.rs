@@ -133,7 +133,7 @@ impl Proxy {
         }
         let route = route_name(&trace).unwrap_or("none");
         if let Some(e) = &error {
-            self.metrics.error(route, e.code());
+            self.metrics.error(route, e.code(), e.source().as_str());
         }
         let line = crate::logging::RequestLine {
             level: error
@@ -487,6 +487,7 @@ impl Proxy {
             .credential(out.route.inject)
             .ok_or(ProxyError::NoValidToken {
                 retry_after: Duration::from_secs(1),
+                cause: state.cause(),
             })?;
         let query = match (credential, &out.source.config.injects[out.route.inject]) {
             (Credential::Header(name, value), _) => {
@@ -616,11 +617,13 @@ async fn token(source: &Arc<TokenSource>, inject: usize) -> Result<Arc<TokenStat
         .await
     {
         Ok(state) if state.credential(inject).is_some() => Ok(state),
-        Ok(_) => Err(ProxyError::NoValidToken {
+        Ok(state) => Err(ProxyError::NoValidToken {
             retry_after: Duration::from_secs(1),
+            cause: state.cause(),
         }),
         Err(u) => Err(ProxyError::NoValidToken {
             retry_after: u.retry_after,
+            cause: u.cause,
         }),
     }
 }

@@ -266,7 +266,8 @@ pub async fn serve<F, Fut>(
             }
         };
         if registry.len() >= limits.max_connections && !registry.evict_idle() {
-            cx.metrics.error(cx.label, ProxyError::Overloaded.code());
+            let e = ProxyError::Overloaded;
+            cx.metrics.error(cx.label, e.code(), e.source().as_str());
             let now = tokio::time::Instant::now();
             if last_refusal_log.is_none_or(|t| now - t >= Duration::from_secs(1)) {
                 last_refusal_log = Some(now);
@@ -401,7 +402,7 @@ where
 {
     let resp = match check_head(&req, verdict, &limits) {
         Err(e) => {
-            cx.metrics.error(cx.label, e.code());
+            cx.metrics.error(cx.label, e.code(), e.source().as_str());
             crate::log_at!(
                 e.level(),
                 method = %req.method(),
@@ -416,7 +417,8 @@ where
             Err(_) => {
                 // The panic hook has logged it.
                 cx.metrics.panicked();
-                cx.metrics.error(cx.label, ProxyError::Internal.code());
+                let e = ProxyError::Internal;
+                cx.metrics.error(cx.label, e.code(), e.source().as_str());
                 ProxyError::Internal.response(None)
             }
         },

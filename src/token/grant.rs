@@ -52,10 +52,10 @@ impl TokenHttp {
         let (cert, key) = (resolve(cert)?, resolve(key)?);
         let tls =
             crate::tls::client_config(Arc::clone(&self.roots), Some((cert.expose(), key.expose())))
-                .map_err(|e| GrantError::Unsent(e.to_string()))?;
+                .map_err(|e| GrantError::Credential(e.to_string()))?;
         build(tls, self.connect_timeout)
             .map(Cow::Owned)
-            .map_err(|e| GrantError::Unsent(format!("client certificate: {e}")))
+            .map_err(|e| GrantError::Credential(format!("client certificate: {e}")))
     }
 }
 
@@ -74,7 +74,7 @@ fn build(
 
 fn resolve(r: &SecretRef) -> Result<Secret, GrantError> {
     r.resolve()
-        .map_err(|e| GrantError::Unsent(format!("cannot read a configured secret: {e}")))
+        .map_err(|e| GrantError::Credential(format!("cannot read a configured secret: {e}")))
 }
 
 /// What is exchanged for tokens.
@@ -148,7 +148,8 @@ pub async fn request(
             owned.push(("password", resolve(password)?));
         }
         Grant::JwtBearer(spec) => {
-            let signer = Signer::load(&spec.key).map_err(|e| GrantError::Unsent(e.to_string()))?;
+            let signer =
+                Signer::load(&spec.key).map_err(|e| GrantError::Credential(e.to_string()))?;
             let jwt = signer
                 .assertion(spec, client_id, url.as_str(), scope, false)
                 .map_err(|e| GrantError::Unsent(e.to_string()))?;
@@ -179,7 +180,8 @@ pub async fn request(
             }
         }
         ClientAuth::PrivateKeyJwt(spec) => {
-            let signer = Signer::load(&spec.key).map_err(|e| GrantError::Unsent(e.to_string()))?;
+            let signer =
+                Signer::load(&spec.key).map_err(|e| GrantError::Credential(e.to_string()))?;
             let jwt = signer
                 .assertion(spec, client_id, url.as_str(), None, true)
                 .map_err(|e| GrantError::Unsent(e.to_string()))?;

@@ -33,6 +33,7 @@ use tokio::sync::{Mutex, Notify};
 
 use crate::clock::{ms_to_time, rfc3339};
 use crate::config::{ClientAuth, Credential, Endpoint, Grant, TokenConfig, Upstream};
+use crate::error::Source;
 use crate::metrics::{Metrics, TokenGauges};
 use crate::secret::Secret;
 use crate::store::{StoreError, StoredToken, TokenStore};
@@ -126,6 +127,14 @@ impl TokenState {
         self.upstreams.get(index)?.as_ref()
     }
 
+    /// Why this state holds no usable token: its last failure's cause, else the
+    /// token endpoint (nothing was issued yet).
+    pub fn cause(&self) -> Source {
+        self.failure
+            .as_ref()
+            .map_or(Source::TokenEndpoint, |f| f.cause)
+    }
+
     pub fn valid_for(&self, margin: Duration) -> bool {
         self.valid_until
             .is_some_and(|until| until > Instant::now() + margin)
@@ -142,6 +151,8 @@ pub struct Failure {
     pub retry_at: Instant,
     /// When this failure happened, for the sooner retry of an expired token.
     pub at: Instant,
+    /// What failed: the token endpoint, the store, the configured credential.
+    pub cause: Source,
 }
 
 /// See [`TokenSource::in_doubt`].
@@ -155,6 +166,8 @@ pub enum InDoubtNow {
 #[derive(Debug, Clone, Copy)]
 pub struct Unavailable {
     pub retry_after: Duration,
+    /// What stands in the way (what failed, or what a refresh is waiting for).
+    pub cause: Source,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +191,15 @@ pub(crate) enum RefreshError {
 }
 
 impl RefreshError {
+    fn cause(&self) -> Source {
+        match self {
+            RefreshError::Grant(e) => e.cause(),
+            RefreshError::Store(_) | RefreshError::LeaseLost => Source::Store,
+            RefreshError::NeedsLogin => Source::Config,
+            RefreshError::Refused | RefreshError::InDoubt => Source::TokenEndpoint,
+        }
+    }
+
     fn is_terminal(&self) -> bool {
         match self {
             RefreshError::Grant(e) => e.is_terminal(),
@@ -226,6 +248,15 @@ enum Phase {
 }
 
 impl Phase {
+    /// What a refresh in this phase waits on.
+    fn cause(v: u8) -> Source {
+        match v {
+            x if x == Phase::StoreLock as u8 || x == Phase::StoreWrite as u8 => Source::Store,
+            x if x == Phase::TokenEndpoint as u8 => Source::TokenEndpoint,
+            _ => Source::Internal,
+        }
+    }
+
     fn describe(v: u8) -> &'static str {
         match v {
             x if x == Phase::StoreLock as u8 => "the store lock (another process holds it)",
@@ -295,14 +326,16 @@ impl TokenSource {
         match tokio::time::timeout(wait, self.refresh(seen, trigger)).await {
             Ok(result) => result,
             Err(_) => {
+                let phase = self.phase.load(Ordering::Relaxed);
                 tracing::warn!(
                     token = self.name(),
                     waited_s = wait.as_secs(),
-                    waiting_for = Phase::describe(self.phase.load(Ordering::Relaxed)),
+                    waiting_for = Phase::describe(phase),
                     "a request stopped waiting for a token; the refresh goes on"
                 );
                 Err(Unavailable {
                     retry_after: Duration::from_secs(5),
+                    cause: Phase::cause(phase),
                 })
             }
         }
@@ -424,6 +457,7 @@ impl TokenSource {
                 }
                 Err(Unavailable {
                     retry_after: BACKOFF_BASE,
+                    cause: Source::Internal,
                 })
             }
         }
@@ -454,6 +488,7 @@ impl TokenSource {
         if self.closing.load(Ordering::SeqCst) {
             return Err(Unavailable {
                 retry_after: BACKOFF_BASE,
+                cause: Source::Internal,
             });
         }
         if trigger != Trigger::Manual {
@@ -472,7 +507,10 @@ impl TokenSource {
                         f.retry_at
                     };
                     let retry_after = next.saturating_duration_since(now).max(BACKOFF_BASE);
-                    return Err(Unavailable { retry_after });
+                    return Err(Unavailable {
+                        retry_after,
+                        cause: f.cause,
+                    });
                 }
             }
             // The floor: a refresh that comes too soon after the last token
@@ -490,6 +528,7 @@ impl TokenSource {
                 if now < earliest && cur.valid_for(Duration::ZERO) {
                     return Err(Unavailable {
                         retry_after: earliest - now,
+                        cause: Source::TokenEndpoint,
                     });
                 }
             }
@@ -546,6 +585,7 @@ impl TokenSource {
                     attempts: cur.failure.as_ref().map_or(0, |f| f.attempts),
                     retry_at: now + retry_after,
                     at: now,
+                    cause: Source::TokenEndpoint,
                 };
                 self.publish(TokenState {
                     failure: Some(failure),
@@ -553,6 +593,7 @@ impl TokenSource {
                 });
                 return Err(Unavailable {
                     retry_after: retry_after.max(BACKOFF_BASE),
+                    cause: Source::TokenEndpoint,
                 });
             }
             Err(e) => {
@@ -582,15 +623,18 @@ impl TokenSource {
                         "token refresh failed; the current token is served until it expires"
                     );
                 }
-                let retry_after = failure
-                    .retry_at
-                    .saturating_duration_since(now)
-                    .max(BACKOFF_BASE);
+                let unavailable = Unavailable {
+                    retry_after: failure
+                        .retry_at
+                        .saturating_duration_since(now)
+                        .max(BACKOFF_BASE),
+                    cause: failure.cause,
+                };
                 self.publish(TokenState {
                     failure: Some(failure),
                     ..cur.copy()
                 });
-                return Err(Unavailable { retry_after });
+                return Err(unavailable);
             }
         };
         Ok(self.publish(state))
@@ -620,7 +664,7 @@ impl TokenSource {
                 Grant::RefreshToken { initial: Some(r) } => {
                     read_initial = move || {
                         r.resolve().map_err(|e| {
-                            GrantError::Unsent(format!("cannot read refresh_token: {e}"))
+                            GrantError::Credential(format!("cannot read refresh_token: {e}"))
                         })
                     };
                     Some(&read_initial)
@@ -787,6 +831,7 @@ impl TokenSource {
             attempts,
             retry_at: Instant::now() + delay,
             at: Instant::now(),
+            cause: e.cause(),
         }
     }
 
@@ -838,6 +883,7 @@ impl TokenSource {
                         attempts: 1,
                         retry_at: Instant::now() + BACKOFF_MAX,
                         at: Instant::now(),
+                        cause: Source::TokenEndpoint,
                     });
                     Vec::new()
                 })
@@ -966,6 +1012,7 @@ mod tests {
                 attempts: 1,
                 retry_at: Instant::now(),
                 at: Instant::now(),
+                cause: Source::Store,
             }),
             ..TokenState::default()
         };

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use http::StatusCode;
 use serde_json::{Map, Value};
 
+use crate::error::Source;
 use crate::secret::Secret;
 
 /// A successful token response.
@@ -61,10 +62,14 @@ pub enum GrantError {
     /// after sending. Whether the provider acted on it is unknown.
     #[error("token endpoint unreachable: {0}")]
     Transport(String),
-    /// The request never left: a connection that could not be made, a secret
-    /// that could not be read. The provider saw nothing.
+    /// The request never left: a connection that could not be made. The provider
+    /// saw nothing.
     #[error("{0}")]
     Unsent(String),
+    /// A configured credential (a secret, a private key, a client certificate)
+    /// could not be read or used; the request never left.
+    #[error("{0}")]
+    Credential(String),
 }
 
 /// The description as quoted: cut to [`MAX_DESCRIPTION`] characters here, when it
@@ -136,6 +141,15 @@ impl GrantError {
             },
             GrantError::Transport(detail) => GrantError::Transport(mask(detail)),
             GrantError::Unsent(detail) => GrantError::Unsent(mask(detail)),
+            GrantError::Credential(detail) => GrantError::Credential(mask(detail)),
+        }
+    }
+
+    /// What failed: the configured credential, or the token endpoint.
+    pub fn cause(&self) -> Source {
+        match self {
+            GrantError::Credential(_) => Source::Config,
+            _ => Source::TokenEndpoint,
         }
     }
 

@@ -232,6 +232,7 @@ mod tests {
                 attempts: 1,
                 retry_at: std::time::Instant::now(),
                 at: std::time::Instant::now(),
+                cause: crate::error::Source::TokenEndpoint,
             }),
             ..TokenState::default()
         };
