@@ -9,14 +9,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn sha256_hex(text: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -195,7 +187,7 @@ async fn an_interrupted_refresh_is_reported_at_the_next_start() {
             w.state_dir().join("demo.intent.json"),
             serde_json::json!({
                 "generation": 3,
-                "refresh_token_sha256": sha256_hex("demo-refresh-0"),
+                "refresh_token_sha256": tokenproxy::store::fingerprint("demo-refresh-0"),
                 "at_ms": now_ms(),
             })
             .to_string(),

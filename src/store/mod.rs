@@ -52,6 +52,16 @@ pub struct StoredToken {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// An intent's `refresh_token_sha256`: SHA-256 of the refresh token, in hex, so a
+/// record can say which token a refresh spends without holding it.
+pub fn fingerprint(refresh_token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, refresh_token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// What is wrong with the fields of a record read as JSON, naming the field and
 /// never its value (a wrong-typed field may hold a token).
 pub fn shape_error(value: &serde_json::Value) -> Option<String> {

@@ -30,17 +30,18 @@
 
 use std::future::Future;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::record::new_record;
 use super::response::{GrantError, TokenResponse};
-use super::{RefreshError, sha256_hex};
-use crate::clock::time_to_ms;
+use super::state::RefreshError;
 use crate::config::InDoubt;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::store::{Held, Intent, RECORD_VERSION, StoreError, StoredToken, TokenStore};
+use crate::store::fingerprint;
+use crate::store::{Held, Intent, StoreError, StoredToken, TokenStore};
 
 /// Lease left beyond the request's timeout before a request may be sent: one
 /// store round trip and the scheduling between the check and the send.
@@ -345,7 +346,7 @@ impl Refresh<'_> {
         generation: u64,
         rt: &Secret,
     ) -> Result<Result<Option<Intent>, Duration>, RefreshError> {
-        let sha = sha256_hex(rt.expose());
+        let sha = fingerprint(rt.expose());
         let read = self.store.load_intent(self.name).await?;
         let mut retry = false;
         if let Some(found) = &read.intent
@@ -560,77 +561,6 @@ impl Refresh<'_> {
             tracing::debug!(token = self.name, error = %e, "could not remove this refresh's intent");
         }
     }
-}
-
-/// The record a token response makes of generation `generation`.
-fn new_record(
-    generation: u64,
-    resp: TokenResponse,
-    refresh_token: Option<Secret>,
-    default_lifetime: Duration,
-) -> StoredToken {
-    let now = SystemTime::now();
-    let lifetime = resp.lifetime.unwrap_or(default_lifetime);
-    StoredToken {
-        version: RECORD_VERSION,
-        generation: generation + 1,
-        access_token: Some(resp.access_token),
-        // RFC 6749 §6: no new refresh token means the old one stays valid.
-        refresh_token: resp.refresh_token.or(refresh_token),
-        issued_at_ms: time_to_ms(now),
-        expires_at_ms: time_to_ms(now + lifetime),
-        extra: resp.extra,
-    }
-}
-
-/// Writes a record that could not be stored when it was made, over generation
-/// `seen`, and reads it back. `Ok(None)`: stored (this process's record is what
-/// the store holds now); `Ok(Some(newer))`: another instance stored a newer one,
-/// to be used instead.
-pub async fn persist(
-    store: &dyn TokenStore,
-    name: &str,
-    record: &StoredToken,
-    seen: u64,
-) -> Result<Option<StoredToken>, StoreError> {
-    let mut over = seen;
-    for _ in 0..3 {
-        match store.write(name, record, over).await {
-            Ok(()) => {}
-            Err(StoreError::Fenced { .. }) => {
-                match store.load(name).await? {
-                    // Another instance refreshed: its record is the chain's newest.
-                    Some(s) if s.generation >= record.generation => {
-                        return Ok(if same(&s, record) { None } else { Some(s) });
-                    }
-                    // The store lost the record, or went back to an older one
-                    // (a restart without persistence, a restored backup): this
-                    // record is the newest truth; write it over what is there.
-                    other => {
-                        over = other.map_or(0, |s| s.generation);
-                        continue;
-                    }
-                }
-            }
-            Err(e) => return Err(e),
-        }
-        // Success only when the store reads back this process's record.
-        match store.load(name).await? {
-            Some(s) if same(&s, record) => return Ok(None),
-            Some(s) if s.generation >= record.generation => return Ok(Some(s)),
-            other => over = other.map_or(0, |s| s.generation),
-        }
-    }
-    Err(StoreError::Database {
-        op: "write",
-        detail: "the store did not keep the record written to it".into(),
-    })
-}
-
-fn same(a: &StoredToken, b: &StoredToken) -> bool {
-    a.generation == b.generation
-        && a.refresh_token == b.refresh_token
-        && a.access_token == b.access_token
 }
 
 /// Reads `answer` until `until`, and never throws away an answer that is there

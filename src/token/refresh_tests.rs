@@ -11,11 +11,13 @@ use std::time::{Duration, SystemTime};
 use tokio::time::{Instant, advance};
 
 use super::*;
+use crate::clock::time_to_ms;
 use crate::config::InDoubt;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::memory::{Gate, Gates};
 use crate::store::{MemoryStore, RECORD_VERSION, StoredToken};
+use crate::token::record::persist;
 use crate::token::response::{GrantError, TokenResponse};
 
 const LEASE: Duration = Duration::from_secs(15);
