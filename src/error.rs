@@ -365,22 +365,6 @@ macro_rules! log_at {
     };
 }
 
-/// Whether events at a level known only at run time are logged here (`tracing`'s
-/// `enabled!` wants its level as a constant): the check that goes with `log_at!`.
-#[macro_export]
-#[doc(hidden)]
-macro_rules! enabled_at {
-    ($level:expr) => {
-        match $level {
-            tracing::Level::ERROR => tracing::enabled!(tracing::Level::ERROR),
-            tracing::Level::WARN => tracing::enabled!(tracing::Level::WARN),
-            tracing::Level::INFO => tracing::enabled!(tracing::Level::INFO),
-            tracing::Level::DEBUG => tracing::enabled!(tracing::Level::DEBUG),
-            _ => tracing::enabled!(tracing::Level::TRACE),
-        }
-    };
-}
-
 /// An error and its sources, `outer: inner: innermost`, for log lines (a
 /// transport error's cause is several levels down).
 pub fn chain(e: &dyn std::error::Error) -> String {

@@ -150,15 +150,6 @@ impl Drop for Guard {
     }
 }
 
-/// Where [`request_line`] writes, when the log is plain text.
-static REQUEST_LINES: std::sync::OnceLock<BatchWriter> = std::sync::OnceLock::new();
-
-/// Lets [`request_line`] write the per-request line itself. Only for the plain
-/// text format (no colours), which [`request_line`] reproduces.
-pub fn write_request_lines_to(writer: BatchWriter) {
-    let _ = REQUEST_LINES.set(writer);
-}
-
 /// What the per-request log line reports.
 pub struct RequestLine<'a> {
     pub level: tracing::Level,
@@ -170,21 +161,60 @@ pub struct RequestLine<'a> {
     pub error: Option<&'a str>,
 }
 
-/// Writes the per-request line exactly as tracing's default text format writes
-/// the `request` event of `crate::proxy` (the test below holds the two to the same
-/// bytes), without its machinery: a tenth of the instructions, and the line is most
-/// of what logging costs a request. Returns false when the log is not plain text;
-/// the caller then emits the event through tracing. The caller checks that the
-/// level is enabled.
-pub fn request_line(line: &RequestLine<'_>) -> bool {
-    let Some(out) = REQUEST_LINES.get() else {
-        return false;
-    };
-    let mut text = String::with_capacity(160);
-    timestamp(&mut text, time::OffsetDateTime::now_utc());
-    format_request_line(&mut text, line);
-    out.append(text.as_bytes());
-    true
+/// Where the per-request line goes: through tracing (JSON, colours), or, for
+/// plain text, written directly into the batched log: the same bytes as tracing's
+/// default text format writes for the `request` event of `tokenproxy::proxy` (the
+/// test below holds the two to that), without its machinery — a tenth of the
+/// instructions, and the line is most of what logging costs a request.
+#[derive(Clone, Default)]
+pub struct RequestLog(Option<BatchWriter>);
+
+/// The target the line is filtered (`RUST_LOG`) and labelled by.
+const TARGET: &str = "tokenproxy::proxy";
+
+impl RequestLog {
+    /// Lines through tracing's formatter, whatever it is.
+    pub fn tracing() -> RequestLog {
+        RequestLog(None)
+    }
+
+    /// Lines written into `writer` directly: for the plain text format without
+    /// colours only, which [`RequestLog::write`] reproduces.
+    pub fn plain_text(writer: BatchWriter) -> RequestLog {
+        RequestLog(Some(writer))
+    }
+
+    /// Logs `line` if its level is enabled for `tokenproxy::proxy`.
+    pub fn write(&self, line: &RequestLine<'_>) {
+        let enabled = match line.level {
+            tracing::Level::ERROR => tracing::enabled!(target: TARGET, tracing::Level::ERROR),
+            tracing::Level::WARN => tracing::enabled!(target: TARGET, tracing::Level::WARN),
+            tracing::Level::INFO => tracing::enabled!(target: TARGET, tracing::Level::INFO),
+            tracing::Level::DEBUG => tracing::enabled!(target: TARGET, tracing::Level::DEBUG),
+            _ => tracing::enabled!(target: TARGET, tracing::Level::TRACE),
+        };
+        if !enabled {
+            return;
+        }
+        let Some(out) = &self.0 else {
+            crate::log_at!(
+                line.level,
+                target: TARGET,
+                method = %line.method,
+                route = line.route,
+                status = line.status,
+                duration_ms = line.duration_ms,
+                retried = line.retried,
+                error = line.error,
+                "request"
+            );
+            return;
+        };
+        let mut text = String::with_capacity(160);
+        timestamp(&mut text, time::OffsetDateTime::now_utc());
+        format_request_line(&mut text, line);
+        out.append(text.as_bytes());
+    }
 }
 
 /// `2026-11-30T19:33:01.123456Z ` (tracing-subscriber's `SystemTime`, then a space).
@@ -269,19 +299,7 @@ mod tests {
                 .without_time()
                 .with_max_level(tracing::Level::TRACE)
                 .finish();
-            tracing::subscriber::with_default(subscriber, || {
-                crate::log_at!(
-                    line.level,
-                    target: "tokenproxy::proxy",
-                    method = %line.method,
-                    route = line.route,
-                    status = line.status,
-                    duration_ms = line.duration_ms,
-                    retried = line.retried,
-                    error = line.error,
-                    "request"
-                );
-            });
+            tracing::subscriber::with_default(subscriber, || RequestLog::tracing().write(line));
             let theirs = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
             let mut ours = String::new();
             format_request_line(&mut ours, line);

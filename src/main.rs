@@ -137,7 +137,9 @@ fn load(arg: Option<PathBuf>) -> Option<Config> {
 /// Log lines are formatted on the request path and written to stderr in batches
 /// by a thread of their own (`tokenproxy::logging`): a request never waits for
 /// stderr, and no line is lost. The guard writes what is left at exit.
-fn init_logging(format: LogFormat) -> tokenproxy::logging::Guard {
+fn init_logging(
+    format: LogFormat,
+) -> (tokenproxy::logging::Guard, tokenproxy::logging::RequestLog) {
     // PostgreSQL's notices reach the driver's log at INFO, whatever their weight
     // (they are the server's chatter, not tokenproxy's events): shown only when
     // RUST_LOG asks for them.
@@ -145,10 +147,11 @@ fn init_logging(format: LogFormat) -> tokenproxy::logging::Guard {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
     let (writer, guard) = tokenproxy::logging::batched(std::io::stderr());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    if matches!(format, LogFormat::Text) && !ansi {
-        // The per-request line, written without tracing's formatter (same bytes).
-        tokenproxy::logging::write_request_lines_to(writer.clone());
-    }
+    // The per-request line, written without tracing's formatter (same bytes).
+    let request_log = match format {
+        LogFormat::Text if !ansi => tokenproxy::logging::RequestLog::plain_text(writer.clone()),
+        _ => tokenproxy::logging::RequestLog::tracing(),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -157,12 +160,12 @@ fn init_logging(format: LogFormat) -> tokenproxy::logging::Guard {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    guard
+    (guard, request_log)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _log_writer = init_logging(cli.log_format);
+    let (_log_writer, request_log) = init_logging(cli.log_format);
     tokenproxy::log_panics();
     match cli.command {
         Command::Check { config } => match Config::load(&config_path(config)) {
@@ -191,7 +194,7 @@ fn main() -> ExitCode {
             runtime(async move {
                 // Watched before anything starts: SIGHUP's default is to terminate.
                 let mut hangups = tokenproxy::server::hangups();
-                let running = tokenproxy::start(config).await?;
+                let running = tokenproxy::start(config, request_log).await?;
                 let stop = tokenproxy::server::shutdown_signal();
                 tokio::pin!(stop);
                 loop {
@@ -335,7 +338,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo { listen } => runtime(tokenproxy::demo::run(listen)),
+        Command::Demo { listen } => runtime(tokenproxy::demo::run(listen, request_log)),
     }
 }
 

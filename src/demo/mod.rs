@@ -51,7 +51,10 @@ pub enum DemoError {
 }
 
 /// `tokenproxy demo`: provider, API and proxy in one process, until Ctrl-C.
-pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
+pub async fn run(
+    listen: SocketAddr,
+    request_log: crate::logging::RequestLog,
+) -> Result<(), DemoError> {
     let provider = Provider::start(ProviderOptions::default()).await?;
     let dir = std::env::temp_dir().join(format!("tokenproxy-demo-{}", std::process::id()));
     let text = format!(
@@ -83,7 +86,7 @@ token = "demo"
     let mut config = crate::config::Config::parse(&text, "demo.toml".as_ref())?;
     // The demo's credentials are deliberately literal and fake.
     config.warnings.clear();
-    let running = crate::start(config).await?;
+    let running = crate::start(config, request_log).await?;
     let (proxy, admin) = (running.proxy.clone(), running.admin_addr);
     println!(
         "tokenproxy demo is running.

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ListenAddr, StoreConfig};
+use crate::logging::RequestLog;
 use crate::reload::{ApplyError, Outcome, ReloadHandle};
 use crate::store::{self, FileStore, StoreError, TokenStore};
 use crate::token::TokenHttp;
@@ -69,9 +70,10 @@ impl Running {
     }
 }
 
-/// Opens what lives as long as the process, then puts `config` in force on it.
-/// Token refreshes begin in the background; requests that arrive first wait for them.
-pub async fn start(config: Config) -> Result<Running, StartError> {
+/// Opens what lives as long as the process, then puts `config` in force on it;
+/// each request's line goes to `request_log`. Token refreshes begin in the
+/// background; requests that arrive first wait for them.
+pub async fn start(config: Config, request_log: RequestLog) -> Result<Running, StartError> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
@@ -93,7 +95,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let (limits, admin_limits) = limits(&config.proxy);
     let shutdown = CancellationToken::new();
+    let lasting = crate::proxy::Lasting {
+        metrics: Arc::clone(&metrics),
+        interceptor: interceptor.clone(),
+        log: request_log,
+    };
     let fixed = Fixed {
+        lasting,
         store,
         store_health,
         http,

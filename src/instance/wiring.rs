@@ -37,7 +37,7 @@ use crate::config::{
 };
 use crate::intercept::Interceptor;
 use crate::metrics::Metrics;
-use crate::proxy::{CallerKey, Proxy, Router, Upstreams};
+use crate::proxy::{CallerKey, Lasting, Proxy, Router, Upstreams};
 use crate::reload::{ApplyError, Outcome, ReloadError, ReloadStatus, Reloaded, Request};
 use crate::secret::SecretRef;
 use crate::server::{self, Limits, Listener, Reporting};
@@ -58,6 +58,8 @@ pub(crate) struct Fixed {
     pub frozen: Frozen,
     /// With `[intercept]`: the CA and its leaves, kept across reloads.
     pub interceptor: Option<Arc<Interceptor>>,
+    /// What every configuration's proxy shares (metrics, CA, request log).
+    pub lasting: Lasting,
 }
 
 /// The parts of a configuration a reload may not change.
@@ -445,8 +447,7 @@ async fn build(fixed: &Fixed, config: Config, applied: &mut Applied) -> Result<B
         client,
         config.proxy,
         caller_key,
-        Arc::clone(&fixed.metrics),
-        fixed.interceptor.clone(),
+        fixed.lasting.clone(),
     ));
     Ok(Built {
         listen: config.listen,
