@@ -33,43 +33,16 @@ use super::{
 };
 use crate::secret::Secret;
 
+mod changes;
+mod held;
+mod schema;
+
+use changes::listen;
+use held::{PgHeld, update};
+use schema::{schema_versions, unknown_version};
+
 /// The schema this build reads and writes.
 pub const SCHEMA_VERSION: i32 = 1;
-/// Serialises schema creation between instances starting together.
-const SCHEMA_LOCK: i64 = 0x746f_6b65_6e70_7278; // "tokenprx"
-/// Columns of `tokenproxy_tokens` and their types, as `information_schema` names them.
-const COLUMNS: [(&str, &str); 8] = [
-    ("name", "text"),
-    ("access_token", "text"),
-    ("refresh_token", "text"),
-    ("expires_at", "timestamp with time zone"),
-    ("issued_at", "timestamp with time zone"),
-    ("generation", "bigint"),
-    ("extra", "jsonb"),
-    ("updated_at", "timestamp with time zone"),
-];
-
-const CREATE: &str = "
-CREATE TABLE IF NOT EXISTS tokenproxy_schema (version integer NOT NULL);
-CREATE TABLE IF NOT EXISTS tokenproxy_tokens (
-    name text PRIMARY KEY,
-    access_token text,
-    refresh_token text,
-    expires_at timestamptz,
-    issued_at timestamptz,
-    generation bigint NOT NULL DEFAULT 0,
-    extra jsonb NOT NULL DEFAULT '{}',
-    updated_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS tokenproxy_intents (
-    name text PRIMARY KEY,
-    generation bigint NOT NULL,
-    refresh_token_sha256 text NOT NULL,
-    started_at timestamptz NOT NULL
-);
-ALTER TABLE tokenproxy_intents
-    ADD COLUMN IF NOT EXISTS owner text NOT NULL DEFAULT '',
-    ADD COLUMN IF NOT EXISTS refused boolean NOT NULL DEFAULT false;";
 
 pub struct PgStore {
     pool: Pool,
@@ -80,9 +53,6 @@ pub struct PgStore {
 
 /// The channel refreshes notify on.
 const CHANNEL: &str = "tokenproxy_tokens";
-/// Pauses between attempts to reach the server again for notifications.
-const RECONNECT_MIN: Duration = Duration::from_millis(250);
-const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// Longest wait for the row lock of a write made without holding the lock (the
 /// holder of the lock re-reads and lets go quickly).
 const WRITE_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -196,111 +166,6 @@ impl PgStore {
     async fn client(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
     }
-
-    async fn prepare_schema(&self) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db("create schema"))?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
-            .await
-            .map_err(db("create schema"))?;
-        tx.batch_execute(CREATE)
-            .await
-            .map_err(db("create schema"))?;
-        match schema_versions(&*tx).await?.as_slice() {
-            [] => {
-                tx.execute(
-                    "INSERT INTO tokenproxy_schema (version) VALUES ($1)",
-                    &[&SCHEMA_VERSION],
-                )
-                .await
-                .map_err(db("create schema"))?;
-            }
-            [SCHEMA_VERSION] => {}
-            other => return Err(unknown_version(other)),
-        }
-        let found: Vec<(String, String)> = tx
-            .query(
-                "SELECT column_name::text, data_type::text FROM information_schema.columns
-                 WHERE table_name = 'tokenproxy_tokens' AND table_schema = current_schema()",
-                &[],
-            )
-            .await
-            .map_err(db("check schema"))?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        for (name, kind) in COLUMNS {
-            if !found.iter().any(|(n, k)| n == name && k == kind) {
-                return Err(StoreError::Schema(format!(
-                    "tokenproxy_tokens has no column `{name}` of type {kind}: it was not made by this tokenproxy. Rename that table, or point store.url at another database"
-                )));
-            }
-        }
-        tx.commit().await.map_err(db("create schema"))
-    }
-}
-
-/// Forwards the names in `NOTIFY tokenproxy_tokens` to `changes`, reconnecting
-/// with backoff (250 ms doubling to 2 s, so that a restarted server is heard from
-/// within moments) and announcing `*` after each (re)connection.
-async fn listen(
-    config: tokio_postgres::Config,
-    tls: tokio_postgres_rustls::MakeRustlsConnect,
-    changes: tokio::sync::broadcast::Sender<String>,
-) {
-    use futures_util::StreamExt;
-    let mut backoff = RECONNECT_MIN;
-    loop {
-        match config.connect(tls.clone()).await {
-            Ok((client, mut connection)) => {
-                let forward = changes.clone();
-                let driver = tokio::spawn(async move {
-                    let mut messages =
-                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-                    while let Some(Ok(message)) = messages.next().await {
-                        if let tokio_postgres::AsyncMessage::Notification(n) = message {
-                            let _ = forward.send(n.payload().to_owned());
-                        }
-                    }
-                });
-                if client
-                    .batch_execute(&format!("LISTEN {CHANNEL}"))
-                    .await
-                    .is_ok()
-                {
-                    backoff = RECONNECT_MIN;
-                    // Whatever changed while no one was listening.
-                    let _ = changes.send("*".into());
-                }
-                let _ = driver.await;
-                tracing::debug!("store notifications: connection ended; reconnecting");
-            }
-            Err(e) => {
-                tracing::debug!(error = %error_text(&e), retry_in_s = backoff.as_secs(), "store notifications: cannot connect");
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(RECONNECT_MAX);
-    }
-}
-
-/// The rows of `tokenproxy_schema` (one, normally).
-async fn schema_versions(
-    client: &impl tokio_postgres::GenericClient,
-) -> Result<Vec<i32>, StoreError> {
-    Ok(client
-        .query("SELECT version FROM tokenproxy_schema", &[])
-        .await
-        .map_err(db("check schema"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
-}
-
-fn unknown_version(found: &[i32]) -> StoreError {
-    StoreError::Schema(format!(
-        "tokenproxy_schema holds version {found:?}; this tokenproxy knows version {SCHEMA_VERSION}. Run the tokenproxy that created it, or migrate the table"
-    ))
 }
 
 fn to_record(row: &tokio_postgres::Row) -> Option<StoredToken> {
@@ -532,160 +397,5 @@ impl TokenStore for PgStore {
 impl Drop for PgStore {
     fn drop(&mut self) {
         self.listener.abort();
-    }
-}
-
-/// Writes `record` in the transaction of `client`, fenced by `seen` (`None`:
-/// whatever is stored), and announces it at the commit.
-async fn update(
-    client: &impl tokio_postgres::GenericClient,
-    token: &str,
-    record: &StoredToken,
-    seen: Option<u64>,
-) -> Result<(), StoreError> {
-    let generation = i64::try_from(record.generation).unwrap_or(i64::MAX);
-    let expires = crate::clock::ms_to_time(record.expires_at_ms);
-    let issued = crate::clock::ms_to_time(record.issued_at_ms);
-    let extra = serde_json::Value::Object(record.extra.clone());
-    let access = record.access_token.as_ref().map(Secret::expose);
-    let refresh = record.refresh_token.as_ref().map(Secret::expose);
-    let seen_i = seen.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
-    // `seen` NULL: replace whatever is stored (seed, login).
-    let updated = client
-        .execute(
-            "UPDATE tokenproxy_tokens SET access_token = $2, refresh_token = $3,
-                expires_at = $4, issued_at = $5, generation = $6, extra = $7, updated_at = now()
-             WHERE name = $1 AND ($8::bigint IS NULL OR generation = $8)",
-            &[
-                &token,
-                &access,
-                &refresh,
-                &expires,
-                &issued,
-                &generation,
-                &extra,
-                &seen_i,
-            ],
-        )
-        .await
-        .map_err(db("write"))?;
-    if updated == 0 {
-        let stored: i64 = client
-            .query_opt(
-                "SELECT generation FROM tokenproxy_tokens WHERE name = $1",
-                &[&token],
-            )
-            .await
-            .map_err(db("read"))?
-            .map_or(0, |r| r.get(0));
-        return Err(StoreError::Fenced {
-            token: token.to_owned(),
-            seen: seen.unwrap_or(0),
-            stored: u64::try_from(stored).unwrap_or(0),
-        });
-    }
-    client
-        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &token])
-        .await
-        .map_err(db("write"))?;
-    Ok(())
-}
-
-/// A locked row: the transaction that holds it, on a connection of its own, and
-/// the task that renews it.
-struct PgHeld {
-    /// `None` once handed back.
-    client: Option<Arc<deadpool_postgres::ClientWrapper>>,
-    renew: JoinHandle<()>,
-    token: String,
-    /// Whether the locking transaction is still open.
-    open: bool,
-    lapsed: Lapsed,
-    lease: Duration,
-}
-
-impl PgHeld {
-    fn client(&self) -> Result<&deadpool_postgres::ClientWrapper, StoreError> {
-        self.client.as_deref().ok_or_else(|| StoreError::Database {
-            op: "write",
-            detail: "the lock was released".into(),
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl Held for PgHeld {
-    async fn load(&mut self) -> Result<Option<StoredToken>, StoreError> {
-        let row = self
-            .client()?
-            .query_opt(SELECT, &[&self.token])
-            .await
-            .map_err(db("read"))?;
-        Ok(row.as_ref().and_then(to_record))
-    }
-
-    async fn save(&mut self, record: &StoredToken, seen: Option<u64>) -> Result<(), StoreError> {
-        let client = self.client()?;
-        update(&**client, &self.token, record, seen).await?;
-        if self.open {
-            // Durable, the others told, and the lock released, in one step.
-            client.batch_execute("COMMIT").await.map_err(db("write"))?;
-            self.open = false;
-            self.renew.abort();
-        }
-        Ok(())
-    }
-
-    async fn renew(&mut self) -> Result<Option<tokio::time::Instant>, StoreError> {
-        if !self.open {
-            return Err(StoreError::LeaseLost {
-                token: self.token.clone(),
-            });
-        }
-        let asked = tokio::time::Instant::now();
-        match self.client()?.batch_execute("SELECT 1").await {
-            Ok(()) => Ok(Some(asked + self.lease)),
-            Err(e) if e.is_closed() || e.as_db_error().is_some() => {
-                // The session ended (its idle timeout, or the server) or the
-                // transaction failed: the row lock is gone with it.
-                self.lapsed.report();
-                self.open = false;
-                Err(StoreError::LeaseLost {
-                    token: self.token.clone(),
-                })
-            }
-            Err(e) => Err(db("lock")(e)),
-        }
-    }
-
-    async fn release(mut self: Box<Self>) {
-        self.renew.abort();
-        if let Some(client) = self.client.take()
-            && self.open
-        {
-            self.open = false;
-            if client.batch_execute("ROLLBACK").await.is_err() {
-                self.lapsed.report();
-            }
-        }
-    }
-}
-
-impl Drop for PgHeld {
-    fn drop(&mut self) {
-        self.renew.abort();
-        let Some(client) = self.client.take() else {
-            return;
-        };
-        if self.open {
-            // Ends the transaction, and with it the lock, at once; closing the
-            // connection (it is not pooled) would end it too.
-            let lapsed = self.lapsed.clone();
-            tokio::spawn(async move {
-                if client.batch_execute("ROLLBACK").await.is_err() {
-                    lapsed.report();
-                }
-            });
-        }
     }
 }

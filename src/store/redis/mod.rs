@@ -33,65 +33,20 @@ use super::{
 };
 use crate::secret::Secret;
 
+mod changes;
+mod held;
+mod schema;
+mod scripts;
+
+use changes::{RECONNECT_MAX, listen};
+use held::{RedisHeld, save};
+use schema::{persistence_warning, unknown_version};
+use scripts::{LOAD_INTENT, RELEASE, RENEW, SAVE, SWAP_INTENT};
+
 /// The key layout this build reads and writes.
 pub const REDIS_SCHEMA_VERSION: u32 = 1;
 /// How long one command may take before the store counts as unreachable.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pauses between attempts to reach the server again.
-const RECONNECT_MIN: Duration = Duration::from_millis(250);
-const RECONNECT_MAX: Duration = Duration::from_millis(500);
-
-/// Renews a lock if it is still ours: `KEYS[1]` lock, `ARGV[1]` our value,
-/// `ARGV[2]` the lease in milliseconds.
-const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0";
-
-/// Releases a lock if it is still ours.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0";
-
-/// Replaces the record if its generation is still `ARGV[1]` (empty: whatever it
-/// is), then publishes `ARGV[3]` on channel `ARGV[2]`. `ARGV[4..]`: field, value
-/// pairs. Answers `{1, stored}` when written, `{0, stored}` when fenced.
-const SAVE: &str = r"
-local stored = redis.call('HGET', KEYS[1], 'generation') or '0'
-if ARGV[1] ~= '' and stored ~= ARGV[1] then
-  return {0, stored}
-end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return {1, stored}";
-
-/// The intent hash and the server's clock: `{now_ms, field, value, …}`.
-const LOAD_INTENT: &str = r"
-local t = redis.call('TIME')
-local out = {string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000))}
-for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
-return out";
-
-/// Compare-and-set of the intent hash: if what is stored is `ARGV[1]` (`owner|
-/// generation|sha|refused`, empty for nothing), replace it by the intent in
-/// `ARGV[3..6]` (owner, generation, sha, refused), stamped with the server's
-/// clock, or, when `ARGV[2]` is empty, remove it. Answers 1 when done.
-const SWAP_INTENT: &str = r"
-local f = redis.call('HMGET', KEYS[1], 'owner', 'generation', 'refresh_token_sha256', 'refused')
-local stored = ''
-if f[3] then stored = (f[1] or '') .. '|' .. (f[2] or '') .. '|' .. f[3] .. '|' .. (f[4] or '0') end
-if stored ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-if ARGV[2] == '' then return 1 end
-local t = redis.call('TIME')
-redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'generation', ARGV[4],
-  'refresh_token_sha256', ARGV[5], 'refused', ARGV[6],
-  'at_ms', string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)))
-return 1";
 
 /// An intent as the swap script compares it.
 fn intent_key(intent: Option<&Intent>) -> String {
@@ -248,103 +203,6 @@ impl RedisStore {
             text.push_str(&warning);
         }
         Ok(text)
-    }
-
-    async fn prepare_schema(&mut self) -> Result<(), StoreError> {
-        let key = self.keys.schema();
-        let _: bool = self
-            .conn
-            .set_nx(&key, REDIS_SCHEMA_VERSION)
-            .await
-            .map_err(db("create schema"))?;
-        let found: Option<String> = self.conn.get(&key).await.map_err(db("check schema"))?;
-        match found {
-            Some(v) if v == REDIS_SCHEMA_VERSION.to_string() => Ok(()),
-            Some(v) => Err(unknown_version(&self.keys, &v)),
-            None => Err(StoreError::Schema(format!(
-                "`{key}` vanished as it was written; is another program deleting keys under `{}`?",
-                self.keys.prefix
-            ))),
-        }
-    }
-}
-
-fn unknown_version(keys: &Keys, found: &str) -> StoreError {
-    let shown: String = found.chars().take(16).collect();
-    StoreError::Schema(format!(
-        "`{}` holds layout version {shown:?}; this tokenproxy knows version {REDIS_SCHEMA_VERSION}. Run the tokenproxy that wrote it, or set store.prefix to a prefix of its own",
-        keys.schema()
-    ))
-}
-
-/// What a Redis restart would lose, from the server's persistence settings; `None`
-/// when writes reach the disk before they are answered, or when the server does
-/// not say (managed services often refuse `CONFIG`).
-async fn persistence_warning(conn: &mut impl redis::aio::ConnectionLike) -> Option<String> {
-    let settings: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("append*")
-        .query_async(conn)
-        .await
-        .ok()?;
-    let setting = |name: &str| {
-        settings
-            .chunks(2)
-            .find(|kv| kv[0] == name)
-            .and_then(|kv| kv.get(1).cloned())
-    };
-    match (setting("appendonly")?.as_str(), setting("appendfsync")?.as_str()) {
-        ("yes", "always") => None,
-        ("yes", fsync) => Some(format!(
-            "the Redis server syncs its log to disk `{fsync}`, not `always`: a crash of its host can lose the newest token, whose refresh token the provider has already rotated. Set appendfsync always on the server"
-        )),
-        _ => Some(
-            "the Redis server keeps tokens in memory only (appendonly no): its restart loses the rotated refresh token. Set appendonly yes and appendfsync always on the server".into(),
-        ),
-    }
-}
-
-/// Forwards the names published on `channel` to `changes`, reconnecting with
-/// backoff (250 ms doubling to 500 ms, so that a restarted server is heard from at
-/// once) and announcing `*` after each (re)subscription.
-async fn listen(
-    client: redis::Client,
-    channel: String,
-    changes: tokio::sync::broadcast::Sender<String>,
-) {
-    use futures_util::StreamExt;
-    let mut backoff = RECONNECT_MIN;
-    loop {
-        let subscribed = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        match tokio::time::timeout(COMMAND_TIMEOUT, subscribed).await {
-            Ok(Ok(mut pubsub)) => {
-                backoff = RECONNECT_MIN;
-                // Whatever changed while no one was listening.
-                let _ = changes.send("*".into());
-                let mut messages = pubsub.on_message();
-                while let Some(message) = messages.next().await {
-                    if let Ok(name) = message.get_payload::<String>() {
-                        let _ = changes.send(name);
-                    }
-                }
-                tracing::debug!("store notifications: connection ended; reconnecting");
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %error_text(&e), retry_in_s = backoff.as_secs(), "store notifications: cannot connect");
-            }
-            Err(_) => {
-                tracing::debug!(
-                    retry_in_s = backoff.as_secs(),
-                    "store notifications: no answer"
-                );
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(RECONNECT_MAX);
     }
 }
 
@@ -572,118 +430,5 @@ impl TokenStore for RedisStore {
 impl Drop for RedisStore {
     fn drop(&mut self) {
         self.listener.abort();
-    }
-}
-
-/// Writes `record` if the stored generation is `seen` (`None`: whatever it is), and
-/// announces it, in one script.
-async fn save(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    token: &str,
-    record: &StoredToken,
-    seen: Option<u64>,
-) -> Result<(), StoreError> {
-    let script = redis::Script::new(SAVE);
-    let mut call = script.key(keys.token(token));
-    call.arg(seen.map(|s| s.to_string()).unwrap_or_default())
-        .arg(keys.channel())
-        .arg(token);
-    for (field, value) in fields(record) {
-        call.arg(field).arg(value);
-    }
-    let (written, stored): (i64, String) = call.invoke_async(conn).await.map_err(db("write"))?;
-    if written == 0 {
-        return Err(StoreError::Fenced {
-            token: token.to_owned(),
-            seen: seen.unwrap_or(0),
-            stored: stored.parse().unwrap_or(0),
-        });
-    }
-    Ok(())
-}
-
-/// A taken lock: its key, the value that proves it is ours, the renewing task.
-struct RedisHeld {
-    conn: ConnectionManager,
-    keys: Keys,
-    token: String,
-    key: String,
-    value: String,
-    renew: JoinHandle<()>,
-    lapsed: Lapsed,
-    lease: Duration,
-}
-
-impl RedisHeld {
-    /// Compare-and-delete: a lock that lapsed and was taken by another instance
-    /// is theirs, and stays.
-    async fn let_go(mut conn: ConnectionManager, key: String, value: String, lapsed: Lapsed) {
-        let released: Result<i64, _> = redis::Script::new(RELEASE)
-            .key(&key)
-            .arg(&value)
-            .invoke_async(&mut conn)
-            .await;
-        if released.is_ok_and(|n| n == 0) {
-            lapsed.report();
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl Held for RedisHeld {
-    async fn load(&mut self) -> Result<Option<StoredToken>, StoreError> {
-        read(&mut self.conn, &self.keys, &self.token).await
-    }
-
-    async fn save(&mut self, record: &StoredToken, seen: Option<u64>) -> Result<(), StoreError> {
-        save(&mut self.conn, &self.keys, &self.token, record, seen).await
-    }
-
-    async fn renew(&mut self) -> Result<Option<tokio::time::Instant>, StoreError> {
-        let asked = tokio::time::Instant::now();
-        let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
-        let renewed: i64 = redis::Script::new(RENEW)
-            .key(&self.key)
-            .arg(&self.value)
-            .arg(lease_ms)
-            .invoke_async(&mut self.conn)
-            .await
-            .map_err(db("lock"))?;
-        if renewed == 0 {
-            self.lapsed.report();
-            return Err(StoreError::LeaseLost {
-                token: self.token.clone(),
-            });
-        }
-        Ok(Some(asked + self.lease))
-    }
-
-    async fn release(mut self: Box<Self>) {
-        self.renew.abort();
-        let (key, value) = (
-            std::mem::take(&mut self.key),
-            std::mem::take(&mut self.value),
-        );
-        RedisHeld::let_go(self.conn.clone(), key, value, self.lapsed.clone()).await;
-    }
-}
-
-impl Drop for RedisHeld {
-    fn drop(&mut self) {
-        self.renew.abort();
-        if self.key.is_empty() {
-            return; // released
-        }
-        let (key, value) = (
-            std::mem::take(&mut self.key),
-            std::mem::take(&mut self.value),
-        );
-        tokio::spawn(RedisHeld::let_go(
-            self.conn.clone(),
-            key,
-            value,
-            self.lapsed.clone(),
-        ));
     }
 }
