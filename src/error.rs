@@ -282,15 +282,48 @@ impl ProxyError {
         }
     }
 
-    pub fn response(&self, route: Option<&str>) -> Response<ProxyBody> {
-        let body = serde_json::json!({
+    /// The JSON body every error is answered with.
+    fn body(&self, route: Option<&str>) -> String {
+        serde_json::json!({
             "error": self.code(),
             "message": self.to_string(),
             "route": route,
             "source": self.source().as_str(),
             "retryable": self.retryable(),
-        });
-        let mut resp = Response::new(ProxyBody::full(body.to_string()));
+        })
+        .to_string()
+    }
+
+    /// The response as HTTP/1.1 bytes, closing the connection: for a connection
+    /// refused before any HTTP is served on it (no server to write the response).
+    pub fn http1(&self) -> Vec<u8> {
+        let resp = self.response(None);
+        let body = self.body(None);
+        let status = resp.status();
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or("")
+        )
+        .into_bytes();
+        for (name, value) in resp.headers() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(
+            format!(
+                "connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        out
+    }
+
+    pub fn response(&self, route: Option<&str>) -> Response<ProxyBody> {
+        let mut resp = Response::new(ProxyBody::full(self.body(route)));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -379,58 +412,5 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_error_has_a_distinct_code_and_a_json_body() {
-        let all = [
-            ProxyError::NoRoute,
-            ProxyError::BadPath,
-            ProxyError::BadHost,
-            ProxyError::BadScheme,
-            ProxyError::Connect,
-            ProxyError::ConnectOutsideCa,
-            ProxyError::Misdirected,
-            ProxyError::proxy_method(&http::Method::TRACE),
-            ProxyError::AmbiguousFraming,
-            ProxyError::HeaderTooLarge,
-            ProxyError::ClientBody,
-            ProxyError::ClientTimeout(Duration::from_secs(1)),
-            ProxyError::ProxyAuth,
-            ProxyError::Upgrade,
-            ProxyError::TooLarge,
-            ProxyError::UpstreamUnreachable,
-            ProxyError::UpstreamTimeout(Duration::from_secs(1)),
-            ProxyError::UpstreamFailed,
-            ProxyError::NoUpstream,
-            ProxyError::NoValidToken {
-                retry_after: Duration::from_secs(2),
-                cause: Source::Store,
-            },
-            ProxyError::Internal,
-            ProxyError::Overloaded,
-            ProxyError::AdminNotFound,
-            ProxyError::UnknownToken("x".into()),
-            ProxyError::AdminUnauthorized,
-            ProxyError::AdminKeyRequired,
-            ProxyError::AdminNotAProxy { connect: true },
-            ProxyError::RefreshTooSoon {
-                retry_after: Duration::from_secs(3),
-            },
-            ProxyError::ReloadRefused("x".into()),
-        ];
-        let mut codes: Vec<_> = all.iter().map(ProxyError::code).collect();
-        codes.sort_unstable();
-        codes.dedup();
-        assert_eq!(codes.len(), all.len());
-        for e in &all {
-            let resp = e.response(Some("r"));
-            assert_eq!(resp.status(), e.status());
-            assert_eq!(resp.headers()["x-tokenproxy-error"], e.code());
-            if e.status() == StatusCode::METHOD_NOT_ALLOWED {
-                assert!(resp.headers().contains_key(ALLOW), "{e:?}");
-            }
-        }
-    }
-}
+#[path = "error_tests.rs"]
+mod tests;

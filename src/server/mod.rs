@@ -25,12 +25,12 @@
 
 pub(crate) mod framing;
 mod io;
+mod listener;
+mod signals;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::os::unix::fs::PermissionsExt;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -45,58 +45,18 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::ProxyBody;
-use crate::config::ListenAddr;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::tunnel::{TunnelIo, TunnelSlot, Tunneled};
 use framing::Verdict;
 use io::{ConnState, Guarded, InFlight};
-
-/// A bound listener: TCP, or a Unix socket (created 0660, for hosts where the
-/// socket's group says who may use the proxy).
-pub enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
-}
-
-impl Listener {
-    pub async fn bind(addr: &ListenAddr) -> std::io::Result<Listener> {
-        match addr {
-            ListenAddr::Tcp(a) => TcpListener::bind(a).await.map(Listener::Tcp),
-            ListenAddr::Unix(path) => {
-                // A socket left by a process that died; a live one is still refused
-                // below because connecting to it succeeds.
-                if std::os::unix::net::UnixStream::connect(path).is_err() {
-                    let _ = std::fs::remove_file(path);
-                }
-                let listener = UnixListener::bind(path)?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-                Ok(Listener::Unix(listener, path.clone()))
-            }
-        }
-    }
-
-    /// What to print and connect to.
-    pub fn local(&self) -> std::io::Result<ListenAddr> {
-        match self {
-            Listener::Tcp(l) => l.local_addr().map(ListenAddr::Tcp),
-            Listener::Unix(_, path) => Ok(ListenAddr::Unix(path.clone())),
-        }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Listener::Unix(_, path) = self {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
+pub use listener::{Listener, connections_for, raise_fd_limit};
+use listener::{Stream, accept, is_out_of_fds};
+pub use signals::{hangups, shutdown_signal};
 
 /// How a listener treats its connections.
 #[derive(Clone, Copy, Debug)]
@@ -495,99 +455,12 @@ impl Body for Tracked {
 
 /// Answers a connection there is no room for, without reading from it.
 async fn refuse(stream: Stream) {
-    let e = ProxyError::Overloaded;
-    let body = serde_json::json!({"error": e.code(), "message": e.to_string(), "route": null, "source": e.source().as_str(), "retryable": true}).to_string();
-    let text = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-tokenproxy-error: {}\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        e.code(),
-        body.len()
-    );
+    let text = ProxyError::Overloaded.http1();
     let write = async move {
         match stream {
-            Stream::Tcp(mut s) => s.write_all(text.as_bytes()).await,
-            Stream::Unix(mut s) => s.write_all(text.as_bytes()).await,
+            Stream::Tcp(mut s) => s.write_all(&text).await,
+            Stream::Unix(mut s) => s.write_all(&text).await,
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
-}
-
-fn is_out_of_fds(e: &std::io::Error) -> bool {
-    // EMFILE (this process) and ENFILE (the whole system).
-    matches!(e.raw_os_error(), Some(24) | Some(23))
-}
-
-/// Raises the soft limit of open files to the hard limit and returns the limit in
-/// force, so that `max_connections` can be sized from it.
-pub fn raise_fd_limit() -> u64 {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut limit = getrlimit(Resource::Nofile);
-    let soft = limit.current.unwrap_or(u64::MAX);
-    if limit.current != limit.maximum {
-        let wanted = limit.maximum;
-        limit.current = wanted;
-        match setrlimit(Resource::Nofile, limit) {
-            Ok(()) => return wanted.unwrap_or(u64::MAX),
-            Err(e) => tracing::warn!(error = %e, soft, "cannot raise the open-file limit"),
-        }
-    }
-    soft
-}
-
-/// The default `max_connections` for an open-file limit: each proxied request may
-/// hold a client and an upstream connection, and some descriptors stay for the
-/// listeners, the store, token requests and logs.
-pub fn connections_for(fd_limit: u64) -> usize {
-    const RESERVED: u64 = 64;
-    let usable = fd_limit.saturating_sub(RESERVED) / 2;
-    usable.clamp(16, 65_536) as usize
-}
-
-enum Stream {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-async fn accept(listener: &Listener) -> std::io::Result<Stream> {
-    match listener {
-        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Tcp(s)),
-        Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
-    }
-}
-
-/// Resolves on SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).
-/// `SIGHUP`s as they arrive (reload requests). If the signal cannot be watched,
-/// nothing arrives, and a warning says so.
-pub fn hangups() -> tokio::sync::mpsc::Receiver<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    match signal(SignalKind::hangup()) {
-        Ok(mut hup) => {
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    // One pending reload covers any number of signals.
-                    let _ = tx.try_send(());
-                }
-            });
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGHUP; reload with POST /reload");
-        }
-    }
-    rx
-}
-
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops tokenproxy");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
-    }
 }
