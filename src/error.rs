@@ -6,6 +6,9 @@
 //! may succeed later ([`ProxyError::retryable`]), so callers ask the error instead
 //! of matching on strings. Bodies name the route and say what to do; they never
 //! carry a token, a header value or a full upstream URL.
+//!
+//! Length: the one error list and every mapping of it (status, code, source,
+//! retryable, level, body), in one place by design.
 
 use std::time::Duration;
 

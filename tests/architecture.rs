@@ -1,14 +1,23 @@
-//! The shape of `src/`, held as tests: no import circles.
+//! The shape of `src/`, held as tests: no import circles, no file too long to
+//! read in one sitting.
 //!
 //! A module's dependencies are the `crate::` and `super::` paths in its file
 //! (comments, string literals and the `#[cfg(test)] mod tests` block aside). A
 //! module's submodules are part of it, so the check runs at every level of the
 //! tree: the top-level modules may not form a circle, nor may the submodules of
 //! any one module among themselves. Test-only files (`*_tests.rs`) and the binary
-//! (`main.rs`) are left out.
+//! (`main.rs`) are left out. A name used through a re-export counts as a use of the
+//! module that re-exports it, and a glob (`use super::*`) as a use of its parent:
+//! write the path to where an item lives when it matters.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+/// Longer than this, a file is split.
+const MAX_LINES: usize = 600;
+/// Longer than this, a file says at its top why it is not split: a module doc line
+/// that starts with `//! Length:`.
+const EXPLAINED_LINES: usize = 400;
 
 type Module = Vec<String>;
 
@@ -340,4 +349,29 @@ fn the_checker_sees_a_circle() {
     assert_eq!(deps[&m("d::e")], BTreeSet::from([m("a")]));
     assert_eq!(circles(&deps, &[]), vec![vec!["a", "b", "c", "d"]]);
     assert_eq!(circles(&deps, &m("d")), vec![vec!["f", "g"]]);
+}
+
+#[test]
+fn no_file_too_long_to_read() {
+    let mut problems = Vec::new();
+    for file in sources() {
+        let lines = file.text.lines().count();
+        let explained = file
+            .text
+            .lines()
+            .take_while(|l| l.starts_with("//!") || l.is_empty())
+            .any(|l| l.starts_with("//! Length:"));
+        if lines > MAX_LINES {
+            problems.push(format!(
+                "{}: {lines} lines (more than {MAX_LINES}): split it",
+                file.path.display()
+            ));
+        } else if lines > EXPLAINED_LINES && !explained {
+            problems.push(format!(
+                "{}: {lines} lines (more than {EXPLAINED_LINES}) and no `//! Length:` line in its module doc saying why",
+                file.path.display()
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

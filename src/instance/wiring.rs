@@ -21,6 +21,9 @@
 //! requests are served at once) and then refreshes under the store's lock; a
 //! listener whose address changed stops accepting and drains while the new one
 //! serves. A refused reload changes nothing and is logged with its reason.
+//!
+//! Length: the one place that builds what a configuration runs; start and reload
+//! share every line of it.
 
 use std::path::PathBuf;
 use std::sync::Arc;

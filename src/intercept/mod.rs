@@ -12,6 +12,9 @@
 //! tunnels to one host signs once (the signing happens under the cache's lock,
 //! which is the single flight). Sessions resume (tickets and a session cache
 //! shared by every host's configuration).
+//!
+//! Length: the interceptor (leaf cache, session resumption) and the `ca` commands
+//! that manage its CA share the CA's loading and checks.
 
 pub mod ca;
 

@@ -20,6 +20,9 @@
 //! The requests inside come back here marked [`Tunneled`] and go through the same
 //! phases as `https://HOST/...` (or `http://HOST/...`) absolute-form requests.
 //! Every other `CONNECT` is refused, and its connection closed.
+//!
+//! Length: a request's six phases, read in order; admission and `CONNECT` are in
+//! files of their own.
 
 mod admit;
 mod connect;

@@ -18,6 +18,9 @@
 //! Pools are kept per scheme and authority, in a short list (a proxy talks to a
 //! handful of upstreams). Idle connections are closed after the pool's idle
 //! timeout, by a sweeper task that holds the pool weakly.
+//!
+//! Length: the pool and the connection it lends are one mechanism (checkout, send,
+//! return, sweep); each half needs the other's invariants.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;

@@ -22,6 +22,9 @@
 //! timeout) and serves the requests inside it with the same handler, limits and
 //! checks, each marked [`Tunneled`]. The tunnel stays the same connection: it
 //! counts against `max_connections`, is evicted and drained like any other.
+//!
+//! Length: a connection's life (accept, limits, eviction, checks, tunnels, drain)
+//! is one state machine.
 
 pub(crate) mod framing;
 mod io;

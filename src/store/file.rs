@@ -14,6 +14,9 @@
 //! belong to this process's user and be writable by nobody else; its parents must
 //! belong to root or to this user. Blocking file work runs on tokio's blocking pool,
 //! each operation with a deadline.
+//!
+//! Length: the file store's lock, atomic write and record checks make sense only
+//! together.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{Read, Write};

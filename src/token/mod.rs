@@ -17,6 +17,9 @@
 //! `flight`, the protocol it follows on the store in `refresh`; talking to the
 //! token endpoint in `grant`; reading its answers in `response`; what a source
 //! publishes in `state`.
+//!
+//! Length: `TokenSource`'s whole public surface and its store watch; the refresh
+//! itself is in `flight` and `refresh`.
 
 mod discovery;
 mod flight;

@@ -27,6 +27,9 @@
 //! What it does not do: decide when to refresh (`schedule`), talk HTTP (`grant`),
 //! or publish state (`TokenSource`). Its inputs are a store and an [`Endpoint`],
 //! so that tests can hold or fail every step.
+//!
+//! Length: the refresh protocol's eight steps, each a function, in the order they
+//! run.
 
 use std::future::Future;
 use std::sync::Mutex;

@@ -3,6 +3,9 @@
 //! a provider that revokes the whole grant when a spent refresh token comes back
 //! (its reuse count is the oracle), and a gate before every step of every
 //! instance — a gate held is a frozen instance.
+//!
+//! Length: one test per fault the protocol must survive, with the fake store and
+//! endpoint they share.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

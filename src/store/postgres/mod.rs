@@ -21,6 +21,9 @@
 //! Schema: created on first start, serialised between instances by a transaction
 //! advisory lock; `tokenproxy_schema.version` is checked, and an unknown version or
 //! a `tokenproxy_tokens` without the expected columns is refused by name.
+//!
+//! Length: the store's operations on PostgreSQL, each one statement or transaction
+//! on the same row, read best side by side.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -21,6 +21,9 @@
 //! Durability is the server's: with `appendonly yes` and `appendfsync always` a
 //! write is on disk when it returns. Opening the store reads the server's
 //! persistence settings where it may, and says when a restart would lose tokens.
+//!
+//! Length: the store's operations on Redis, each one command or script on the same
+//! keys, read best side by side.
 
 use std::time::Duration;
 
