@@ -34,6 +34,9 @@
 //! - `fuzzing`: the untrusted-input parsers, exposed for `fuzz/` and property tests.
 
 #![forbid(unsafe_code)]
+// A std::sync guard held across an await blocks every task that wants the lock on
+// that runtime thread; clippy.toml bans the calls that wait.
+#![deny(clippy::await_holding_lock, clippy::await_holding_refcell_ref)]
 
 pub mod admin;
 pub mod body;

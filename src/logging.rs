@@ -68,6 +68,8 @@ pub fn batched(out: impl Write + Send + 'static) -> (BatchWriter, Guard) {
     (BatchWriter(Arc::clone(&shared)), Guard { shared, thread })
 }
 
+// The writer's own thread: waiting is its job.
+#[allow(clippy::disallowed_methods)]
 fn write_batches(shared: &Shared, mut out: impl Write) {
     let mut batch = Vec::new();
     let mut last_write: Option<Instant> = None;
@@ -106,6 +108,9 @@ fn write_batches(shared: &Shared, mut out: impl Write) {
 
 impl BatchWriter {
     /// Queues `line` for the writer thread (waiting while 4 MiB are queued).
+    // The one wait on a runtime thread, by decision: when stderr cannot keep up
+    // with 4 MiB of lines, requests wait rather than lines being dropped.
+    #[allow(clippy::disallowed_methods)]
     fn append(&self, line: &[u8]) {
         let mut state = self.0.lock();
         while state.buf.len() >= MAX_WAITING && !state.closed {
