@@ -20,42 +20,255 @@ fn seconds_between(status: &serde_json::Value) -> u64 {
 const SECRET_CLIENT: &str = r#"client_id = "demo-client"
 client_secret = { env = "DEMO_CLIENT_SECRET" }"#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exact_online_string_expiry_rotation_and_no_early_refresh() {
-    let w = World::new(ProviderOptions {
-        lifetime: Duration::from_secs(600),
-        expires_in: ExpiresIn::String,
-        expect_auth: ExpectAuth::Post,
-        min_interval: Duration::from_secs(570),
-        ..ProviderOptions::default()
-    })
-    .await;
-    let token = format!(
-        "preset = \"exact-online\"\ntoken_url = \"{{token_url}}\"\n{SECRET_CLIENT}\nrefresh_token = {{ env = \"DEMO_REFRESH_TOKEN\" }}"
+/// Where a token request carries the client secret.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum SecretIn {
+    /// `client_secret` in the form, no `Authorization`.
+    Form,
+    /// HTTP Basic, and not in the form.
+    Basic,
+}
+
+/// One provider preset as a row: how its token server behaves, the `[tokens.p]`
+/// and route a user writes for it, a first request, and what that must do.
+struct Row {
+    preset: &'static str,
+    provider: ProviderOptions,
+    /// `[tokens.p]`, with `{token_url}`.
+    token: String,
+    env: &'static [(&'static str, &'static str)],
+    /// The route's prefix and upstream (`{api}`, `{token.FIELD}`).
+    prefix: &'static str,
+    upstream: &'static str,
+    /// `headers = { … }` of the route, if any.
+    route_headers: &'static str,
+    get: &'static str,
+    /// The path the API sees.
+    api_path: &'static str,
+    grant_type: &'static str,
+    secret_in: SecretIn,
+    /// Seconds between `issued_at` and `expires_at` in `/status`.
+    lifetime: u64,
+}
+
+fn refresh_token_of(preset: &str) -> String {
+    format!(
+        "preset = \"{preset}\"\ntoken_url = \"{{token_url}}\"\n{SECRET_CLIENT}\nrefresh_token = {{ env = \"DEMO_REFRESH_TOKEN\" }}"
+    )
+}
+
+fn extra(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    v.as_object().unwrap().clone()
+}
+
+/// The presets, each as its provider answers: string or absent `expires_in`,
+/// rotation or not, an echoed refresh token, its own error shape, Basic or form.
+fn row(preset: &str) -> Row {
+    let base = Row {
+        preset: "",
+        provider: ProviderOptions::default(),
+        token: String::new(),
+        env: &[],
+        prefix: "",
+        upstream: "",
+        route_headers: "",
+        get: "",
+        api_path: "",
+        grant_type: "refresh_token",
+        secret_in: SecretIn::Form,
+        // The fake provider's default expires_in.
+        lifetime: 30,
+    };
+    match preset {
+        "exact-online" => Row {
+            preset: "exact-online",
+            provider: ProviderOptions {
+                lifetime: Duration::from_secs(600),
+                expires_in: ExpiresIn::String,
+                expect_auth: ExpectAuth::Post,
+                min_interval: Duration::from_secs(570),
+                ..ProviderOptions::default()
+            },
+            token: refresh_token_of("exact-online"),
+            prefix: "/exact/",
+            upstream: "{api}/api/",
+            get: "/exact/v1/123/crm/Accounts?$top=5",
+            api_path: "/api/v1/123/crm/Accounts",
+            // "600", a string, read as 600 s.
+            lifetime: 600,
+            ..base
+        },
+        "salesforce" => Row {
+            preset: "salesforce",
+            provider: ProviderOptions {
+                expires_in: ExpiresIn::Absent,
+                rotate: false,
+                extra: extra(
+                    json!({"instance_url": "{api}", "issued_at": "1700000000000", "id": "https://login.salesforce.com/id/00D/005", "signature": "sig"}),
+                ),
+                ..ProviderOptions::default()
+            },
+            token: refresh_token_of("salesforce"),
+            prefix: "/sf/",
+            upstream: "{token.instance_url}/services/data/",
+            get: "/sf/v59.0/sobjects/Account?fields=Id",
+            api_path: "/services/data/v59.0/sobjects/Account",
+            // No expires_in: the preset's lifetime.
+            lifetime: 3600,
+            ..base
+        },
+        "hubspot" => Row {
+            preset: "hubspot",
+            provider: ProviderOptions {
+                expires_in: ExpiresIn::Number,
+                lifetime: Duration::from_secs(1800),
+                rotate: false,
+                echo_refresh_token: true,
+                error_style: ErrorStyle::HubSpot,
+                ..ProviderOptions::default()
+            },
+            token: refresh_token_of("hubspot"),
+            prefix: "/hs/",
+            upstream: "{api}/",
+            get: "/hs/crm/v3/objects/contacts",
+            api_path: "/crm/v3/objects/contacts",
+            lifetime: 1800,
+            ..base
+        },
+        "xero" => Row {
+            preset: "xero",
+            provider: ProviderOptions {
+                expect_auth: ExpectAuth::Basic,
+                ..ProviderOptions::default()
+            },
+            token: refresh_token_of("xero"),
+            prefix: "/xero/",
+            upstream: "{api}/api.xro/2.0/",
+            route_headers: "headers = { \"Xero-Tenant-Id\" = \"tenant-123\" }",
+            get: "/xero/Invoices",
+            api_path: "/api.xro/2.0/Invoices",
+            secret_in: SecretIn::Basic,
+            ..base
+        },
+        "quickbooks" => Row {
+            preset: "quickbooks",
+            provider: ProviderOptions {
+                expect_auth: ExpectAuth::Basic,
+                expires_in: ExpiresIn::Number,
+                extra: extra(json!({"x_refresh_token_expires_in": 8726400})),
+                client_secret: "s3cr+t:with%odd&chars".into(),
+                ..ProviderOptions::default()
+            },
+            // A secret with + : % & survives Basic encoding.
+            token: "preset = \"quickbooks\"\ntoken_url = \"{token_url}\"\nclient_id = \"demo-client\"\nclient_secret = { env = \"QB_SECRET\" }\nrefresh_token = { env = \"DEMO_REFRESH_TOKEN\" }".into(),
+            env: &[("QB_SECRET", "s3cr+t:with%odd&chars")],
+            prefix: "/qb/",
+            upstream: "{api}/v3/company/",
+            get: "/qb/4620816365/query",
+            api_path: "/v3/company/4620816365/query",
+            secret_in: SecretIn::Basic,
+            ..base
+        },
+        "microsoft-entra" => Row {
+            preset: "microsoft-entra",
+            provider: ProviderOptions {
+                expect_auth: ExpectAuth::Post,
+                expires_in: ExpiresIn::Number,
+                lifetime: Duration::from_secs(3599),
+                require: vec![(
+                    "scope".into(),
+                    "https://graph.microsoft.com/.default".into(),
+                )],
+                ..ProviderOptions::default()
+            },
+            token: format!(
+                "preset = \"microsoft-entra\"\ntenant = \"contoso.onmicrosoft.com\"\ntoken_url = \"{{token_url}}\"\n{SECRET_CLIENT}\nscope = \"https://graph.microsoft.com/.default\""
+            ),
+            prefix: "/graph/",
+            upstream: "{api}/",
+            get: "/graph/v1.0/users",
+            api_path: "/v1.0/users",
+            grant_type: "client_credentials",
+            lifetime: 3599,
+            ..base
+        },
+        "zoho" => Row {
+            preset: "zoho",
+            provider: ProviderOptions {
+                rotate: false,
+                error_style: ErrorStyle::OkStatus,
+                api_auth: ApiAuth::Header {
+                    name: "authorization".into(),
+                    prefix: "Zoho-oauthtoken ".into(),
+                },
+                extra: extra(json!({"api_domain": "{api}"})),
+                ..ProviderOptions::default()
+            },
+            token: format!(
+                "preset = \"zoho\"\nregion = \"eu\"\ntoken_url = \"{{token_url}}\"\n{SECRET_CLIENT}\nrefresh_token = {{ env = \"DEMO_REFRESH_TOKEN\" }}"
+            ),
+            prefix: "/zoho/",
+            upstream: "{token.api_domain}/crm/v6/",
+            get: "/zoho/Leads?per_page=5",
+            api_path: "/crm/v6/Leads",
+            ..base
+        },
+        other => panic!("no row for preset {other}"),
+    }
+}
+
+/// Starts tokenproxy with `row`'s configuration against its provider, sends the
+/// first request and checks what every preset must do: served, on the right
+/// path, with the token request its provider expects, the lifetime read right.
+async fn first_request(row: Row) -> (World, Proxy) {
+    let name = row.preset;
+    let w = World::new(row.provider).await;
+    let routes = format!(
+        "[[routes]]\nprefix = \"{}\"\nupstream = \"{}\"\ntoken = \"p\"\n{}",
+        row.prefix, row.upstream, row.route_headers
     );
-    let p = w.spawn(&w.provider_config(
-        "",
-        &token,
-        "[[routes]]\nprefix = \"/exact/\"\nupstream = \"{api}/api/\"\ntoken = \"p\"",
-    ));
-    let (status, body) = get(&p.url("/exact/v1/123/crm/Accounts?$top=5")).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(json(&body)["path"], "/api/v1/123/crm/Accounts");
+    let p = w.spawn_with(&w.provider_config("", &row.token, &routes), row.env);
+    let (status, body) = get(&p.url(row.get)).await;
+    assert_eq!(status, 200, "{name}: {body}\n{}", p.log());
+    assert_eq!(json(&body)["path"], row.api_path, "{name}");
     let sent = w.provider.last_request().unwrap();
-    assert_eq!(sent.field("grant_type"), Some("refresh_token"));
-    assert_eq!(sent.field("refresh_token"), Some("demo-refresh-0"));
-    assert_eq!(
-        sent.field("client_secret"),
-        Some("demo-secret"),
-        "Exact takes credentials in the form"
-    );
-    assert!(!sent.headers.contains_key("authorization"));
+    assert_eq!(sent.field("grant_type"), Some(row.grant_type), "{name}");
+    if row.grant_type == "refresh_token" {
+        assert_eq!(
+            sent.field("refresh_token"),
+            Some("demo-refresh-0"),
+            "{name}"
+        );
+    }
+    let basic = sent
+        .headers
+        .get("authorization")
+        .is_some_and(|v| v.as_bytes().starts_with(b"Basic "));
+    match row.secret_in {
+        SecretIn::Form => {
+            assert!(sent.field("client_secret").is_some(), "{name}: in the form");
+            assert!(!sent.headers.contains_key("authorization"), "{name}");
+        }
+        SecretIn::Basic => {
+            assert!(basic, "{name}: HTTP Basic");
+            assert_eq!(
+                sent.field("client_secret"),
+                None,
+                "{name}: never two methods"
+            );
+        }
+    }
     assert_eq!(
         seconds_between(&token_status(&p, "p").await),
-        600,
-        "\"600\" read as 600 s"
+        row.lifetime,
+        "{name}"
     );
+    (w, p)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_online_string_expiry_rotation_and_no_early_refresh() {
+    let (w, p) = first_request(row("exact-online")).await;
     // A 401 within 570 s of issue: Exact would refuse the refresh and count the
     // error, so tokenproxy does not ask; the 401 goes back.
     w.provider.revoke_access();
@@ -65,30 +278,7 @@ async fn exact_online_string_expiry_rotation_and_no_early_refresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn salesforce_without_expiry_routes_to_instance_url() {
-    let w = World::new(ProviderOptions {
-        expires_in: ExpiresIn::Absent,
-        rotate: false,
-        extra: json!({"instance_url": "{api}", "issued_at": "1700000000000", "id": "https://login.salesforce.com/id/00D/005", "signature": "sig"})
-            .as_object()
-            .unwrap()
-            .clone(),
-        ..ProviderOptions::default()
-    })
-    .await;
-    let token = format!(
-        "preset = \"salesforce\"\ntoken_url = \"{{token_url}}\"\n{SECRET_CLIENT}\nrefresh_token = {{ env = \"DEMO_REFRESH_TOKEN\" }}"
-    );
-    let routes = "[[routes]]\nprefix = \"/sf/\"\nupstream = \"{token.instance_url}/services/data/\"\ntoken = \"p\"";
-    let p = w.spawn(&w.provider_config("", &token, routes));
-    let (status, body) = get(&p.url("/sf/v59.0/sobjects/Account?fields=Id")).await;
-    assert_eq!(status, 200, "{body}\n{}", p.log());
-    assert_eq!(json(&body)["path"], "/services/data/v59.0/sobjects/Account");
-    assert_eq!(
-        seconds_between(&token_status(&p, "p").await),
-        3600,
-        "no expires_in: the preset's lifetime"
-    );
-
+    let (w, p) = first_request(row("salesforce")).await;
     // No refresh token in the answer: the stored one is kept and used again.
     w.provider.revoke_access();
     assert_eq!(get(&p.url("/sf/v59.0/sobjects")).await.0, 200);
@@ -102,24 +292,7 @@ async fn salesforce_without_expiry_routes_to_instance_url() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubspot_echoed_refresh_token_and_its_own_error_shape() {
-    let w = World::new(ProviderOptions {
-        expires_in: ExpiresIn::Number,
-        lifetime: Duration::from_secs(1800),
-        rotate: false,
-        echo_refresh_token: true,
-        error_style: ErrorStyle::HubSpot,
-        ..ProviderOptions::default()
-    })
-    .await;
-    let token = format!(
-        "preset = \"hubspot\"\ntoken_url = \"{{token_url}}\"\n{SECRET_CLIENT}\nrefresh_token = {{ env = \"DEMO_REFRESH_TOKEN\" }}"
-    );
-    let p = w.spawn(&w.provider_config(
-        "",
-        &token,
-        "[[routes]]\nprefix = \"/hs/\"\nupstream = \"{api}/\"\ntoken = \"p\"",
-    ));
-    assert_eq!(get(&p.url("/hs/crm/v3/objects/contacts")).await.0, 200);
+    let (w, p) = first_request(row("hubspot")).await;
     w.provider.revoke_access();
     assert_eq!(
         get(&p.url("/hs/crm/v3/objects/contacts")).await.0,
@@ -138,31 +311,9 @@ async fn hubspot_echoed_refresh_token_and_its_own_error_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xero_basic_auth_rotation_and_tenant_header() {
-    let w = World::new(ProviderOptions {
-        expect_auth: ExpectAuth::Basic,
-        ..ProviderOptions::default()
-    })
-    .await;
-    let token = format!(
-        "preset = \"xero\"\ntoken_url = \"{{token_url}}\"\n{SECRET_CLIENT}\nrefresh_token = {{ env = \"DEMO_REFRESH_TOKEN\" }}"
-    );
-    let routes = "[[routes]]\nprefix = \"/xero/\"\nupstream = \"{api}/api.xro/2.0/\"\ntoken = \"p\"\nheaders = { \"Xero-Tenant-Id\" = \"tenant-123\" }";
-    let p = w.spawn(&w.provider_config("", &token, routes));
-    let (status, body) = get(&p.url("/xero/Invoices")).await;
-    assert_eq!(status, 200, "{body}\n{}", p.log());
+    let (w, p) = first_request(row("xero")).await;
+    let (_, body) = get(&p.url("/xero/Invoices")).await;
     assert_eq!(json(&body)["headers"]["xero-tenant-id"], "tenant-123");
-    let sent = w.provider.last_request().unwrap();
-    assert!(
-        sent.headers["authorization"]
-            .to_str()
-            .unwrap()
-            .starts_with("Basic ")
-    );
-    assert_eq!(
-        sent.field("client_secret"),
-        None,
-        "never two client auth methods"
-    );
     w.provider.revoke_access();
     assert_eq!(get(&p.url("/xero/Invoices")).await.0, 200);
     assert_eq!(w.provider.reuse_detected(), 0);
@@ -170,61 +321,26 @@ async fn xero_basic_auth_rotation_and_tenant_header() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickbooks_basic_auth_keeps_provider_fields() {
-    let w = World::new(ProviderOptions {
-        expect_auth: ExpectAuth::Basic,
-        expires_in: ExpiresIn::Number,
-        extra: json!({"x_refresh_token_expires_in": 8726400})
-            .as_object()
-            .unwrap()
-            .clone(),
-        client_secret: "s3cr+t:with%odd&chars".into(),
-        ..ProviderOptions::default()
-    })
-    .await;
-    let token = "preset = \"quickbooks\"\ntoken_url = \"{token_url}\"\nclient_id = \"demo-client\"\nclient_secret = { env = \"QB_SECRET\" }\nrefresh_token = { env = \"DEMO_REFRESH_TOKEN\" }";
-    let config = w.provider_config(
-        "",
-        token,
-        "[[routes]]\nprefix = \"/qb/\"\nupstream = \"{api}/v3/company/\"\ntoken = \"p\"",
-    );
-    let p = w.spawn_with(&config, &[("QB_SECRET", "s3cr+t:with%odd&chars")]);
-    let (status, body) = get(&p.url("/qb/4620816365/query")).await;
-    assert_eq!(
-        status,
-        200,
-        "a secret with + : % & survives Basic encoding: {body}\n{}",
-        p.log()
-    );
+    let (w, _p) = first_request(row("quickbooks")).await;
     let stored = std::fs::read_to_string(w.state_dir().join("p.json")).unwrap();
     assert!(stored.contains("x_refresh_token_expires_in"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn microsoft_entra_client_credentials_with_scope() {
-    let w = World::new(ProviderOptions {
-        expect_auth: ExpectAuth::Post,
-        expires_in: ExpiresIn::Number,
-        lifetime: Duration::from_secs(3599),
-        require: vec![(
-            "scope".into(),
-            "https://graph.microsoft.com/.default".into(),
-        )],
-        ..ProviderOptions::default()
-    })
-    .await;
-    let token = format!(
-        "preset = \"microsoft-entra\"\ntenant = \"contoso.onmicrosoft.com\"\ntoken_url = \"{{token_url}}\"\n{SECRET_CLIENT}\nscope = \"https://graph.microsoft.com/.default\""
+    first_request(row("microsoft-entra")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zoho_header_format_api_domain_and_errors_with_200() {
+    let (w, p) = first_request(row("zoho")).await;
+    w.provider.set_mode(Mode::InvalidGrant);
+    assert_eq!(force_refresh(&p, "p").await.status(), 502);
+    assert_eq!(
+        token_status(&p, "p").await["state"],
+        "needs_login",
+        "an error with HTTP 200 is still an error"
     );
-    let p = w.spawn(&w.provider_config(
-        "",
-        &token,
-        "[[routes]]\nprefix = \"/graph/\"\nupstream = \"{api}/\"\ntoken = \"p\"",
-    ));
-    let (status, body) = get(&p.url("/graph/v1.0/users")).await;
-    assert_eq!(status, 200, "{body}\n{}", p.log());
-    let sent = w.provider.last_request().unwrap();
-    assert_eq!(sent.field("grant_type"), Some("client_credentials"));
-    assert_eq!(seconds_between(&token_status(&p, "p").await), 3599);
 }
 
 /// A P-256 key as PKCS#8 PEM and the matching verifier.
@@ -333,39 +449,6 @@ async fn salesforce_jwt_flow_with_an_rsa_key() {
     assert_eq!(claims["iss"], "consumer-key");
     assert_eq!(claims["sub"], "etl@example.com");
     assert_eq!(claims["aud"], "https://login.salesforce.com");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zoho_header_format_api_domain_and_errors_with_200() {
-    let w = World::new(ProviderOptions {
-        rotate: false,
-        error_style: ErrorStyle::OkStatus,
-        api_auth: ApiAuth::Header {
-            name: "authorization".into(),
-            prefix: "Zoho-oauthtoken ".into(),
-        },
-        extra: json!({"api_domain": "{api}"}).as_object().unwrap().clone(),
-        ..ProviderOptions::default()
-    })
-    .await;
-    let token = format!(
-        "preset = \"zoho\"\nregion = \"eu\"\ntoken_url = \"{{token_url}}\"\n{SECRET_CLIENT}\nrefresh_token = {{ env = \"DEMO_REFRESH_TOKEN\" }}"
-    );
-    let p = w.spawn(&w.provider_config(
-        "",
-        &token,
-        "[[routes]]\nprefix = \"/zoho/\"\nupstream = \"{token.api_domain}/crm/v6/\"\ntoken = \"p\"",
-    ));
-    let (status, body) = get(&p.url("/zoho/Leads?per_page=5")).await;
-    assert_eq!(status, 200, "{body}\n{}", p.log());
-    assert_eq!(json(&body)["path"], "/crm/v6/Leads");
-    w.provider.set_mode(Mode::InvalidGrant);
-    assert_eq!(force_refresh(&p, "p").await.status(), 502);
-    assert_eq!(
-        token_status(&p, "p").await["state"],
-        "needs_login",
-        "an error with HTTP 200 is still an error"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
