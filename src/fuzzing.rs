@@ -93,24 +93,37 @@ pub fn rewrite(body: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<u8>) {
 pub fn paging(body: &[u8], cuts: &[usize]) -> [(Vec<u8>, Vec<u8>); 2] {
     let chunks = cut(body, cuts);
     let json = |pieces: &[&[u8]]| {
-        let mut s = JsonLinks::new(BASE, PROXY);
-        let mut out: Vec<u8> = pieces
-            .iter()
-            .flat_map(|p| s.push(Bytes::copy_from_slice(p)))
-            .collect();
-        out.extend_from_slice(&s.finish());
-        out
+        feed(
+            JsonLinks::new(BASE, PROXY),
+            pieces,
+            JsonLinks::push,
+            JsonLinks::finish,
+        )
     };
     let xml = |pieces: &[&[u8]]| {
-        let mut s = XmlLinks::new(BASE, PROXY);
-        let mut out: Vec<u8> = pieces
-            .iter()
-            .flat_map(|p| s.push(Bytes::copy_from_slice(p)))
-            .collect();
-        out.extend_from_slice(&s.finish());
-        out
+        feed(
+            XmlLinks::new(BASE, PROXY),
+            pieces,
+            XmlLinks::push,
+            XmlLinks::finish,
+        )
     };
     [(json(&chunks), json(&[body])), (xml(&chunks), xml(&[body]))]
+}
+
+/// A streaming scanner's whole output for `pieces`: each pushed, then the end.
+fn feed<S>(
+    mut scanner: S,
+    pieces: &[&[u8]],
+    push: fn(&mut S, Bytes) -> Bytes,
+    finish: fn(&mut S) -> Bytes,
+) -> Vec<u8> {
+    let mut out: Vec<u8> = pieces
+        .iter()
+        .flat_map(|p| push(&mut scanner, Bytes::copy_from_slice(p)))
+        .collect();
+    out.extend_from_slice(&finish(&mut scanner));
+    out
 }
 
 /// The HTTP/1 framing reader on any byte stream: it never panics, and where the

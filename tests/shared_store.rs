@@ -245,6 +245,23 @@ impl Store {
     }
 }
 
+/// What nearly every scenario starts from: a fresh place on the store, a token
+/// server behaving as asked, and the configuration of an instance on both.
+struct Scene {
+    store: Store,
+    w: World,
+    config: String,
+}
+
+impl Scene {
+    async fn new(kind: Kind, provider: ProviderOptions, token_extra: &str) -> Scene {
+        let store = Store::fresh(kind).await;
+        let w = World::new(provider).await;
+        let config = store.config(&w, token_extra);
+        Scene { store, w, config }
+    }
+}
+
 fn short_lived(secs: f64) -> ProviderOptions {
     ProviderOptions {
         lifetime: Duration::from_secs_f64(secs),
@@ -257,12 +274,15 @@ fn short_lived(secs: f64) -> ProviderOptions {
 /// refreshes one instance alone would make (one per lifetime less the margin), not
 /// four times as many: each token request makes exactly one stored generation.
 async fn four_instances_refresh_as_one(kind: Kind) {
-    let store = Store::fresh(kind).await;
     let lifetime = Duration::from_secs(3);
-    let w = World::new(short_lived(lifetime.as_secs_f64())).await;
     // Margin 1 s (and up to 0.1 s of jitter): one refresh per ~2 s, each with a
     // second to spare on a busy machine.
-    let config = store.config(&w, "refresh_before = \"1s\"");
+    let Scene { store, w, config } = Scene::new(
+        kind,
+        short_lived(lifetime.as_secs_f64()),
+        "refresh_before = \"1s\"",
+    )
+    .await;
     let proxies: Vec<Proxy> = (0..4).map(|_| store.spawn(&w, &config)).collect();
     let started = Instant::now();
     let deadline = started + lifetime * 20;
@@ -310,8 +330,7 @@ async fn four_instances_refresh_as_one(kind: Kind) {
 /// Another tool (`psql`, `redis-cli`) reads the current access token from the
 /// documented table or key, and the API accepts it.
 async fn another_tool_reads_the_current_token(kind: Kind) {
-    let store = Store::fresh(kind).await;
-    let w = World::default().await;
+    let Scene { store, w, .. } = Scene::new(kind, ProviderOptions::default(), "").await;
     let p = store.spawn(&w, &store.config(&w, ""));
     assert_eq!(get(&p.url("/demo/x")).await.0, 200);
     let out = match kind {
@@ -357,8 +376,7 @@ async fn another_tool_reads_the_current_token(kind: Kind) {
 
 /// A layout this build does not know is refused by name at start.
 async fn an_unknown_layout_version_is_refused(kind: Kind) {
-    let store = Store::fresh(kind).await;
-    let w = World::default().await;
+    let Scene { store, w, .. } = Scene::new(kind, ProviderOptions::default(), "").await;
     drop(store.spawn(&w, &store.config(&w, "")));
     match kind {
         Kind::Postgres => {
@@ -422,9 +440,7 @@ async fn wait_generation(p: &Proxy, above: u64, within: Duration) -> Duration {
 /// token request sent into a provider that never answers it (the provider answers
 /// others again). The task is A's caller.
 async fn holder_in_a_hang(kind: Kind) -> (Store, World, Proxy, Proxy, tokio::task::JoinHandle<()>) {
-    let store = Store::fresh(kind).await;
-    let w = World::default().await;
-    let config = store.config(&w, "");
+    let Scene { store, w, config } = Scene::new(kind, ProviderOptions::default(), "").await;
     let a = store.spawn(&w, &config);
     let b = store.spawn(&w, &config);
     assert_eq!(get(&a.url("/demo/x")).await.0, 200);
@@ -964,9 +980,7 @@ async fn an_unreachable_store_is_reported_and_tokens_keep_serving(kind: Kind) {
 /// A refresh on one instance reaches the others through the store's notifications
 /// at once, not at their own refresh time, and costs them no token request.
 async fn other_instances_pick_a_new_token_up_at_once(kind: Kind) {
-    let store = Store::fresh(kind).await;
-    let w = World::new(short_lived(600.0)).await;
-    let config = store.config(&w, "");
+    let Scene { store, w, config } = Scene::new(kind, short_lived(600.0), "").await;
     let a = store.spawn(&w, &config);
     let b = store.spawn(&w, &config);
     assert_eq!(get(&a.url("/demo/x")).await.0, 200);
@@ -992,8 +1006,7 @@ async fn other_instances_pick_a_new_token_up_at_once(kind: Kind) {
 /// Encrypted at rest: what the server holds contains no token, and the instance
 /// works as ever.
 async fn the_store_holds_no_token_in_clear_with_an_encryption_key(kind: Kind) {
-    let store = Store::fresh(kind).await;
-    let w = World::default().await;
+    let Scene { store, w, .. } = Scene::new(kind, ProviderOptions::default(), "").await;
     let config = store.config(&w, "").replace(
         "lease = \"15s\"",
         "lease = \"15s\"\nencryption_key = { env = \"TP_KEY\" }",
@@ -1027,8 +1040,7 @@ fn check_store(path: &std::path::Path, url: &str) -> std::process::Output {
 
 /// `check` connects to the store: reachable with its layout, or an error and exit 1.
 async fn check_reports_the_store(kind: Kind) {
-    let store = Store::fresh(kind).await;
-    let w = World::default().await;
+    let Scene { store, w, .. } = Scene::new(kind, ProviderOptions::default(), "").await;
     let path = w.dir.path().join("check.toml");
     std::fs::write(&path, store.config(&w, "")).unwrap();
     let check = |url: &str| check_store(&path, url);
@@ -1108,8 +1120,7 @@ async fn a_redis_server_that_can_lose_writes_is_warned_about() {
 /// `tokenproxy seed` writes to the configured shared store, and a running instance
 /// whose refresh token was refused resumes with the seeded one, no restart.
 async fn seed_writes_to_the_shared_store(kind: Kind) {
-    let store = Store::fresh(kind).await;
-    let w = World::default().await;
+    let Scene { store, w, .. } = Scene::new(kind, ProviderOptions::default(), "").await;
     w.provider.set_mode(Mode::InvalidGrant);
     let config = store.config(&w, "");
     let p = store.spawn(&w, &config);
@@ -1321,9 +1332,7 @@ async fn a_corrupt_redis_record_names_the_field_not_its_value() {
 /// the holder), stores it, and no instance presents the spent refresh token: the
 /// store ends with the provider's current one and the grant is never revoked.
 async fn a_holder_frozen_past_the_timeout_keeps_the_late_answer(kind: Kind) {
-    let store = Store::fresh(kind).await;
-    let w = World::default().await;
-    let config = store.config(&w, "");
+    let Scene { store, w, config } = Scene::new(kind, ProviderOptions::default(), "").await;
     let (a, b, all) = four(&store, &w, &config).await;
     let before = w.provider.token_requests();
     w.provider.set_mode(Mode::SlowOk(1000));
@@ -1384,9 +1393,7 @@ async fn a_holder_frozen_past_the_timeout_keeps_the_late_answer(kind: Kind) {
 /// recorded in the store, and of four instances asked to refresh, none presents
 /// the refused token again; all say a login is needed.
 async fn a_refusal_is_presented_once_in_total(kind: Kind) {
-    let store = Store::fresh(kind).await;
-    let w = World::default().await;
-    let config = store.config(&w, "");
+    let Scene { store, w, config } = Scene::new(kind, ProviderOptions::default(), "").await;
     let proxies: Vec<Proxy> = (0..4).map(|_| store.spawn(&w, &config)).collect();
     for p in &proxies {
         assert_eq!(get(&p.url("/demo/x")).await.0, 200);
@@ -1437,11 +1444,9 @@ async fn until(what: &str, within: Duration, mut ready: impl AsyncFnMut() -> boo
 /// refreshes meanwhile. Woken, the holder finds its lease gone before sending and
 /// abandons: the provider sees one token request, and nothing is reused.
 async fn a_holder_frozen_before_its_request_spends_nothing(kind: Kind) {
-    let store = Store::fresh(kind).await;
     // Hour-long tokens: no instance refreshes (writes to the store) by itself
     // while the test holds the store's writes up, so the one held up is A.
-    let w = World::new(short_lived(3600.0)).await;
-    let config = store.config(&w, "");
+    let Scene { store, w, config } = Scene::new(kind, short_lived(3600.0), "").await;
     let (a, b, all) = four(&store, &w, &config).await;
     let before = w.provider.token_requests();
     let url = a.admin_url("/tokens/demo/refresh");
