@@ -446,6 +446,20 @@ async fn the_health_command_follows_readiness() {
     let (code, out) = cli(&path, &["health"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("cannot reach the admin endpoint"), "{out}");
+
+    // An address that takes the connection and never answers (a frozen process):
+    // the check gives up on its own instead of hanging its runner. The minute is
+    // only there to turn a hang into a failure.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let run = tokio::task::spawn_blocking(move || cli(&path, &["health", "--admin", &addr]));
+    let (code, out) = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("tokenproxy health returns")
+        .unwrap();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("no answer within 5 s"), "{out}");
+    drop(silent);
 }
 
 async fn one_log_line_per_request_without_query_or_headers() {
