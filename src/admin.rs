@@ -172,7 +172,7 @@ impl Admin {
     }
 
     fn refused(&self, e: ProxyError) -> Response<ProxyBody> {
-        self.metrics.error("admin", e.code(), e.source().as_str());
+        e.count(&self.metrics, "admin");
         e.response(None)
     }
 

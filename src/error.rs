@@ -285,6 +285,11 @@ impl ProxyError {
         }
     }
 
+    /// Counts this error in `errors_total`, under `route`, with its code and source.
+    pub fn count(&self, metrics: &crate::metrics::Metrics, route: &str) {
+        metrics.error(route, self.code(), self.source().as_str());
+    }
+
     /// The JSON body every error is answered with.
     fn body(&self, route: Option<&str>) -> String {
         serde_json::json!({

@@ -154,7 +154,7 @@ impl Proxy {
         }
         let route = route_name(&trace).unwrap_or("none");
         if let Some(e) = &error {
-            self.metrics.error(route, e.code(), e.source().as_str());
+            e.count(&self.metrics, route);
         }
         let line = RequestLine {
             level: error

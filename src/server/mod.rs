@@ -230,7 +230,7 @@ pub async fn serve<F, Fut>(
         };
         if registry.len() >= limits.max_connections && !registry.evict_idle() {
             let e = ProxyError::Overloaded;
-            cx.metrics.error(cx.label, e.code(), e.source().as_str());
+            e.count(&cx.metrics, cx.label);
             let now = tokio::time::Instant::now();
             if last_refusal_log.is_none_or(|t| now - t >= Duration::from_secs(1)) {
                 last_refusal_log = Some(now);
@@ -365,7 +365,7 @@ where
 {
     let resp = match check_head(&req, verdict, &limits) {
         Err(e) => {
-            cx.metrics.error(cx.label, e.code(), e.source().as_str());
+            e.count(&cx.metrics, cx.label);
             crate::log_at!(
                 e.level(),
                 method = %req.method(),
@@ -381,7 +381,7 @@ where
                 // The panic hook has logged it.
                 cx.metrics.panicked();
                 let e = ProxyError::Internal;
-                cx.metrics.error(cx.label, e.code(), e.source().as_str());
+                e.count(&cx.metrics, cx.label);
                 ProxyError::Internal.response(None)
             }
         },
