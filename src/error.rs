@@ -96,9 +96,17 @@ pub enum ProxyError {
     #[error("the client stopped sending the request body for {}s", .0.as_secs())]
     ClientTimeout(Duration),
     #[error(
-        "this proxy needs a key: send it as configured in [listen] client_key (by default Proxy-Authorization: Bearer <key>)"
+        "this proxy needs a caller key: send yours as [listen] says (by default Proxy-Authorization: Bearer <key>, or as the password of the proxy URL)"
     )]
     ProxyAuth,
+    #[error(
+        "this caller's key does not admit it to this token; list the token in the caller's [[callers]] entry"
+    )]
+    CallerNotAllowed,
+    #[error(
+        "no token of this name is vended; vending needs tokens.NAME.vend = true (GET /tokenproxy/v1/tokens/NAME)"
+    )]
+    NotVended,
     #[error(
         "protocol upgrades (WebSocket) cannot carry an injected token; send plain HTTP requests"
     )]
@@ -157,9 +165,11 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoRoute | ProxyError::AdminNotFound | ProxyError::UnknownToken(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ProxyError::NoRoute
+            | ProxyError::AdminNotFound
+            | ProxyError::UnknownToken(_)
+            | ProxyError::NotVended => StatusCode::NOT_FOUND,
+            ProxyError::CallerNotAllowed => StatusCode::FORBIDDEN,
             ProxyError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::AdminKeyRequired => StatusCode::FORBIDDEN,
             ProxyError::AdminNotAProxy { connect: true } => StatusCode::METHOD_NOT_ALLOWED,
@@ -208,6 +218,8 @@ impl ProxyError {
             ProxyError::ClientBody => "client_body",
             ProxyError::ClientTimeout(_) => "client_timeout",
             ProxyError::ProxyAuth => "proxy_auth_required",
+            ProxyError::CallerNotAllowed => "caller_not_allowed",
+            ProxyError::NotVended => "token_not_vended",
             ProxyError::Upgrade => "upgrade_not_supported",
             ProxyError::TooLarge => "request_too_large",
             ProxyError::UpstreamUnreachable => "upstream_unreachable",
@@ -240,6 +252,8 @@ impl ProxyError {
             | ProxyError::ClientBody
             | ProxyError::ClientTimeout(_)
             | ProxyError::ProxyAuth
+            | ProxyError::CallerNotAllowed
+            | ProxyError::NotVended
             | ProxyError::Upgrade
             | ProxyError::TooLarge
             | ProxyError::AdminNotFound

@@ -18,6 +18,8 @@ fn every_error_has_a_distinct_code_and_a_json_body() {
         ProxyError::ClientBody,
         ProxyError::ClientTimeout(Duration::from_secs(1)),
         ProxyError::ProxyAuth,
+        ProxyError::CallerNotAllowed,
+        ProxyError::NotVended,
         ProxyError::Upgrade,
         ProxyError::TooLarge,
         ProxyError::UpstreamUnreachable,

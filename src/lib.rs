@@ -4,6 +4,7 @@
 //! in this list, never one below; `tests/architecture.rs` holds it to that):
 //! - `secret`, `clock`: secret values that never print and where they live;
 //!   times as stored (Unix milliseconds) and shown (RFC 3339);
+//! - `certs`: the proxy listener's own certificate, read and checked;
 //! - `config`: the TOML schema and its validation into types that cannot be wrong;
 //! - `tls`: the trust store shared by the upstream client and the token client;
 //! - `metrics`: every Prometheus metric, in a registry handed to the others;
@@ -41,6 +42,7 @@
 pub mod admin;
 pub mod body;
 pub mod bootstrap;
+pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod control;

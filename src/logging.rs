@@ -160,6 +160,8 @@ pub struct RequestLine<'a> {
     pub level: tracing::Level,
     pub method: &'a str,
     pub route: &'a str,
+    /// The `[[callers]]` name, when the listener has callers.
+    pub caller: Option<&'a str>,
     pub status: u16,
     pub duration_ms: f64,
     pub retried: bool,
@@ -207,6 +209,7 @@ impl RequestLog {
                 target: TARGET,
                 method = %line.method,
                 route = line.route,
+                caller = line.caller,
                 status = line.status,
                 duration_ms = line.duration_ms,
                 retried = line.retried,
@@ -249,10 +252,14 @@ fn format_request_line(out: &mut String, line: &RequestLine<'_>) {
     });
     out.push_str(" tokenproxy::proxy: request method=");
     out.push_str(line.method);
+    let _ = write!(out, " route={:?}", line.route);
+    if let Some(caller) = line.caller {
+        let _ = write!(out, " caller={caller:?}");
+    }
     let _ = write!(
         out,
-        " route={:?} status={} duration_ms={:?} retried={}",
-        line.route, line.status, line.duration_ms, line.retried
+        " status={} duration_ms={:?} retried={}",
+        line.status, line.duration_ms, line.retried
     );
     if let Some(error) = line.error {
         let _ = write!(out, " error={error:?}");

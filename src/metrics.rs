@@ -2,11 +2,15 @@
 //!
 //! A [`Metrics`] owns its own `prometheus::Registry` (no global registry), built in
 //! `lib.rs` and handed to the token sources, the proxy and the admin listener. Label
-//! values are bounded: token and route names from the configuration, fixed trigger,
+//! values are bounded: token, route and caller names from the configuration, fixed trigger,
 //! result, status-class and outcome words. Never a path, a URL or a token.
 //!
 //! The request path does not look labels up: [`RouteMetrics`] holds the resolved
 //! counters and histogram of one route, so counting a request is a few atomic adds.
+//! Caller names (`[[callers]]`) are labels too: configured, bounded, never keys.
+//!
+//! Length: every metric in one place, as the contract asks; each is a few lines
+//! of definition and one of use.
 
 use std::time::{Duration, SystemTime};
 
@@ -44,6 +48,9 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     store_up: prometheus::IntGauge,
     store_operations: IntCounterVec,
+    vended: IntCounterVec,
+    sink_writes: IntCounterVec,
+    listen_certificate: prometheus::GaugeVec,
 }
 
 /// How a `retry_on` answer was handled.
@@ -72,16 +79,19 @@ impl RetryOutcome {
 
 /// The pre-resolved metrics of one route (or of requests that matched none).
 pub struct RouteMetrics {
-    /// 1xx to 5xx.
-    requests: [IntCounter; 5],
+    /// 1xx to 5xx, per caller: first no caller, then each in the order given.
+    requests: Vec<[IntCounter; 5]>,
     duration: Histogram,
     retries: [IntCounter; 4],
 }
 
 impl RouteMetrics {
-    pub fn observe(&self, status: StatusCode, elapsed: Duration) {
+    /// A response to caller `who` (an index into the callers given; `None`
+    /// without one).
+    pub fn observe(&self, who: Option<usize>, status: StatusCode, elapsed: Duration) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.requests[class].inc();
+        let slot = who.map_or(0, |i| i + 1).min(self.requests.len() - 1);
+        self.requests[slot][class].inc();
         self.duration.observe(elapsed.as_secs_f64());
     }
 
@@ -159,8 +169,8 @@ impl Metrics {
             ),
             requests_total: counter(
                 "tokenproxy_requests_total",
-                "Proxied requests by route (\"none\" when no route matched) and status class.",
-                &["route", "status_class"],
+                "Proxied requests by route (\"none\" when no route matched), caller ([[callers]] name; empty without) and status class.",
+                &["route", "caller", "status_class"],
             ),
             request_duration: histogram(
                 "tokenproxy_request_duration_seconds",
@@ -232,6 +242,27 @@ impl Metrics {
                 "Token store operations by op (load, lock, save, intent) and result (success, error).",
                 &["op", "result"],
             ),
+            vended: counter(
+                "tokenproxy_tokens_vended_total",
+                "Access tokens handed out by GET /tokenproxy/v1/tokens/NAME, by token and caller.",
+                &["token", "caller"],
+            ),
+            sink_writes: counter(
+                "tokenproxy_sink_writes_total",
+                "Writes (and removals) of token sink files, by token and result (success, error).",
+                &["token", "result"],
+            ),
+            listen_certificate: register(
+                &registry,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "tokenproxy_listen_certificate_expiry_timestamp_seconds",
+                        "When the certificate a listener serves (listen.tls_cert) expires, in Unix seconds.",
+                    ),
+                    &["listener"],
+                )
+                .expect("valid metric"),
+            ),
             registry,
         };
         for result in ["success", "error"] {
@@ -251,8 +282,8 @@ impl Metrics {
         metrics
     }
 
-    /// The metrics of route `name`, resolved once.
-    pub fn route(&self, name: &str) -> RouteMetrics {
+    /// The metrics of route `name` for each of `callers`, resolved once.
+    pub fn route<'a>(&self, name: &str, callers: impl Iterator<Item = &'a str>) -> RouteMetrics {
         let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
         let outcomes = [
             RetryOutcome::Success,
@@ -261,7 +292,12 @@ impl Metrics {
             RetryOutcome::RefreshFailed,
         ];
         RouteMetrics {
-            requests: classes.map(|c| self.requests_total.with_label_values(&[name, c])),
+            requests: std::iter::once("")
+                .chain(callers)
+                .map(|caller| {
+                    classes.map(|c| self.requests_total.with_label_values(&[name, caller, c]))
+                })
+                .collect(),
             duration: self.request_duration.with_label_values(&[name]),
             retries: outcomes.map(|o| self.retries_total.with_label_values(&[name, o.as_str()])),
         }
@@ -294,6 +330,32 @@ impl Metrics {
 
     pub fn panicked(&self) {
         self.panics_total.inc();
+    }
+
+    pub fn vended(&self, token: &str, caller: &str) {
+        self.vended.with_label_values(&[token, caller]).inc();
+    }
+
+    pub fn sink_written(&self, token: &str, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.sink_writes.with_label_values(&[token, result]).inc();
+    }
+
+    /// The expiry of the certificate `listener` serves; `None` when it serves none.
+    pub fn listen_certificate(&self, listener: &str, not_after: Option<std::time::SystemTime>) {
+        match not_after {
+            Some(t) => {
+                let secs = t
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                self.listen_certificate
+                    .with_label_values(&[listener])
+                    .set(secs);
+            }
+            None => {
+                let _ = self.listen_certificate.remove_label_values(&[listener]);
+            }
+        }
     }
 
     pub fn intercept_leaf_signed(&self) {

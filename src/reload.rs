@@ -31,8 +31,10 @@ pub enum ApplyError {
         what: &'static str,
         source: Arc<std::io::Error>,
     },
-    #[error("listen.client_key: {0}")]
-    ClientKey(String),
+    #[error("{key}: {problem}")]
+    ClientKey { key: String, problem: String },
+    #[error("{key}: {problem}")]
+    Tls { key: &'static str, problem: String },
 }
 
 /// Why a reload changed nothing.

@@ -33,6 +33,9 @@ pub struct Handoff {
     /// With `[intercept]`: what requests inside TLS are marked with, and the TLS
     /// configuration that terminates it. Without, TLS inside is refused.
     pub tls: Option<(Authority, Arc<ServerConfig>)>,
+    /// The caller whose key the `CONNECT` presented (`[[callers]]` name; empty for
+    /// the one `client_key`), `None` on an open listener.
+    pub caller: Option<Arc<str>>,
 }
 
 /// A connection's byte stream: a socket, or what a tunnel carries.
@@ -62,6 +65,8 @@ impl TunnelSlot {
 pub struct Tunneled {
     pub authority: Authority,
     pub tls: bool,
+    /// As the `CONNECT`'s [`Handoff::caller`].
+    pub caller: Option<Arc<str>>,
 }
 
 impl Handoff {
@@ -97,6 +102,7 @@ impl Handoff {
             let tunneled = Tunneled {
                 authority: self.plain,
                 tls: false,
+                caller: self.caller,
             };
             return Some((Box::pin(io), tunneled));
         }
@@ -113,6 +119,7 @@ impl Handoff {
                 Tunneled {
                     authority,
                     tls: true,
+                    caller: self.caller,
                 },
             )),
             Err(e) => {
@@ -143,7 +150,7 @@ impl HandshakeFailure {
 }
 
 /// A client that does not trust the certificate says so with an alert.
-fn classify(e: &io::Error) -> HandshakeFailure {
+pub fn classify(e: &io::Error) -> HandshakeFailure {
     use rustls::AlertDescription as A;
     let alert = e
         .get_ref()

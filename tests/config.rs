@@ -303,22 +303,147 @@ fn bad_configs_exit_2_naming_file_key_and_fix() {
     assert!(out.contains("[[routes]]"), "{out}");
 }
 
+/// A proxy listener beyond loopback needs TLS and keys, or `insecure_listen = true`
+/// written on purpose; it is warned about either way.
 #[test]
-fn listening_beyond_loopback_without_a_client_key_is_warned_about() {
-    let open = format!("[listen]\nproxy = \"0.0.0.0:8080\"\n{GOOD}");
-    let (code, out) = check_text(&open);
-    assert_eq!(code, 0, "{out}");
-    assert!(
-        out.contains("warning:") && out.contains("listen.proxy") && out.contains("client_key"),
-        "{out}"
+fn listening_beyond_loopback_needs_tls_and_keys_or_insecure_listen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let pair = rcgen::generate_simple_self_signed(vec!["proxy.internal".into()]).unwrap();
+    std::fs::write(&cert, pair.cert.pem()).unwrap();
+    std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+    let tls = format!(
+        "tls_cert = {{ file = {:?} }}\ntls_key = {{ file = {:?} }}\n",
+        cert, key
     );
-    let keyed =
-        format!("[listen]\nproxy = \"0.0.0.0:8080\"\nclient_key = {{ env = \"PATH\" }}\n{GOOD}");
-    let (code, out) = check_text(&keyed);
+    let keyed = "client_key = { env = \"PATH\" }\n";
+    let listen = |extra: &str| format!("[listen]\nproxy = \"0.0.0.0:8080\"\n{extra}{GOOD}");
+    for (extra, missing) in [
+        (String::new(), "without TLS or keys"),
+        (keyed.to_owned(), "without TLS"),
+        (tls.clone(), "without keys"),
+    ] {
+        let (code, out) = check_text(&listen(&extra));
+        assert_eq!(code, 2, "{extra}: {out}");
+        assert!(
+            out.contains("listen.proxy")
+                && out.contains(missing)
+                && out.contains("insecure_listen"),
+            "{extra}: {out}"
+        );
+        let (code, out) = check_text(&listen(&format!("{extra}insecure_listen = true\n")));
+        assert_eq!(code, 0, "{extra}: {out}");
+        assert!(out.contains("warning:") && out.contains(missing), "{out}");
+    }
+    let (code, out) = check_text(&listen(&format!("{tls}{keyed}")));
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("reachable beyond this host"), "{out}");
     let (_, out) = check_text(GOOD);
     assert!(!out.contains("reachable beyond this host"), "{out}");
+
+    // A key that is not the certificate's, half a pair, no PEM: named.
+    let other = rcgen::generate_simple_self_signed(vec!["other".into()]).unwrap();
+    let other_key = dir.path().join("other.key");
+    std::fs::write(&other_key, other.signing_key.serialize_pem()).unwrap();
+    for (extra, expect) in [
+        (
+            format!("tls_cert = {{ file = {cert:?} }}\ntls_key = {{ file = {other_key:?} }}\n"),
+            "listen.tls_key",
+        ),
+        (
+            format!("tls_cert = {{ file = {cert:?} }}\n"),
+            "tls_cert and tls_key come together",
+        ),
+        (
+            format!("tls_cert = {{ file = {key:?} }}\ntls_key = {{ file = {key:?} }}\n"),
+            "no PEM certificate",
+        ),
+    ] {
+        let (code, out) = check_text(&format!("[listen]\n{extra}{GOOD}"));
+        assert_eq!(code, 2, "{out}");
+        assert!(out.contains(expect), "{expect}: {out}");
+        assert!(!out.contains("PRIVATE KEY"), "{out}");
+    }
+}
+
+/// `[[callers]]`: names, keys and tokens are checked, and a caller list excludes
+/// `client_key`; sinks and vending paths too.
+#[test]
+fn callers_sinks_and_own_paths_are_checked() {
+    let caller = |name: &str, key: &str, tokens: &str| {
+        format!("\n[[callers]]\nname = \"{name}\"\nkey = \"{key}\"\ntokens = [{tokens}]\n")
+    };
+    let good = format!("{GOOD}{}", caller("adf", "0123456789abcdef-adf", "\"api\""));
+    let (code, out) = check_text(&good);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("0123456789abcdef-adf"), "{out}");
+    for (text, expect) in [
+        (caller("adf", "short", "\"api\""), "at least 16"),
+        (
+            caller("a b", "0123456789abcdef-adf", "\"api\""),
+            "not a caller name",
+        ),
+        (
+            caller("adf", "0123456789abcdef-adf", "\"nope\""),
+            "no token is named `nope`",
+        ),
+        (caller("adf", "0123456789abcdef-adf", ""), "is empty"),
+        (
+            format!(
+                "{}{}",
+                caller("adf", "0123456789abcdef-adf", "\"api\""),
+                caller("adf", "0123456789abcdef-two", "\"api\"")
+            ),
+            "names two callers",
+        ),
+    ] {
+        let (code, out) = check_text(&format!("{GOOD}{text}"));
+        assert_eq!(code, 2, "{text}: {out}");
+        assert!(out.contains(expect), "{expect}: {out}");
+        assert!(!out.contains("0123456789abcdef"), "{out}");
+    }
+    let both = format!("[listen]\nclient_key = \"0123456789abcdef-one\"\n{good}");
+    let (code, out) = check_text(&both);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("listen.client_key") && out.contains("[[callers]]"),
+        "{out}"
+    );
+
+    let with_token = |extra: &str| GOOD.replace("[[routes]]", &format!("{extra}\n[[routes]]"));
+    for (extra, expect) in [
+        (
+            "[[tokens.api.sinks]]\npath = \"/run/x/api.token\"\nmode = \"0666\"\n",
+            "not a mode a token file may have",
+        ),
+        (
+            "[[tokens.api.sinks]]\npath = \"/run/x/api.token\"\nformat = \"yaml\"\n",
+            "`yaml` is not one of token, header, json",
+        ),
+        (
+            "[[tokens.api.sinks]]\npath = \"/run/../api.token\"\n",
+            "not a file path",
+        ),
+        (
+            "[[tokens.api.sinks]]\npath = \"/run/x/a\"\n[[tokens.api.sinks]]\npath = \"/run/x/a\"\n",
+            "the file of two sinks",
+        ),
+    ] {
+        let (code, out) = check_text(&with_token(extra));
+        assert_eq!(code, 2, "{extra}: {out}");
+        assert!(out.contains(expect), "{expect}: {out}");
+    }
+    let fine = "vend = true\n[[tokens.api.sinks]]\npath = \"/run/x/api.json\"\nformat = \"json\"\nmode = \"0640\"\n";
+    let (code, out) = check_text(&with_token(fine));
+    assert_eq!(code, 0, "{out}");
+
+    let own = GOOD.replace("prefix = \"/api/\"", "prefix = \"/tokenproxy/api\"");
+    let (code, out) = check_text(&own);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("/tokenproxy/") && out.contains("routes[0].prefix"),
+        "{out}"
+    );
 }
 
 /// A syntax error on a line with a literal secret names the line and the key but

@@ -73,6 +73,7 @@ async fn a_panicking_request_is_answered_counted_logged_and_isolated() {
             metrics: Arc::clone(&metrics),
             label: "none",
         },
+        None,
     ));
 
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -9,6 +9,7 @@
 //! those two tables, this file the rest. Errors name the file, the key and the fix.
 //! Nothing here reads global state except the secret references it checks.
 
+mod caller;
 mod describe;
 mod preset;
 mod raw;
@@ -21,10 +22,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::HeaderName;
-
 use crate::secret::SecretRef;
 
+pub use caller::{Caller, Callers, Delivery, KeyHeader, ListenTls, Sink, SinkFormat};
 pub use preset::{PRESETS, Preset};
 pub use raw::InDoubt;
 pub use route::{Credential, Inject, RewriteLinks, Route, RouteUpstream, Upstream};
@@ -32,6 +32,10 @@ pub use token::{
     Assertion, ClientAuth, ClientAuthKind, Endpoint, Grant, GrantKind, Login, SigningKey,
     TokenConfig,
 };
+
+/// Paths on the proxy listener that tokenproxy answers itself (token vending);
+/// no route may use them.
+pub const OWN_PATHS: &str = "/tokenproxy/";
 
 /// A configuration problem: which file, which key, what is wrong, and how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +78,8 @@ pub struct Config {
     pub proxy: ProxySettings,
     /// HTTPS interception of `CONNECT` to routed hosts, when configured.
     pub intercept: Option<Intercept>,
+    /// Who may use the proxy listener, and for which tokens.
+    pub callers: Callers,
     pub tokens: Vec<TokenConfig>,
     pub routes: Vec<Route>,
     /// Things that are allowed but unwise (literal secrets); `check` prints them, `run` logs them.
@@ -84,7 +90,10 @@ pub struct Config {
 pub struct Listen {
     pub proxy: ListenAddr,
     pub admin: SocketAddr,
-    pub client_key: Option<ClientKey>,
+    /// Where callers present their keys (`client_key` or `[[callers]]`).
+    pub key_header: KeyHeader,
+    /// The proxy listener speaks TLS.
+    pub tls: Option<ListenTls>,
     /// Needed by the admin POST endpoints; without it they answer only on a
     /// loopback admin listener.
     pub admin_key: Option<SecretRef>,
@@ -104,15 +113,6 @@ impl fmt::Display for ListenAddr {
             ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
-}
-
-/// A key callers must present to use the proxy.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClientKey {
-    pub header: HeaderName,
-    /// `Bearer <key>` (for `Proxy-Authorization`) rather than the bare key.
-    pub bearer: bool,
-    pub key: SecretRef,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -22,6 +22,8 @@ pub struct RawConfig {
     pub proxy: RawProxy,
     pub intercept: Option<RawIntercept>,
     #[serde(default)]
+    pub callers: Vec<RawCaller>,
+    #[serde(default)]
     pub tokens: BTreeMap<String, RawToken>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
@@ -38,6 +40,11 @@ pub struct RawListen {
     pub client_key_header: Option<String>,
     /// The key the admin listener's POST endpoints need (`Authorization: Bearer`).
     pub admin_key: Option<SecretRef>,
+    /// The proxy listener speaks TLS with this certificate chain and key (PEM).
+    pub tls_cert: Option<SecretRef>,
+    pub tls_key: Option<SecretRef>,
+    /// A proxy listener beyond loopback without TLS or keys, written on purpose.
+    pub insecure_listen: bool,
 }
 
 impl Default for RawListen {
@@ -48,8 +55,20 @@ impl Default for RawListen {
             client_key: None,
             client_key_header: None,
             admin_key: None,
+            tls_cert: None,
+            tls_key: None,
+            insecure_listen: false,
         }
     }
+}
+
+/// `[[callers]]`: who may use which tokens.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCaller {
+    pub name: String,
+    pub key: SecretRef,
+    pub tokens: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -209,6 +228,22 @@ pub struct RawToken {
     /// Shared stores: what to do with a refresh token whose refresh stayed in
     /// doubt for the whole grace.
     pub in_doubt: Option<InDoubt>,
+    /// `GET /tokenproxy/v1/tokens/NAME` answers callers that list the token.
+    #[serde(default)]
+    pub vend: bool,
+    /// Files that hold the current access token.
+    #[serde(default)]
+    pub sinks: Vec<RawSink>,
+}
+
+/// `[[tokens.NAME.sinks]]`: a file that holds the current access token.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    pub path: PathBuf,
+    pub format: Option<String>,
+    /// Octal, as a string (`"0640"`).
+    pub mode: Option<String>,
 }
 
 /// What an instance does with a refresh token another refresh may already have

@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::route::Inject;
-use super::{InDoubt, Preset};
+use super::{Delivery, InDoubt, Preset};
 use crate::secret::SecretRef;
 
 /// The grants, without their data (for presets and labels).
@@ -204,6 +204,59 @@ pub struct TokenConfig {
     /// The token-response fields that routes take their upstream from
     /// (`{token.instance_url}`), with the path after them; in this order.
     pub dynamic_upstreams: Vec<(String, String)>,
+    /// Vending and sink files: not part of how the token is obtained, so a
+    /// reload that changes only these keeps the token's source.
+    pub delivery: Delivery,
+}
+
+impl TokenConfig {
+    /// Whether `other` obtains its tokens as this one does (all but delivery). Every
+    /// field is named, so that a new one must be placed on one side or the other.
+    pub fn same_source(&self, other: &TokenConfig) -> bool {
+        let TokenConfig {
+            name,
+            preset,
+            grant,
+            endpoint,
+            client_id,
+            client_auth,
+            client_auth_explicit,
+            client_cert,
+            login,
+            scope,
+            scope_on_refresh,
+            params,
+            headers,
+            refresh_before,
+            min_interval,
+            default_lifetime,
+            timeout,
+            in_doubt,
+            injects,
+            dynamic_upstreams,
+            delivery: _,
+        } = self;
+        name == &other.name
+            && preset == &other.preset
+            && grant == &other.grant
+            && endpoint == &other.endpoint
+            && client_id == &other.client_id
+            && client_auth == &other.client_auth
+            && client_auth_explicit == &other.client_auth_explicit
+            && client_cert == &other.client_cert
+            && login == &other.login
+            && scope == &other.scope
+            && scope_on_refresh == &other.scope_on_refresh
+            && params == &other.params
+            && headers == &other.headers
+            && refresh_before == &other.refresh_before
+            && min_interval == &other.min_interval
+            && default_lifetime == &other.default_lifetime
+            && timeout == &other.timeout
+            && in_doubt == &other.in_doubt
+            && injects == &other.injects
+            && dynamic_upstreams == &other.dynamic_upstreams
+    }
 }
 
 /// Where `tokenproxy login` sends the browser, and where it comes back.

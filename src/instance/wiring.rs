@@ -35,12 +35,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Admin, View};
+use crate::certs::Served;
 use crate::config::{
     Config, Intercept, Listen, ListenAddr, ProxySettings, StoreConfig, Tls, TokenConfig,
 };
 use crate::intercept::Interceptor;
 use crate::metrics::Metrics;
-use crate::proxy::{CallerKey, Lasting, Proxy, Router, Upstreams};
+use crate::proxy::{Gate, Lasting, Proxy, Router, Upstreams};
 use crate::reload::{ApplyError, Outcome, ReloadError, ReloadStatus, Reloaded, Request};
 use crate::secret::SecretRef;
 use crate::server::{self, Limits, Listener, Reporting};
@@ -211,6 +212,8 @@ impl Applied {
 /// A configuration built and ready to put in force: nothing left that can fail.
 struct Built {
     listen: Listen,
+    /// The proxy listener's TLS, when it has one.
+    served: Option<Served>,
     proxy: Arc<Proxy>,
     view: View,
     /// Listeners bound for addresses that are new.
@@ -222,6 +225,8 @@ struct Built {
 pub(crate) struct Wiring {
     fixed: Fixed,
     proxy: Arc<ArcSwap<Proxy>>,
+    /// The proxy listener's TLS (`listen.tls_cert`): what a new connection gets.
+    proxy_tls: server::ServedTls,
     admin: Arc<Admin>,
     applied: tokio::sync::Mutex<Applied>,
     file: PathBuf,
@@ -254,6 +259,7 @@ impl Wiring {
         );
         let wiring = Arc::new(Wiring {
             proxy: Arc::new(ArcSwap::new(Arc::clone(&built.proxy))),
+            proxy_tls: server::ServedTls::default(),
             admin: Arc::new(admin),
             applied: tokio::sync::Mutex::new(Applied::default()),
             fixed,
@@ -320,12 +326,17 @@ impl Wiring {
     fn put_in_force(&self, applied: &mut Applied, built: Built) -> Reloaded {
         let Built {
             listen,
+            served,
             proxy,
             view,
             bound,
             mut summary,
         } = built;
         self.admin.show(view);
+        self.fixed
+            .metrics
+            .listen_certificate("proxy", served.as_ref().map(|s| s.not_after));
+        self.proxy_tls.store(served.map(|s| s.config));
         self.proxy.store(proxy);
         for (role, listener, local) in bound {
             let serving = self.serve_listener(role, listener, role.addr(&listen), local);
@@ -367,6 +378,7 @@ impl Wiring {
                     stop.clone(),
                     fixed.limits,
                     reporting("none"),
+                    Some(Arc::clone(&self.proxy_tls)),
                 ))
             }
             Role::Admin => {
@@ -377,6 +389,7 @@ impl Wiring {
                     stop.clone(),
                     fixed.admin_limits,
                     reporting("admin"),
+                    None,
                 ))
             }
         };
@@ -417,7 +430,18 @@ impl Wiring {
 /// then token sources are kept, replaced or started, their schedulers of the
 /// replaced and removed ones stopped.
 async fn build(fixed: &Fixed, config: Config, applied: &mut Applied) -> Result<Built, ApplyError> {
-    let caller_key = caller_key(&config.listen)?;
+    let gate = Gate::of(&config.listen.key_header, &config.callers)
+        .map_err(|(key, problem)| ApplyError::ClientKey { key, problem })?;
+    let served = match &config.listen.tls {
+        Some(tls) => Some(
+            Served::load(&tls.cert, &tls.key).map_err(|e| ApplyError::Tls {
+                key: e.key(),
+                problem: e.to_string(),
+            })?,
+        ),
+        None => None,
+    };
+    let vending = config.tokens.iter().map(|t| t.delivery.vend).collect();
     let mut bound = Vec::new();
     for role in Role::ALL {
         let addr = role.addr(&config.listen);
@@ -449,11 +473,12 @@ async fn build(fixed: &Fixed, config: Config, applied: &mut Applied) -> Result<B
         sources,
         client,
         config.proxy,
-        caller_key,
+        (gate, vending),
         fixed.lasting.clone(),
     ));
     Ok(Built {
         listen: config.listen,
+        served,
         proxy,
         view,
         bound,
@@ -470,7 +495,7 @@ fn replace_tokens(fixed: &Fixed, configs: Vec<TokenConfig>, applied: &mut Applie
     for t in configs {
         let name = t.name.clone();
         let token = match old.iter().position(|o| o.source.name() == name) {
-            Some(i) if old[i].source.config == t => old.remove(i),
+            Some(i) if old[i].source.config.same_source(&t) => old.remove(i),
             Some(i) => {
                 let previous = old.remove(i);
                 previous.stop.cancel();
@@ -498,23 +523,6 @@ fn replace_tokens(fixed: &Fixed, configs: Vec<TokenConfig>, applied: &mut Applie
         .filter(|(_, names)| !names.is_empty())
         .map(|(what, names)| format!("tokens {what}: {}", names.join(", ")))
         .collect()
-}
-
-fn caller_key(listen: &Listen) -> Result<Option<CallerKey>, ApplyError> {
-    listen
-        .client_key
-        .as_ref()
-        .map(|k| {
-            Ok(CallerKey {
-                header: k.header.clone(),
-                bearer: k.bearer,
-                key: k
-                    .key
-                    .resolve()
-                    .map_err(|e| ApplyError::ClientKey(e.to_string()))?,
-            })
-        })
-        .transpose()
 }
 
 async fn bind(addr: &ListenAddr, what: &'static str) -> Result<(Listener, ListenAddr), ApplyError> {

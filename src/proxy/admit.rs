@@ -4,15 +4,19 @@
 use http::header::{HOST, HeaderMap};
 use http::{Uri, Version};
 
-use super::Proxy;
 use super::route::{Miss, Target};
+use super::{Proxy, Trace};
 use crate::error::ProxyError;
 use crate::tunnel::Tunneled;
 
 impl Proxy {
     /// Phase 1: the request checks that precede routing (method, target, `Host`,
     /// caller key, upgrade, declared length), then the route.
-    pub(super) fn admit(&self, parts: &mut http::request::Parts) -> Result<Admitted, ProxyError> {
+    pub(super) fn admit(
+        &self,
+        parts: &mut http::request::Parts,
+        trace: &mut Trace,
+    ) -> Result<Admitted, ProxyError> {
         // TRACE (and IIS's TRACK) echo the request, injected token included, back
         // to the caller: refused whatever their case (methods are case-sensitive,
         // but a server upstream may not be).
@@ -23,13 +27,15 @@ impl Proxy {
         let tunneled = parts.extensions.remove::<Tunneled>();
         check_target(&parts.uri)?;
         check_host(&parts.headers, parts.version)?;
-        match (&self.client_key, &tunneled) {
-            (Some(key), None) => key.check(&mut parts.headers)?,
+        trace.who = match &tunneled {
+            None => self.gate.identify(&mut parts.headers)?,
             // The tunnel's CONNECT presented the key; a copy inside goes nowhere.
-            (Some(key), Some(_)) => {
-                parts.headers.remove(&key.header);
-            }
-            (None, _) => {}
+            Some(t) => self
+                .gate
+                .tunneled(&mut parts.headers, t.caller.as_deref())?,
+        };
+        if tunneled.is_none() && self.own_path(&parts.uri, parts.version) {
+            return Ok(Admitted::Own);
         }
         if wants_upgrade(&parts.headers) {
             return Err(ProxyError::Upgrade);
@@ -46,7 +52,16 @@ impl Proxy {
             Some(t) => self.route_tunneled(&mut parts.uri, &parts.headers, t)?,
             None => self.route(&parts.uri, &parts.headers, parts.version)?,
         };
-        Ok(Admitted { target, declared })
+        Ok(Admitted::Route { target, declared })
+    }
+
+    /// Whether the request is for tokenproxy itself (token vending): an
+    /// origin-form path under `/tokenproxy/`, or in HTTP/2 one whose authority is
+    /// no route's host.
+    fn own_path(&self, uri: &Uri, version: Version) -> bool {
+        uri.path().starts_with(crate::config::OWN_PATHS)
+            && (uri.scheme().is_none()
+                || (version == Version::HTTP_2 && self.router.absolute(uri, "http").is_err()))
     }
 
     pub(super) fn too_large(&self, len: u64) -> bool {
@@ -119,52 +134,14 @@ fn miss(miss: Miss) -> ProxyError {
     }
 }
 
-/// What stays the same between the first attempt and a resend.
-/// What phase 1 found: the route, and the length the client declared.
-pub(super) struct Admitted {
-    pub(super) target: Target,
-    pub(super) declared: Option<u64>,
-}
-
-/// A key callers must present (`[listen] client_key`), resolved at start.
-pub struct CallerKey {
-    pub header: http::HeaderName,
-    pub bearer: bool,
-    pub key: crate::secret::Secret,
-}
-
-impl CallerKey {
-    /// Checks and removes the caller's key, so it never reaches the upstream.
-    pub(super) fn check(&self, headers: &mut HeaderMap) -> Result<(), ProxyError> {
-        let presented = headers.remove(&self.header);
-        let value = presented.as_ref().map(|v| v.as_bytes()).unwrap_or_default();
-        // `Basic` is what clients send for a proxy URL with credentials
-        // (`HTTPS_PROXY=http://tokenproxy:KEY@host:8080`): the password is the key.
-        let basic = self
-            .bearer
-            .then(|| value.strip_prefix(b"Basic "))
-            .flatten()
-            .and_then(|b| {
-                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b.trim_ascii())
-                    .ok()
-            });
-        let value = match &basic {
-            Some(pair) => pair
-                .iter()
-                .position(|&b| b == b':')
-                .map_or(&[][..], |i| &pair[i + 1..]),
-            None if self.bearer => value.strip_prefix(b"Bearer ").unwrap_or_default(),
-            None => value,
-        };
-        if bool::from(subtle::ConstantTimeEq::ct_eq(
-            value,
-            self.key.expose().as_bytes(),
-        )) {
-            Ok(())
-        } else {
-            Err(ProxyError::ProxyAuth)
-        }
-    }
+/// What phase 1 found: the route, and the length the client declared; or a
+/// request for tokenproxy itself.
+pub(super) enum Admitted {
+    Route {
+        target: Target,
+        declared: Option<u64>,
+    },
+    Own,
 }
 
 /// The request target's own authority (absolute-form, HTTP/2's `:authority`) and

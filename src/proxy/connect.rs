@@ -54,9 +54,11 @@ impl Proxy {
                 ProxyError::Connect
             })?;
         trace.route = Some(route);
-        if let Some(caller) = &self.client_key {
-            caller.check(req.headers_mut())?;
-        }
+        trace.who = self.gate.identify(req.headers_mut())?;
+        self.gate.allow(trace.who, routes[route].token)?;
+        let caller = trace
+            .who
+            .map(|_| std::sync::Arc::clone(self.gate.name(trace.who)));
         let name = crate::config::dns_name(&tls_key).to_owned();
         let tls = match &self.interceptor {
             None => None,
@@ -82,6 +84,7 @@ impl Proxy {
             host: name,
             plain: plain_key.parse().map_err(|_| ProxyError::Connect)?,
             tls,
+            caller,
         });
         Ok(Response::new(ProxyBody::full(bytes::Bytes::new())))
     }

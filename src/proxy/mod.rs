@@ -26,11 +26,13 @@
 
 mod admit;
 mod connect;
+mod gate;
 mod headers;
 mod paging;
 mod rewrite;
 mod route;
 mod upstream;
+mod vend;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -40,7 +42,7 @@ use http::header::HeaderMap;
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
-pub use admit::CallerKey;
+pub use gate::{Gate, Member};
 pub use paging::{JsonLinks, XmlLinks};
 pub use rewrite::{Rewriter, rewrite_stream};
 pub use route::{Router, upstream_uri};
@@ -61,12 +63,16 @@ pub struct Proxy {
     sources: Vec<Arc<TokenSource>>,
     upstreams: Upstreams,
     settings: ProxySettings,
-    /// When set, callers must present this key.
-    client_key: Option<CallerKey>,
+    /// Who may use which tokens.
+    gate: Gate,
+    /// Indexed like `sources`: whether the token is vended.
+    vending: Vec<bool>,
     /// Indexed like the routes.
     route_metrics: Vec<RouteMetrics>,
     /// Requests that matched no route.
     unrouted: RouteMetrics,
+    /// Requests for vended tokens.
+    vended: RouteMetrics,
     metrics: Arc<Metrics>,
     /// With `[intercept]`: terminates TLS in tunnels to routed hosts.
     interceptor: Option<Arc<Interceptor>>,
@@ -86,8 +92,15 @@ pub struct Lasting {
 #[derive(Default)]
 struct Trace {
     route: Option<usize>,
+    /// A request for a vended token (`GET /tokenproxy/v1/tokens/NAME`).
+    vending: bool,
+    /// The caller, once its key was found.
+    who: gate::Who,
     retry: Option<RetryOutcome>,
 }
+
+/// The `route` label and log field of vending requests.
+const VENDING: &str = "vending";
 
 impl Proxy {
     pub fn new(
@@ -95,7 +108,7 @@ impl Proxy {
         sources: Vec<Arc<TokenSource>>,
         upstreams: Upstreams,
         settings: ProxySettings,
-        client_key: Option<CallerKey>,
+        (gate, vending): (Gate, Vec<bool>),
         lasting: Lasting,
     ) -> Proxy {
         let Lasting {
@@ -106,13 +119,15 @@ impl Proxy {
         Proxy {
             interceptor,
             log,
-            client_key,
             route_metrics: router
                 .routes()
                 .iter()
-                .map(|r| metrics.route(&r.name))
+                .map(|r| metrics.route(&r.name, gate.names()))
                 .collect(),
-            unrouted: metrics.route("none"),
+            unrouted: metrics.route("none", gate.names()),
+            vended: metrics.route(VENDING, gate.names()),
+            gate,
+            vending,
             metrics,
             router,
             sources,
@@ -128,7 +143,10 @@ impl Proxy {
         let start = Instant::now();
         let method = req.method().clone();
         let mut trace = Trace::default();
-        let route_name = |t: &Trace| t.route.map(|i| self.router.routes()[i].name.as_str());
+        let route_name = |t: &Trace| match t.vending {
+            true => Some(VENDING),
+            false => t.route.map(|i| self.router.routes()[i].name.as_str()),
+        };
         let refusal_closes = method == Method::CONNECT && req.version() < Version::HTTP_2;
         let (resp, error) = match self.forward(req, &mut trace).await {
             Ok(resp) => (resp, None),
@@ -145,10 +163,12 @@ impl Proxy {
             }
         };
         let elapsed = start.elapsed();
-        let metrics = trace
-            .route
-            .map_or(&self.unrouted, |i| &self.route_metrics[i]);
-        metrics.observe(resp.status(), elapsed);
+        let metrics = match (trace.vending, trace.route) {
+            (true, _) => &self.vended,
+            (false, Some(i)) => &self.route_metrics[i],
+            (false, None) => &self.unrouted,
+        };
+        metrics.observe(trace.who, resp.status(), elapsed);
         if let Some(outcome) = trace.retry {
             metrics.retry(outcome);
         }
@@ -162,6 +182,7 @@ impl Proxy {
                 .map_or(tracing::Level::INFO, ProxyError::level),
             method: method.as_str(),
             route,
+            caller: Some(&**self.gate.name(trace.who)).filter(|c| !c.is_empty()),
             status: resp.status().as_u16(),
             duration_ms: elapsed.as_micros() as f64 / 1000.0,
             retried: matches!(
@@ -184,15 +205,22 @@ impl Proxy {
             return self.connect(req, trace);
         }
         let (mut parts, body) = req.into_parts();
-        let admitted = self.admit(&mut parts)?;
-        let target = &admitted.target;
+        let (target, declared) = match self.admit(&mut parts, trace)? {
+            admit::Admitted::Route { target, declared } => (target, declared),
+            admit::Admitted::Own => {
+                trace.vending = true;
+                return self.vend(&parts, trace.who).await;
+            }
+        };
+        let target = &target;
         trace.route = Some(target.route);
         let route = &self.router.routes()[target.route];
+        self.gate.allow(trace.who, route.token)?;
         let source = &self.sources[route.token];
         let refuses_identity = upstream_headers(route, &mut parts.headers);
         let state = token(source, route.inject).await?;
         let kept = self
-            .keep_body(route, body, admitted.declared, &parts.headers)
+            .keep_body(route, body, declared, &parts.headers)
             .await?;
         let out = Outgoing {
             method: &parts.method,

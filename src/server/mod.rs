@@ -171,12 +171,17 @@ macro_rules! drive {
     }};
 }
 
+/// The TLS a listener serves new connections with (`None`: plain), swapped by a
+/// reload.
+pub type ServedTls = Arc<arc_swap::ArcSwapOption<rustls::ServerConfig>>;
+
 pub async fn serve<F, Fut>(
     listener: Listener,
     handler: F,
     shutdown: CancellationToken,
     limits: Limits,
     cx: Reporting,
+    tls: Option<ServedTls>,
 ) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
@@ -247,21 +252,49 @@ pub async fn serve<F, Fut>(
         registry.insert(&state);
         let slot = TunnelSlot::default();
         let svc = service(&state, &handler, limits, &cx, Some(&slot), None);
-        let conn = match stream {
-            Stream::Tcp(s) => {
-                let _ = s.set_nodelay(true);
-                let io = Guarded::new(s, Arc::clone(&state), limits.idle, limits.max_header_size);
-                builder.serve_connection_with_upgrades(TokioIo::new(Box::pin(io) as TunnelIo), svc)
-            }
-            Stream::Unix(s) => {
-                let io = Guarded::new(s, Arc::clone(&state), limits.idle, limits.max_header_size);
-                builder.serve_connection_with_upgrades(TokioIo::new(Box::pin(io) as TunnelIo), svc)
-            }
+        if let Stream::Tcp(s) = &stream {
+            let _ = s.set_nodelay(true);
         }
-        .into_owned();
+        let tls = tls.as_ref().and_then(|t| t.load_full());
         let (registry, force) = (Arc::clone(&registry), force.clone());
         let (builder, handler, cx) = (builder.clone(), handler.clone(), cx.clone());
         tokio::spawn(async move {
+            // The socket's timers and framing reader see what HTTP is read from:
+            // under TLS, the decrypted stream.
+            let guarded = |io| {
+                let io = Guarded::new(io, Arc::clone(&state), limits.idle, limits.max_header_size);
+                Box::pin(io) as TunnelIo
+            };
+            let io = match (tls, stream) {
+                (None, Stream::Tcp(s)) => Some(Box::pin(Guarded::new(
+                    s,
+                    Arc::clone(&state),
+                    limits.idle,
+                    limits.max_header_size,
+                )) as TunnelIo),
+                (None, Stream::Unix(s)) => Some(Box::pin(Guarded::new(
+                    s,
+                    Arc::clone(&state),
+                    limits.idle,
+                    limits.max_header_size,
+                )) as TunnelIo),
+                (Some(config), stream) => {
+                    let raw: TunnelIo = match stream {
+                        Stream::Tcp(s) => Box::pin(s),
+                        Stream::Unix(s) => Box::pin(s),
+                    };
+                    handshake(raw, config, &state, limits, &cx)
+                        .await
+                        .map(guarded)
+                }
+            };
+            let Some(io) = io else {
+                registry.remove(state.serial);
+                return;
+            };
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                .into_owned();
             let ended = drive!(conn, state, force);
             if ended && let Some(handoff) = slot.take() {
                 let opened = handoff.open(&cx.metrics);
@@ -454,6 +487,38 @@ impl Body for Tracked {
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
+}
+
+/// The TLS handshake of a connection to a listener with `listen.tls_cert`,
+/// bounded like a request head; `None` (counted, and logged when the client
+/// refused the certificate) when it failed.
+async fn handshake(
+    io: TunnelIo,
+    config: Arc<rustls::ServerConfig>,
+    state: &Arc<ConnState>,
+    limits: Limits,
+    cx: &Reporting,
+) -> Option<TunnelIo> {
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(io);
+    let result = tokio::select! {
+        r = tokio::time::timeout(limits.idle * 2, accept) => r,
+        _ = std::future::poll_fn(|c| state.poll_stop(c)) => return None,
+    };
+    let e = match result {
+        Ok(Ok(tls)) => return Some(Box::pin(tls)),
+        Ok(Err(e)) => e,
+        Err(_) => std::io::ErrorKind::TimedOut.into(),
+    };
+    cx.metrics.error(cx.label, "tls_handshake_failed", "client");
+    if crate::tunnel::classify(&e) == crate::tunnel::HandshakeFailure::Distrusted {
+        tracing::warn!(
+            error = %e,
+            "a client refused the proxy listener's certificate (listen.tls_cert): give it the CA that signed it, and connect with a name the certificate holds"
+        );
+    } else {
+        tracing::debug!(error = %e, "TLS handshake on the proxy listener failed");
+    }
+    None
 }
 
 /// Answers a connection there is no room for, without reading from it.

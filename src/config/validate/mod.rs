@@ -6,6 +6,7 @@
 //! `request` parts, `routes`, `intercept`); this one holds what they share and
 //! the checks across sections.
 
+mod delivery;
 mod intercept;
 mod listen;
 mod login;
@@ -52,7 +53,7 @@ fn choose<T: Copy>(text: &str, all: &[T], name: impl Fn(T) -> &'static str) -> R
 
 impl Validator<'_> {
     fn config(mut self, raw: RawConfig) -> Result<Config, ConfigError> {
-        let listen = self.listen(raw.listen)?;
+        let listen = self.listen(&raw.listen)?;
         let (store, store_keys) = self.store(raw.store)?;
         let proxy = self.proxy(raw.proxy)?;
         let tls = self.tls(raw.tls)?;
@@ -66,6 +67,8 @@ impl Validator<'_> {
             Some(i) => Some(self.intercept(i, &store, &routes)?),
         };
         self.lease_outlasts_requests(&store, &tokens)?;
+        let callers = self.callers(&listen, &raw.listen, raw.callers, &tokens)?;
+        self.sinks_apart(&tokens, &store)?;
         Ok(Config {
             file: self.file.into(),
             listen,
@@ -74,6 +77,7 @@ impl Validator<'_> {
             store_keys,
             proxy,
             intercept,
+            callers,
             tokens,
             routes,
             warnings: self.warnings,

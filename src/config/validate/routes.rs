@@ -126,8 +126,20 @@ impl Validator<'_> {
                     "use a path such as \"/exact/\"",
                 ))
             }
-            Some(p) if p.ends_with('/') => Ok(Some(p)),
-            Some(p) => Ok(Some(format!("{p}/"))),
+            Some(p) => {
+                let p = if p.ends_with('/') { p } else { format!("{p}/") };
+                if p.starts_with(crate::config::OWN_PATHS) {
+                    return Err(self.err(
+                        key,
+                        format!(
+                            "`{p}` is under {}, which tokenproxy answers itself (token vending)",
+                            crate::config::OWN_PATHS
+                        ),
+                        "choose another prefix",
+                    ));
+                }
+                Ok(Some(p))
+            }
         }
     }
 

@@ -1,6 +1,6 @@
 //! `[tokens.NAME]`: where a token comes from and how the client proves itself.
 //! What each token request carries besides is in `request`, how a person logs in
-//! for one in `login`.
+//! for one in `login`, where it goes besides requests in `delivery`.
 
 use std::time::Duration;
 
@@ -43,12 +43,12 @@ impl Validator<'_> {
         let headers = self.token_headers(&key("headers"), &raw.headers)?;
         let params = self.params(&key("params"), &raw)?;
         let login = self.login(&key, grant_kind, &raw, preset)?;
-
         let default =
             |v: Option<Duration>, preset_value: fn(&Preset) -> Duration, fallback: Duration| {
                 v.or(preset.map(preset_value)).unwrap_or(fallback)
             };
         Ok(TokenConfig {
+            delivery: self.delivery(&key, &raw)?,
             preset,
             grant,
             endpoint,

@@ -1,0 +1,148 @@
+//! The proxy listener's own certificate (`listen.tls_cert`, `listen.tls_key`):
+//! read from PEM, checked (the key is the certificate's, the certificate is in
+//! its validity period) and made into the TLS configuration the listener serves
+//! (HTTP/2 and HTTP/1.1 by ALPN). Read by `check`, at start and at each reload.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::secret::SecretRef;
+
+/// A TLS configuration for the proxy listener, with when its certificate expires.
+#[derive(Clone)]
+pub struct Served {
+    pub config: Arc<ServerConfig>,
+    pub not_after: SystemTime,
+}
+
+/// What is wrong with the listener's certificate or key; names the key, never a
+/// value.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot read: {0}")]
+    Unreadable(&'static str, String),
+    #[error("holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
+    NoCertificate,
+    #[error("is not an X.509 certificate: {0}")]
+    BadCertificate(String),
+    #[error("expired at {0}")]
+    Expired(String),
+    #[error("holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
+    NoKey,
+    #[error("does not go with the certificate, or is of a kind TLS cannot use: {0}")]
+    Mismatch(String),
+}
+
+impl CertError {
+    /// The configuration key the problem is in.
+    pub fn key(&self) -> &'static str {
+        match self {
+            CertError::Unreadable(key, _) => key,
+            CertError::NoCertificate | CertError::BadCertificate(_) | CertError::Expired(_) => {
+                "listen.tls_cert"
+            }
+            CertError::NoKey | CertError::Mismatch(_) => "listen.tls_key",
+        }
+    }
+}
+
+impl Served {
+    /// Reads both (`listen.tls_cert`, `listen.tls_key`) now.
+    pub fn load(cert: &SecretRef, key: &SecretRef) -> Result<Served, CertError> {
+        let read = |key: &'static str, secret: &SecretRef| {
+            secret
+                .resolve()
+                .map_err(|e| CertError::Unreadable(key, e.to_string()))
+        };
+        let cert = read("listen.tls_cert", cert)?;
+        let key = read("listen.tls_key", key)?;
+        Served::from_pem(
+            cert.expose().as_bytes(),
+            key.expose().as_bytes(),
+            SystemTime::now(),
+        )
+    }
+
+    pub fn from_pem(cert: &[u8], key: &[u8], now: SystemTime) -> Result<Served, CertError> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
+            .filter_map(Result::ok)
+            .collect();
+        let leaf = chain.first().ok_or(CertError::NoCertificate)?;
+        let (_, x509) = x509_parser::parse_x509_certificate(leaf)
+            .map_err(|e| CertError::BadCertificate(e.to_string()))?;
+        let not_after = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(x509.validity().not_after.timestamp().max(0) as u64);
+        if not_after <= now {
+            return Err(CertError::Expired(crate::clock::rfc3339(not_after)));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|_| CertError::NoKey)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+            .map_err(|e| CertError::Mismatch(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Served {
+            config: Arc::new(config),
+            not_after,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.into()]).unwrap();
+        params.not_after = (SystemTime::now() + Duration::from_secs(86400)).into();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_certificate_and_its_key_serve_h2_and_http1() {
+        let (cert, key) = pair("proxy.internal");
+        let served = Served::from_pem(cert.as_bytes(), key.as_bytes(), SystemTime::now()).unwrap();
+        assert_eq!(
+            served.config.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert!(served.not_after > SystemTime::now());
+    }
+
+    #[test]
+    fn a_wrong_key_an_expired_certificate_and_no_pem_are_named() {
+        let (cert, _) = pair("a.internal");
+        let (_, other_key) = pair("b.internal");
+        let now = SystemTime::now();
+        let e = Served::from_pem(cert.as_bytes(), other_key.as_bytes(), now)
+            .err()
+            .unwrap();
+        assert_eq!(e.key(), "listen.tls_key", "{e}");
+        let e = Served::from_pem(b"not pem", other_key.as_bytes(), now)
+            .err()
+            .unwrap();
+        assert!(matches!(e, CertError::NoCertificate), "{e}");
+        let (cert, key) = pair("c.internal");
+        let e = Served::from_pem(cert.as_bytes(), b"nothing", now)
+            .err()
+            .unwrap();
+        assert!(matches!(e, CertError::NoKey), "{e}");
+        let later = now + Duration::from_secs(2 * 86400);
+        let e = Served::from_pem(cert.as_bytes(), key.as_bytes(), later)
+            .err()
+            .unwrap();
+        assert!(matches!(e, CertError::Expired(_)), "{e}");
+        // The key's text is never part of a message.
+        let e = Served::from_pem(cert.as_bytes(), other_key.as_bytes(), now)
+            .err()
+            .unwrap();
+        assert!(!e.to_string().contains("PRIVATE KEY"), "{e}");
+    }
+}

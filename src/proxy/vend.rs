@@ -1,0 +1,111 @@
+//! Token vending: `GET /tokenproxy/v1/tokens/NAME` on the proxy listener, for
+//! tools that must hold the access token themselves (an ADF Web activity, a
+//! Matillion Python Script, a shell script). Only tokens with `vend = true`, only
+//! to callers that list them; never the refresh token.
+//!
+//! The answer is `{"token_type", "access_token", "expires_at", "expires_in"}`
+//! with `Cache-Control: no-store`. A token that is not valid joins (or starts) the
+//! single-flight refresh as a proxied request would, and is `503` with
+//! `Retry-After` if there is still none. Each vend is a log line (caller, token,
+//! generation) and `tokenproxy_tokens_vended_total{token,caller}`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, PRAGMA};
+use http::{Method, Response};
+
+use super::Proxy;
+use super::gate::Who;
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::token::{TokenSource, TokenState, Trigger};
+
+/// Where vended tokens are, under [`crate::config::OWN_PATHS`].
+const TOKENS: &str = "/tokenproxy/v1/tokens/";
+
+impl Proxy {
+    pub(super) async fn vend(
+        &self,
+        parts: &http::request::Parts,
+        who: Who,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let Some(name) = parts.uri.path().strip_prefix(TOKENS) else {
+            return Err(ProxyError::NoRoute);
+        };
+        if parts.method != Method::GET {
+            return Err(ProxyError::MethodNotAllowed {
+                method: parts.method.as_str().chars().take(32).collect(),
+                allow: "GET",
+            });
+        }
+        let index = self
+            .sources
+            .iter()
+            .position(|s| s.name() == name)
+            .filter(|&i| self.vending[i])
+            .ok_or(ProxyError::NotVended)?;
+        self.gate.allow(who, index)?;
+        let source = &self.sources[index];
+        let state = valid(source).await?;
+        let record = state.record.as_ref();
+        let (Some(record), Some(token)) = (record, record.and_then(|r| r.access_token.as_ref()))
+        else {
+            return Err(ProxyError::NoValidToken {
+                retry_after: Duration::from_secs(1),
+                cause: state.cause(),
+            });
+        };
+        let caller = self.gate.name(who);
+        tracing::info!(
+            caller = &**caller,
+            token = source.name(),
+            generation = record.generation,
+            "token vended"
+        );
+        self.metrics.vended(source.name(), caller);
+        let body = body(token.expose(), record.expires_at_ms, SystemTime::now());
+        let mut resp = Response::new(ProxyBody::full(body));
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+        Ok(resp)
+    }
+}
+
+/// The token's state once it holds a valid access token: now, or after the
+/// single-flight refresh; `503` otherwise.
+async fn valid(source: &Arc<TokenSource>) -> Result<Arc<TokenState>, ProxyError> {
+    let state = source.current_full();
+    if state.valid_for(Duration::ZERO) {
+        return Ok(state);
+    }
+    match source
+        .refresh_for_caller(state.generation(), Trigger::Reactive)
+        .await
+    {
+        Ok(state) if state.valid_for(Duration::ZERO) => Ok(state),
+        Ok(state) => Err(ProxyError::NoValidToken {
+            retry_after: Duration::from_secs(1),
+            cause: state.cause(),
+        }),
+        Err(u) => Err(ProxyError::NoValidToken {
+            retry_after: u.retry_after,
+            cause: u.cause,
+        }),
+    }
+}
+
+/// The vending answer (also a `json` sink's content).
+pub fn body(access_token: &str, expires_at_ms: u64, now: SystemTime) -> String {
+    let expires_at = crate::clock::ms_to_time(expires_at_ms);
+    let expires_in = expires_at.duration_since(now).map_or(0, |d| d.as_secs());
+    serde_json::json!({
+        "token_type": "Bearer",
+        "access_token": access_token,
+        "expires_at": crate::clock::rfc3339(expires_at),
+        "expires_in": expires_in,
+    })
+    .to_string()
+}
