@@ -216,7 +216,7 @@ async fn metrics_scenario() -> String {
         metric(
             &m,
             "tokenproxy_requests_total",
-            &[("route", "demo"), ("status_class", "2xx")]
+            &[("route", "demo"), ("caller", ""), ("status_class", "2xx")]
         ),
         Some(1.0)
     );
@@ -224,7 +224,7 @@ async fn metrics_scenario() -> String {
         metric(
             &m,
             "tokenproxy_requests_total",
-            &[("route", "none"), ("status_class", "4xx")]
+            &[("route", "none"), ("caller", ""), ("status_class", "4xx")]
         ),
         Some(1.0)
     );

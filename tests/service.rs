@@ -1,0 +1,295 @@
+//! tokenproxy as a token service for tools on other machines: TLS on the proxy
+//! listener (HTTP/1.1 and HTTP/2 by ALPN), a key per caller that admits it to its
+//! tokens only, and token vending (`GET /tokenproxy/v1/tokens/NAME`).
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use support::{Mode, World, client, get, json};
+
+const KEY_A: &str = "caller-a-key-0123456789";
+const KEY_B: &str = "caller-b-key-0123456789";
+
+/// Two tokens (`demo`, vended; `cc`, not), two callers (`a` for demo, `b` for cc),
+/// and the proxy listener on TLS with a certificate for `localhost`.
+fn service_config(w: &World, pki: &support::pki::Pki) -> String {
+    let (cert, key) = pki.server_pem("localhost");
+    let dir = w.dir.path();
+    std::fs::write(dir.join("tls.crt"), cert).unwrap();
+    std::fs::write(dir.join("tls.key"), key).unwrap();
+    std::fs::write(dir.join("key-a"), KEY_A).unwrap();
+    std::fs::write(dir.join("key-b"), KEY_B).unwrap();
+    let config = w.config("", "vend = true").replacen(
+        "admin = \"127.0.0.1:0\"",
+        &format!(
+            "admin = \"127.0.0.1:0\"\ntls_cert = {{ file = {:?} }}\ntls_key = {{ file = {:?} }}",
+            dir.join("tls.crt"),
+            dir.join("tls.key")
+        ),
+        1,
+    );
+    format!(
+        r#"{config}
+[tokens.cc]
+grant = "client_credentials"
+token_url = "{token_url}"
+client_id = "demo-client"
+client_secret = {{ env = "DEMO_CLIENT_SECRET" }}
+
+[[routes]]
+prefix = "/cc/"
+upstream = "{api_url}"
+token = "cc"
+
+[[callers]]
+name = "a"
+key = {{ file = {key_a:?} }}
+tokens = ["demo"]
+
+[[callers]]
+name = "b"
+key = {{ file = {key_b:?} }}
+tokens = ["cc"]
+"#,
+        token_url = w.provider.token_url,
+        api_url = w.provider.api_url,
+        key_a = dir.join("key-a"),
+        key_b = dir.join("key-b"),
+    )
+}
+
+/// A client that trusts `ca_pem` and offers `alpn`.
+fn tls_client(ca_pem: &str, alpn: &[u8]) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let builder = reqwest::Client::builder()
+        .no_proxy()
+        .tls_backend_preconfigured(config);
+    let builder = if alpn == b"h2" {
+        builder.http2_prior_knowledge()
+    } else {
+        builder.http1_only()
+    };
+    builder.build().unwrap()
+}
+
+fn https(p: &support::Proxy, path: &str) -> String {
+    format!("https://localhost:{}{path}", p.addr.port())
+}
+
+async fn send(c: &reqwest::Client, url: &str, key: Option<&str>) -> reqwest::Response {
+    let mut req = c.get(url);
+    if let Some(key) = key {
+        req = req.header("Proxy-Authorization", format!("Bearer {key}"));
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_reach_their_own_tokens_over_tls_in_http1_and_h2() {
+    let w = World::default().await;
+    let pki = support::pki::Pki::new();
+    let p = w.spawn(&service_config(&w, &pki));
+    let h1 = tls_client(&pki.ca_pem, b"http/1.1");
+    let h2 = tls_client(&pki.ca_pem, b"h2");
+
+    for (c, version) in [
+        (&h1, reqwest::Version::HTTP_11),
+        (&h2, reqwest::Version::HTTP_2),
+    ] {
+        let r = send(c, &https(&p, "/demo/a"), Some(KEY_A)).await;
+        assert_eq!(r.version(), version);
+        assert_eq!(r.status(), 200);
+        let r = send(c, &https(&p, "/cc/b"), Some(KEY_B)).await;
+        assert_eq!(r.status(), 200);
+        // Each caller is kept to its tokens' routes.
+        for (path, key) in [("/cc/x", KEY_A), ("/demo/x", KEY_B)] {
+            let r = send(c, &https(&p, path), Some(key)).await;
+            assert_eq!(r.status(), 403, "{path}");
+            assert_eq!(r.headers()["x-tokenproxy-error"], "caller_not_allowed");
+        }
+        for key in [None, Some("caller-a-key-wrong"), Some("")] {
+            let r = send(c, &https(&p, "/demo/x"), key).await;
+            assert_eq!(r.status(), 407, "{key:?}");
+            assert!(r.headers().contains_key("proxy-authenticate"));
+        }
+    }
+    // The proxy URL's password is a key too (HTTPS_PROXY=https://a:KEY@host).
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("a:{KEY_A}"),
+    );
+    let r = h1
+        .get(https(&p, "/demo/basic"))
+        .header("Proxy-Authorization", format!("Basic {basic}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Plain HTTP on the TLS port gets nothing, and is counted.
+    let (status, _) = tokio::time::timeout(Duration::from_secs(10), async {
+        match reqwest::Client::new().get(p.url("/demo/x")).send().await {
+            Ok(r) => (r.status().as_u16(), ()),
+            Err(_) => (0, ()),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 0, "a plain request is not answered");
+
+    let (_, metrics) = get(&p.admin_url("/metrics")).await;
+    for line in [
+        "tokenproxy_requests_total{caller=\"a\",route=\"demo\",status_class=\"2xx\"} 3",
+        "tokenproxy_requests_total{caller=\"b\",route=\"cc\",status_class=\"2xx\"} 2",
+        "tokenproxy_requests_total{caller=\"a\",route=\"cc\",status_class=\"4xx\"} 2",
+        "tokenproxy_errors_total{error=\"tls_handshake_failed\",route=\"none\",source=\"client\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+    let expiry = metrics
+        .lines()
+        .find(|l| l.starts_with("tokenproxy_listen_certificate_expiry_timestamp_seconds{listener=\"proxy\"}"))
+        .expect("the certificate's expiry is exported");
+    let secs: f64 = expiry.rsplit(' ').next().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(secs > now, "{expiry}");
+
+    let (_, log) = tokio::task::spawn_blocking(move || p.stop_and_log())
+        .await
+        .unwrap();
+    assert!(log.contains("caller=\"a\"") && log.contains("caller=\"b\""), "{log}");
+    for key in [KEY_A, KEY_B] {
+        assert!(!log.contains(key), "a key reached the log");
+        assert!(!metrics.contains(key), "a key reached the metrics");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vending_hands_the_token_the_upstream_accepts_to_callers_that_list_it() {
+    let w = World::default().await;
+    let pki = support::pki::Pki::new();
+    let p = w.spawn(&service_config(&w, &pki));
+    let c = tls_client(&pki.ca_pem, b"http/1.1");
+    let r = send(&c, &https(&p, "/tokenproxy/v1/tokens/demo"), Some(KEY_A)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let body = json(&r.text().await.unwrap());
+    assert_eq!(body["token_type"], "Bearer");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let expires_in = body["expires_in"].as_u64().unwrap();
+    assert!(expires_in > 0, "{body}");
+    assert!(body["expires_at"].as_str().unwrap().ends_with('Z'), "{body}");
+    assert!(body.get("refresh_token").is_none(), "{body}");
+    let status = token_status(&p).await;
+    assert_eq!(body.as_object().unwrap().len(), 4, "{body}");
+    // The upstream accepts it directly.
+    let r = client()
+        .get(format!("{}vended", w.provider.api_url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // b does not list demo; cc is not vended; other paths under /tokenproxy/ are not routes.
+    let r = send(&c, &https(&p, "/tokenproxy/v1/tokens/demo"), Some(KEY_B)).await;
+    assert_eq!(r.status(), 403);
+    let r = send(&c, &https(&p, "/tokenproxy/v1/tokens/cc"), Some(KEY_B)).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-tokenproxy-error"], "token_not_vended");
+    let r = send(&c, &https(&p, "/tokenproxy/v1/tokens/demo"), None).await;
+    assert_eq!(r.status(), 407);
+    let r = c
+        .post(https(&p, "/tokenproxy/v1/tokens/demo"))
+        .header("Proxy-Authorization", format!("Bearer {KEY_A}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert!(!r.text().await.unwrap().contains(&token));
+
+    let (_, metrics) = get(&p.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains("tokenproxy_tokens_vended_total{caller=\"a\",token=\"demo\"}"),
+        "{metrics}"
+    );
+    let (_, log) = tokio::task::spawn_blocking(move || p.stop_and_log())
+        .await
+        .unwrap();
+    assert!(log.contains("token vended"), "{log}");
+    assert!(!log.contains(&token), "the vended token reached the log");
+    assert!(!status.contains(&token), "the vended token reached /status");
+}
+
+/// While no valid token can be had, vending answers 503 with `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vending_is_503_while_no_token_is_valid() {
+    let w = World::default().await;
+    w.provider.set_mode(Mode::ServerError);
+    let pki = support::pki::Pki::new();
+    let p = w.spawn(&service_config(&w, &pki));
+    let c = tls_client(&pki.ca_pem, b"http/1.1");
+    let r = send(&c, &https(&p, "/tokenproxy/v1/tokens/demo"), Some(KEY_A)).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.headers()["x-tokenproxy-error"], "no_valid_token");
+    w.provider.set_mode(Mode::Normal);
+}
+
+async fn token_status(p: &support::Proxy) -> String {
+    get(&p.admin_url("/status")).await.1
+}
+
+/// A certificate replaced on disk is served after a reload; a broken one is
+/// refused and the old one keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_is_read_again_at_reload() {
+    let w = World::default().await;
+    let pki = support::pki::Pki::new();
+    let p = w.spawn(&service_config(&w, &pki));
+    let c = tls_client(&pki.ca_pem, b"http/1.1");
+    assert_eq!(send(&c, &https(&p, "/demo/1"), Some(KEY_A)).await.status(), 200);
+
+    let other = support::pki::Pki::new();
+    let (cert, key) = other.server_pem("localhost");
+    let dir: &Path = w.dir.path();
+    std::fs::write(dir.join("tls.key"), "not a key").unwrap();
+    let r = support::client()
+        .post(p.admin_url("/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("listen.tls_key"), "{text}");
+    assert_eq!(send(&c, &https(&p, "/demo/2"), Some(KEY_A)).await.status(), 200);
+
+    std::fs::write(dir.join("tls.crt"), cert).unwrap();
+    std::fs::write(dir.join("tls.key"), key).unwrap();
+    let r = support::client()
+        .post(p.admin_url("/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // New connections get the new certificate: the old CA no longer verifies it.
+    let fresh_old = tls_client(&pki.ca_pem, b"http/1.1");
+    assert!(fresh_old.get(https(&p, "/demo/3")).send().await.is_err());
+    let fresh_new = tls_client(&other.ca_pem, b"http/1.1");
+    assert_eq!(send(&fresh_new, &https(&p, "/demo/4"), Some(KEY_A)).await.status(), 200);
+}
