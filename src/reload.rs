@@ -35,6 +35,9 @@ pub enum ApplyError {
     ClientKey { key: String, problem: String },
     #[error("{key}: {problem}")]
     Tls { key: &'static str, problem: String },
+    /// A sink's directory cannot be used; the text names the key and the fix.
+    #[error("{0}")]
+    Sink(String),
 }
 
 /// Why a reload changed nothing.

@@ -159,7 +159,11 @@ async fn callers_reach_their_own_tokens_over_tls_in_http1_and_h2() {
     }
     let expiry = metrics
         .lines()
-        .find(|l| l.starts_with("tokenproxy_listen_certificate_expiry_timestamp_seconds{listener=\"proxy\"}"))
+        .find(|l| {
+            l.starts_with(
+                "tokenproxy_listen_certificate_expiry_timestamp_seconds{listener=\"proxy\"}",
+            )
+        })
         .expect("the certificate's expiry is exported");
     let secs: f64 = expiry.rsplit(' ').next().unwrap().parse().unwrap();
     let now = std::time::SystemTime::now()
@@ -171,7 +175,10 @@ async fn callers_reach_their_own_tokens_over_tls_in_http1_and_h2() {
     let (_, log) = tokio::task::spawn_blocking(move || p.stop_and_log())
         .await
         .unwrap();
-    assert!(log.contains("caller=\"a\"") && log.contains("caller=\"b\""), "{log}");
+    assert!(
+        log.contains("caller=\"a\"") && log.contains("caller=\"b\""),
+        "{log}"
+    );
     for key in [KEY_A, KEY_B] {
         assert!(!log.contains(key), "a key reached the log");
         assert!(!metrics.contains(key), "a key reached the metrics");
@@ -193,7 +200,10 @@ async fn vending_hands_the_token_the_upstream_accepts_to_callers_that_list_it() 
     let token = body["access_token"].as_str().unwrap().to_owned();
     let expires_in = body["expires_in"].as_u64().unwrap();
     assert!(expires_in > 0, "{body}");
-    assert!(body["expires_at"].as_str().unwrap().ends_with('Z'), "{body}");
+    assert!(
+        body["expires_at"].as_str().unwrap().ends_with('Z'),
+        "{body}"
+    );
     assert!(body.get("refresh_token").is_none(), "{body}");
     let status = token_status(&p).await;
     assert_eq!(body.as_object().unwrap().len(), 4, "{body}");
@@ -263,7 +273,10 @@ async fn the_certificate_is_read_again_at_reload() {
     let pki = support::pki::Pki::new();
     let p = w.spawn(&service_config(&w, &pki));
     let c = tls_client(&pki.ca_pem, b"http/1.1");
-    assert_eq!(send(&c, &https(&p, "/demo/1"), Some(KEY_A)).await.status(), 200);
+    assert_eq!(
+        send(&c, &https(&p, "/demo/1"), Some(KEY_A)).await.status(),
+        200
+    );
 
     let other = support::pki::Pki::new();
     let (cert, key) = other.server_pem("localhost");
@@ -277,7 +290,10 @@ async fn the_certificate_is_read_again_at_reload() {
     assert_eq!(r.status(), 422);
     let text = r.text().await.unwrap();
     assert!(text.contains("listen.tls_key"), "{text}");
-    assert_eq!(send(&c, &https(&p, "/demo/2"), Some(KEY_A)).await.status(), 200);
+    assert_eq!(
+        send(&c, &https(&p, "/demo/2"), Some(KEY_A)).await.status(),
+        200
+    );
 
     std::fs::write(dir.join("tls.crt"), cert).unwrap();
     std::fs::write(dir.join("tls.key"), key).unwrap();
@@ -291,5 +307,94 @@ async fn the_certificate_is_read_again_at_reload() {
     let fresh_old = tls_client(&pki.ca_pem, b"http/1.1");
     assert!(fresh_old.get(https(&p, "/demo/3")).send().await.is_err());
     let fresh_new = tls_client(&other.ca_pem, b"http/1.1");
-    assert_eq!(send(&fresh_new, &https(&p, "/demo/4"), Some(KEY_A)).await.status(), 200);
+    assert_eq!(
+        send(&fresh_new, &https(&p, "/demo/4"), Some(KEY_A))
+            .await
+            .status(),
+        200
+    );
+}
+
+/// Waits until `path` holds something other than `old` (or, for `None`, until it
+/// is gone); the file is what is watched, with a deadline.
+async fn file_change(path: &Path, old: Option<&str>, within: Duration) -> Option<String> {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        let now = std::fs::read_to_string(path).ok();
+        if now.as_deref() != old {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{} did not change from {old:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A sink file follows each refresh (written whole, with its mode), holds no
+/// refresh token, and is removed once no token is valid (needs_login, then expiry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_file_follows_refreshes_and_goes_with_the_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new(support::ProviderOptions {
+        lifetime: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await;
+    let sinks = w.dir.path().join("sinks");
+    let path = sinks.join("demo.token");
+    let json_path = sinks.join("demo.json");
+    let extra = format!(
+        "refresh_before = \"1s\"\n[[tokens.demo.sinks]]\npath = {path:?}\nmode = \"0640\"\n[[tokens.demo.sinks]]\npath = {json_path:?}\nformat = \"json\"\n"
+    );
+    let p = w.spawn(&w.config("", &extra));
+    let mut seen = Vec::new();
+    let mut current = file_change(&path, None, Duration::from_secs(20)).await;
+    for _ in 0..3 {
+        let token = current.clone().expect("a token file");
+        assert!(
+            w.provider.all_tokens().contains(&token),
+            "the file holds an issued access token"
+        );
+        seen.push(token);
+        current = file_change(&path, current.as_deref(), Duration::from_secs(20)).await;
+    }
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    let json = json(&std::fs::read_to_string(&json_path).unwrap());
+    assert!(
+        json["access_token"].is_string() && json["expires_in"].is_u64(),
+        "{json}"
+    );
+    let refresh = w.provider.current_refresh_token().unwrap();
+    for file in [&path, &json_path] {
+        assert!(!std::fs::read_to_string(file).unwrap().contains(&refresh));
+    }
+    // No new token can be had: the file goes once the last one expires.
+    w.provider.set_mode(Mode::InvalidGrant);
+    while current.is_some() {
+        current = file_change(&path, current.as_deref(), Duration::from_secs(20)).await;
+    }
+    p.wait_token("demo", "needs_login", Duration::from_secs(20))
+        .await;
+    assert!(!json_path.exists());
+    let (_, metrics) = get(&p.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains("tokenproxy_sink_writes_total{result=\"success\",token=\"demo\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("result=\"error\",token=\"demo\"} 1"),
+        "{metrics}"
+    );
+    let (_, log) = tokio::task::spawn_blocking(move || p.stop_and_log())
+        .await
+        .unwrap();
+    for token in &seen {
+        assert!(!log.contains(token.as_str()), "a token reached the log");
+    }
 }

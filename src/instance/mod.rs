@@ -3,6 +3,8 @@
 //! here at start, in this order, and shut down in the reverse order; what a
 //! configuration runs on it is built by [`wiring`], at start and at each reload.
 
+mod fixed;
+mod tokens;
 mod wiring;
 
 use std::net::SocketAddr;
@@ -17,7 +19,8 @@ use crate::reload::{ApplyError, Outcome, ReloadHandle};
 use crate::store::{self, FileStore, StoreError, TokenStore};
 use crate::token::TokenHttp;
 use crate::{intercept, metrics, secret, server, tls};
-use wiring::{Fixed, Frozen, Wiring};
+use fixed::{Fixed, Frozen};
+use wiring::Wiring;
 
 /// Why tokenproxy could not start.
 #[derive(Debug, thiserror::Error)]

@@ -27,111 +27,21 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::fixed::{Fixed, Frozen};
+use super::tokens::{Token, replace_tokens};
 use crate::admin::{Admin, View};
 use crate::certs::Served;
-use crate::config::{
-    Config, Intercept, Listen, ListenAddr, ProxySettings, StoreConfig, Tls, TokenConfig,
-};
-use crate::intercept::Interceptor;
-use crate::metrics::Metrics;
-use crate::proxy::{Gate, Lasting, Proxy, Router, Upstreams};
+use crate::config::{Config, Listen, ListenAddr, ProxySettings};
+use crate::proxy::{Gate, Proxy, Router, Upstreams};
 use crate::reload::{ApplyError, Outcome, ReloadError, ReloadStatus, Reloaded, Request};
-use crate::secret::SecretRef;
-use crate::server::{self, Limits, Listener, Reporting};
-use crate::store::{StoreHealth, TokenStore};
-use crate::token::{self, TokenHttp, TokenSource};
-
-/// What stays for the life of the process, whatever a reload says.
-pub(crate) struct Fixed {
-    pub store: Arc<dyn TokenStore>,
-    pub store_health: Arc<StoreHealth>,
-    pub http: TokenHttp,
-    pub metrics: Arc<Metrics>,
-    pub tls: rustls::ClientConfig,
-    pub shutdown: CancellationToken,
-    pub limits: Limits,
-    pub admin_limits: Limits,
-    /// The configuration's parts a reload may not change, as they were at start.
-    pub frozen: Frozen,
-    /// With `[intercept]`: the CA and its leaves, kept across reloads.
-    pub interceptor: Option<Arc<Interceptor>>,
-    /// What every configuration's proxy shares (metrics, CA, request log).
-    pub lasting: Lasting,
-}
-
-/// The parts of a configuration a reload may not change.
-#[derive(PartialEq)]
-pub(crate) struct Frozen {
-    store: StoreConfig,
-    store_keys: Option<(SecretRef, Vec<SecretRef>)>,
-    tls: Tls,
-    intercept: Option<Intercept>,
-    drain_timeout: Duration,
-    idle_timeout: Duration,
-    max_connections: Option<usize>,
-    max_header_line: usize,
-    max_header_size: usize,
-    max_headers: usize,
-}
-
-impl Frozen {
-    pub fn of(config: &Config) -> Frozen {
-        let p = &config.proxy;
-        Frozen {
-            store: config.store.clone(),
-            store_keys: config.store_keys.clone(),
-            tls: config.tls.clone(),
-            intercept: config.intercept.clone(),
-            drain_timeout: p.drain_timeout,
-            idle_timeout: p.idle_timeout,
-            max_connections: p.max_connections,
-            max_header_line: p.max_header_line,
-            max_header_size: p.max_header_size,
-            max_headers: p.max_headers,
-        }
-    }
-
-    /// The keys whose values differ, for the refusal.
-    fn changed(&self, new: &Frozen) -> Vec<&'static str> {
-        [
-            (
-                "[store]",
-                self.store == new.store && self.store_keys == new.store_keys,
-            ),
-            ("[tls]", self.tls == new.tls),
-            ("[intercept]", self.intercept == new.intercept),
-            (
-                "proxy.drain_timeout",
-                self.drain_timeout == new.drain_timeout,
-            ),
-            ("proxy.idle_timeout", self.idle_timeout == new.idle_timeout),
-            (
-                "proxy.max_connections",
-                self.max_connections == new.max_connections,
-            ),
-            (
-                "proxy.max_header_line",
-                self.max_header_line == new.max_header_line,
-            ),
-            (
-                "proxy.max_header_size",
-                self.max_header_size == new.max_header_size,
-            ),
-            ("proxy.max_headers", self.max_headers == new.max_headers),
-        ]
-        .into_iter()
-        .filter(|(_, same)| !same)
-        .map(|(key, _)| key)
-        .collect()
-    }
-}
+use crate::server::{self, Listener, Reporting};
+use crate::token::TokenSource;
 
 /// The two listeners.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,13 +74,6 @@ impl Role {
             Role::Admin => ListenAddr::Tcp(listen.admin),
         }
     }
-}
-
-/// A token source with the scheduler task that refreshes it.
-struct Token {
-    source: Arc<TokenSource>,
-    stop: CancellationToken,
-    task: JoinHandle<()>,
 }
 
 /// A listener's serving task.
@@ -412,7 +315,10 @@ impl Wiring {
         let mut applied = self.applied.lock().await;
         let applied = &mut *applied;
         let mut tasks: Vec<JoinHandle<()>> = std::mem::take(&mut applied.retired);
-        tasks.extend(applied.tokens.drain(..).map(|t| t.task));
+        for t in applied.tokens.drain(..) {
+            tasks.push(t.task);
+            tasks.extend(t.sink_task);
+        }
         tasks.extend(
             [applied.proxy.take(), applied.admin.take()]
                 .into_iter()
@@ -442,6 +348,9 @@ async fn build(fixed: &Fixed, config: Config, applied: &mut Applied) -> Result<B
         None => None,
     };
     let vending = config.tokens.iter().map(|t| t.delivery.vend).collect();
+    for t in &config.tokens {
+        crate::token::sink::prepare(&t.name, &t.delivery.sinks).map_err(ApplyError::Sink)?;
+    }
     let mut bound = Vec::new();
     for role in Role::ALL {
         let addr = role.addr(&config.listen);
@@ -452,9 +361,12 @@ async fn build(fixed: &Fixed, config: Config, applied: &mut Applied) -> Result<B
     }
 
     let mut summary = Reloaded::default();
-    summary
-        .0
-        .extend(replace_tokens(fixed, config.tokens, applied));
+    summary.0.extend(replace_tokens(
+        fixed,
+        config.tokens,
+        &mut applied.tokens,
+        &mut applied.retired,
+    ));
     let sources = applied.sources();
     let client = match applied.upstream.take() {
         Some((settings, client)) if upstream_connections_same(&settings, &config.proxy) => client,
@@ -486,45 +398,6 @@ async fn build(fixed: &Fixed, config: Config, applied: &mut Applied) -> Result<B
     })
 }
 
-/// Keeps each token whose configuration is unchanged (its source, state and
-/// generation), starts a new source for each new or changed one, stops the
-/// schedulers of the changed and removed ones. What changed, in words.
-fn replace_tokens(fixed: &Fixed, configs: Vec<TokenConfig>, applied: &mut Applied) -> Vec<String> {
-    let mut old = std::mem::take(&mut applied.tokens);
-    let (mut added, mut renewed) = (Vec::new(), Vec::new());
-    for t in configs {
-        let name = t.name.clone();
-        let token = match old.iter().position(|o| o.source.name() == name) {
-            Some(i) if old[i].source.config.same_source(&t) => old.remove(i),
-            Some(i) => {
-                let previous = old.remove(i);
-                previous.stop.cancel();
-                applied.retired.push(previous.task);
-                renewed.push(name);
-                spawn_token(fixed, t, true)
-            }
-            None => {
-                added.push(name);
-                spawn_token(fixed, t, false)
-            }
-        };
-        applied.tokens.push(token);
-    }
-    let removed: Vec<String> = old
-        .into_iter()
-        .map(|t| {
-            t.stop.cancel();
-            applied.retired.push(t.task);
-            t.source.name().to_owned()
-        })
-        .collect();
-    [("added", added), ("changed", renewed), ("removed", removed)]
-        .into_iter()
-        .filter(|(_, names)| !names.is_empty())
-        .map(|(what, names)| format!("tokens {what}: {}", names.join(", ")))
-        .collect()
-}
-
 async fn bind(addr: &ListenAddr, what: &'static str) -> Result<(Listener, ListenAddr), ApplyError> {
     let failed = |source| ApplyError::Bind {
         addr: addr.clone(),
@@ -539,21 +412,4 @@ async fn bind(addr: &ListenAddr, what: &'static str) -> Result<(Listener, Listen
 /// Whether the upstream connection pool can be kept.
 fn upstream_connections_same(old: &ProxySettings, new: &ProxySettings) -> bool {
     old.connect_timeout == new.connect_timeout && old.pool_idle_timeout == new.pool_idle_timeout
-}
-
-fn spawn_token(fixed: &Fixed, config: TokenConfig, renew: bool) -> Token {
-    fixed.metrics.declare_token(&config.name);
-    let source = TokenSource::new(
-        config,
-        Arc::clone(&fixed.store),
-        fixed.http.clone(),
-        Arc::clone(&fixed.metrics),
-    );
-    let stop = fixed.shutdown.child_token();
-    let task = tokio::spawn(token::run_scheduler(
-        Arc::clone(&source),
-        stop.clone(),
-        renew,
-    ));
-    Token { source, stop, task }
 }

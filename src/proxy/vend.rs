@@ -64,7 +64,8 @@ impl Proxy {
             "token vended"
         );
         self.metrics.vended(source.name(), caller);
-        let body = body(token.expose(), record.expires_at_ms, SystemTime::now());
+        let body =
+            crate::token::vended_json(token.expose(), record.expires_at_ms, SystemTime::now());
         let mut resp = Response::new(ProxyBody::full(body));
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -95,17 +96,4 @@ async fn valid(source: &Arc<TokenSource>) -> Result<Arc<TokenState>, ProxyError>
             cause: u.cause,
         }),
     }
-}
-
-/// The vending answer (also a `json` sink's content).
-pub fn body(access_token: &str, expires_at_ms: u64, now: SystemTime) -> String {
-    let expires_at = crate::clock::ms_to_time(expires_at_ms);
-    let expires_in = expires_at.duration_since(now).map_or(0, |d| d.as_secs());
-    serde_json::json!({
-        "token_type": "Bearer",
-        "access_token": access_token,
-        "expires_at": crate::clock::rfc3339(expires_at),
-        "expires_in": expires_in,
-    })
-    .to_string()
 }

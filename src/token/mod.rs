@@ -30,6 +30,7 @@ mod refresh;
 mod response;
 mod schedule;
 mod seed;
+pub mod sink;
 mod state;
 
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub use grant::{Exchange, TokenHttp, basic_auth};
 pub use response::{GrantError, parse as parse_response};
 pub use schedule::run as run_scheduler;
 pub use seed::SeedError;
+pub use sink::vended_json;
 pub use state::{Failure, InDoubtNow, TokenState, Trigger, Unavailable};
 
 use flight::{BACKOFF_BASE, BACKOFF_MAX, Phase};
@@ -66,6 +68,8 @@ pub struct TokenSource {
     metrics: Arc<Metrics>,
     /// Wakes the scheduler when the state changes under it.
     changed: Notify,
+    /// Ticks with every published state, for whoever follows the token (sinks).
+    published: tokio::sync::watch::Sender<()>,
     /// What a running refresh waits for, to name it when a caller gives up.
     phase: AtomicU8,
     /// Set at shutdown: no refresh starts after it.
@@ -97,6 +101,7 @@ impl TokenSource {
             metadata: tokio::sync::OnceCell::new(),
             metrics,
             changed: Notify::new(),
+            published: tokio::sync::watch::Sender::new(()),
             phase: AtomicU8::new(Phase::Idle as u8),
             closing: AtomicBool::new(false),
             owner: format!("{:016x}", fastrand::u64(..)),
@@ -444,7 +449,13 @@ impl TokenSource {
         let state = Arc::new(state);
         self.cell.store(Arc::clone(&state));
         self.changed.notify_one();
+        self.published.send_replace(());
         state
+    }
+
+    /// Changes whenever a new state is published.
+    pub fn follow(&self) -> tokio::sync::watch::Receiver<()> {
+        self.published.subscribe()
     }
 }
 
