@@ -1,7 +1,8 @@
 //! The proxy listener's own certificate (`listen.tls_cert`, `listen.tls_key`):
 //! read from PEM, checked (the key is the certificate's, the certificate is in
 //! its validity period) and made into the TLS configuration the listener serves
-//! (HTTP/2 and HTTP/1.1 by ALPN). Read by `check`, at start and at each reload.
+//! (HTTP/2 and HTTP/1.1 by ALPN). Read by `check`, at start, at each reload, and
+//! every minute while running (a renewed pair is served from then on).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,6 +18,8 @@ use crate::secret::SecretRef;
 pub struct Served {
     pub config: Arc<ServerConfig>,
     pub not_after: SystemTime,
+    /// SHA-256 of the certificate and key as read: tells a renewed pair.
+    pub digest: Vec<u8>,
 }
 
 /// What is wrong with the listener's certificate or key; names the key, never a
@@ -79,16 +82,20 @@ impl Served {
         if not_after <= now {
             return Err(CertError::Expired(crate::clock::rfc3339(not_after)));
         }
-        let key = PrivateKeyDer::from_pem_slice(key).map_err(|_| CertError::NoKey)?;
+        let key_der = PrivateKeyDer::from_pem_slice(key).map_err(|_| CertError::NoKey)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+            .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key_der))
             .map_err(|e| CertError::Mismatch(e.to_string()))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        digest.update(cert);
+        digest.update(key);
         Ok(Served {
             config: Arc::new(config),
             not_after,
+            digest: digest.finish().as_ref().to_vec(),
         })
     }
 }

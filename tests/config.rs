@@ -74,6 +74,7 @@ fn every_deploy_config_passes_check() {
     }
     assert!(configs.len() >= 3, "{configs:?}");
     let secrets = tempfile::tempdir().unwrap();
+    let pair = rcgen::generate_simple_self_signed(vec!["tokenproxy.etl.svc".into()]).unwrap();
     for path in configs {
         let text = std::fs::read_to_string(&path).unwrap();
         let mut rewritten = text.clone();
@@ -83,9 +84,14 @@ fn every_deploy_config_passes_check() {
                 .path()
                 .join(file.trim_start_matches('/').replace('/', "_"));
             let value = if file.ends_with("/url") {
-                "postgres://tokenproxy@127.0.0.1:1/etl"
+                "postgres://tokenproxy@127.0.0.1:1/etl".to_owned()
+            } else if file.ends_with("tls.crt") {
+                pair.cert.pem()
+            } else if file.ends_with("tls.key") {
+                pair.signing_key.serialize_pem()
             } else {
-                "example-value"
+                // Distinct per file, and long enough for a caller key.
+                format!("example-value-for-{}", file.replace('/', "-"))
             };
             std::fs::write(&stand_in, value).unwrap();
             rewritten = rewritten.replace(file, stand_in.to_str().unwrap());

@@ -9,14 +9,15 @@ use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use support::{Mode, World, client, get, json};
+use support::{Mode, Provider, ProviderOptions, World, client, get, json};
 
 const KEY_A: &str = "caller-a-key-0123456789";
 const KEY_B: &str = "caller-b-key-0123456789";
 
-/// Two tokens (`demo`, vended; `cc`, not), two callers (`a` for demo, `b` for cc),
-/// and the proxy listener on TLS with a certificate for `localhost`.
-fn service_config(w: &World, pki: &support::pki::Pki) -> String {
+/// Two tokens (`demo`, vended; `cc`, not, from a provider of its own: a provider
+/// holds one current access token), two callers (`a` for demo, `b` for cc), and
+/// the proxy listener on TLS with a certificate for `localhost`.
+fn service_config(w: &World, cc: &Provider, pki: &support::pki::Pki) -> String {
     let (cert, key) = pki.server_pem("localhost");
     let dir = w.dir.path();
     std::fs::write(dir.join("tls.crt"), cert).unwrap();
@@ -26,7 +27,7 @@ fn service_config(w: &World, pki: &support::pki::Pki) -> String {
     let config = w.config("", "vend = true").replacen(
         "admin = \"127.0.0.1:0\"",
         &format!(
-            "admin = \"127.0.0.1:0\"\ntls_cert = {{ file = {:?} }}\ntls_key = {{ file = {:?} }}",
+            "admin = \"127.0.0.1:0\"\ntls_cert = {{ file = {:?} }}\ntls_key = {{ file = {:?} }}\ntls_check = \"1s\"",
             dir.join("tls.crt"),
             dir.join("tls.key")
         ),
@@ -55,11 +56,15 @@ name = "b"
 key = {{ file = {key_b:?} }}
 tokens = ["cc"]
 "#,
-        token_url = w.provider.token_url,
-        api_url = w.provider.api_url,
+        token_url = cc.token_url,
+        api_url = cc.api_url,
         key_a = dir.join("key-a"),
         key_b = dir.join("key-b"),
     )
+}
+
+async fn cc_provider() -> Provider {
+    Provider::start(ProviderOptions::default()).await.unwrap()
 }
 
 /// A client that trusts `ca_pem` and offers `alpn`.
@@ -100,7 +105,8 @@ async fn send(c: &reqwest::Client, url: &str, key: Option<&str>) -> reqwest::Res
 async fn callers_reach_their_own_tokens_over_tls_in_http1_and_h2() {
     let w = World::default().await;
     let pki = support::pki::Pki::new();
-    let p = w.spawn(&service_config(&w, &pki));
+    let cc = cc_provider().await;
+    let p = w.spawn(&service_config(&w, &cc, &pki));
     let h1 = tls_client(&pki.ca_pem, b"http/1.1");
     let h2 = tls_client(&pki.ca_pem, b"h2");
 
@@ -189,7 +195,8 @@ async fn callers_reach_their_own_tokens_over_tls_in_http1_and_h2() {
 async fn vending_hands_the_token_the_upstream_accepts_to_callers_that_list_it() {
     let w = World::default().await;
     let pki = support::pki::Pki::new();
-    let p = w.spawn(&service_config(&w, &pki));
+    let cc = cc_provider().await;
+    let p = w.spawn(&service_config(&w, &cc, &pki));
     let c = tls_client(&pki.ca_pem, b"http/1.1");
     let r = send(&c, &https(&p, "/tokenproxy/v1/tokens/demo"), Some(KEY_A)).await;
     assert_eq!(r.status(), 200);
@@ -252,13 +259,55 @@ async fn vending_is_503_while_no_token_is_valid() {
     let w = World::default().await;
     w.provider.set_mode(Mode::ServerError);
     let pki = support::pki::Pki::new();
-    let p = w.spawn(&service_config(&w, &pki));
+    let cc = cc_provider().await;
+    let p = w.spawn(&service_config(&w, &cc, &pki));
     let c = tls_client(&pki.ca_pem, b"http/1.1");
     let r = send(&c, &https(&p, "/tokenproxy/v1/tokens/demo"), Some(KEY_A)).await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(r.headers()["x-tokenproxy-error"], "no_valid_token");
     w.provider.set_mode(Mode::Normal);
+}
+
+/// A pair renewed on disk (cert-manager renews a Secret in place) is served
+/// without a reload; a broken one is logged and the one in force keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_without_a_reload() {
+    let w = World::default().await;
+    let pki = support::pki::Pki::new();
+    let cc = cc_provider().await;
+    let p = w.spawn(&service_config(&w, &cc, &pki));
+    let dir: &Path = w.dir.path();
+    std::fs::write(dir.join("tls.key"), "not a key").unwrap();
+    p.wait_log("does not load; the one in force keeps serving")
+        .await;
+    let old = tls_client(&pki.ca_pem, b"http/1.1");
+    assert_eq!(
+        send(&old, &https(&p, "/demo/1"), Some(KEY_A))
+            .await
+            .status(),
+        200
+    );
+
+    let renewed = support::pki::Pki::new();
+    let (cert, key) = renewed.server_pem("localhost");
+    std::fs::write(dir.join("tls.crt"), cert).unwrap();
+    std::fs::write(dir.join("tls.key"), key).unwrap();
+    p.wait_log("certificate changed on disk").await;
+    let fresh = tls_client(&renewed.ca_pem, b"h2");
+    assert_eq!(
+        send(&fresh, &https(&p, "/demo/2"), Some(KEY_A))
+            .await
+            .status(),
+        200
+    );
+    assert!(
+        tls_client(&pki.ca_pem, b"http/1.1")
+            .get(https(&p, "/demo/3"))
+            .send()
+            .await
+            .is_err()
+    );
 }
 
 async fn token_status(p: &support::Proxy) -> String {
@@ -271,7 +320,8 @@ async fn token_status(p: &support::Proxy) -> String {
 async fn the_certificate_is_read_again_at_reload() {
     let w = World::default().await;
     let pki = support::pki::Pki::new();
-    let p = w.spawn(&service_config(&w, &pki));
+    let cc = cc_provider().await;
+    let p = w.spawn(&service_config(&w, &cc, &pki));
     let c = tls_client(&pki.ca_pem, b"http/1.1");
     assert_eq!(
         send(&c, &https(&p, "/demo/1"), Some(KEY_A)).await.status(),
@@ -338,7 +388,7 @@ async fn file_change(path: &Path, old: Option<&str>, within: Duration) -> Option
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_file_follows_refreshes_and_goes_with_the_token() {
     use std::os::unix::fs::PermissionsExt;
-    let w = World::new(support::ProviderOptions {
+    let w = World::new(ProviderOptions {
         lifetime: Duration::from_secs(3),
         ..Default::default()
     })

@@ -44,6 +44,9 @@ pub struct Caller {
 pub struct ListenTls {
     pub cert: SecretRef,
     pub key: SecretRef,
+    /// How often the files are read again while running (a renewed pair is
+    /// served from then on).
+    pub check: std::time::Duration,
 }
 
 /// Where a token goes besides the requests it is injected into.

@@ -43,6 +43,9 @@ pub struct RawListen {
     /// The proxy listener speaks TLS with this certificate chain and key (PEM).
     pub tls_cert: Option<SecretRef>,
     pub tls_key: Option<SecretRef>,
+    /// How often the certificate files are read again.
+    #[serde(with = "humantime_serde")]
+    pub tls_check: Duration,
     /// A proxy listener beyond loopback without TLS or keys, written on purpose.
     pub insecure_listen: bool,
 }
@@ -57,6 +60,7 @@ impl Default for RawListen {
             admin_key: None,
             tls_cert: None,
             tls_key: None,
+            tls_check: Duration::from_secs(60),
             insecure_listen: false,
         }
     }

@@ -27,6 +27,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
@@ -94,6 +95,8 @@ struct Applied {
     tokens: Vec<Token>,
     proxy: Option<Serving>,
     admin: Option<Serving>,
+    /// The digest of the proxy listener's certificate and key in force.
+    served: Option<Vec<u8>>,
     /// Tasks of replaced listeners and schedulers, still finishing.
     retired: Vec<JoinHandle<()>>,
 }
@@ -123,6 +126,9 @@ struct Built {
     bound: Vec<(Role, Listener, ListenAddr)>,
     summary: Reloaded,
 }
+
+/// How often the watcher looks while the listener has no TLS (a reload may add it).
+const DEFAULT_CHECK: Duration = Duration::from_secs(60);
 
 /// Runs configurations: the first at start, then each reload.
 pub(crate) struct Wiring {
@@ -175,6 +181,7 @@ impl Wiring {
             unreachable!("the first configuration binds both listeners")
         };
         *wiring.applied.lock().await = applied;
+        tokio::spawn(Arc::clone(&wiring).watch_certificate());
         Ok((wiring, Bound { proxy, admin }))
     }
 
@@ -236,10 +243,7 @@ impl Wiring {
             mut summary,
         } = built;
         self.admin.show(view);
-        self.fixed
-            .metrics
-            .listen_certificate("proxy", served.as_ref().map(|s| s.not_after));
-        self.proxy_tls.store(served.map(|s| s.config));
+        self.serve_tls(applied, served);
         self.proxy.store(proxy);
         for (role, listener, local) in bound {
             let serving = self.serve_listener(role, listener, role.addr(&listen), local);
@@ -302,6 +306,59 @@ impl Wiring {
             stop,
             task,
         }
+    }
+
+    /// Reads the proxy listener's certificate and key again (`listen.tls_check`), and
+    /// serves a renewed pair (cert-manager renews a Secret in place); a pair that
+    /// does not load keeps the one in force, and is logged once.
+    async fn watch_certificate(self: Arc<Self>) {
+        let mut last_error = None;
+        let every = |applied: &Applied| {
+            applied
+                .listen
+                .as_ref()
+                .and_then(|l| l.tls.as_ref())
+                .map_or(DEFAULT_CHECK, |t| t.check)
+        };
+        let mut wait = every(&*self.applied.lock().await);
+        loop {
+            tokio::select! {
+                _ = self.fixed.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let mut applied = self.applied.lock().await;
+            wait = every(&applied);
+            let Some(tls) = applied.listen.as_ref().and_then(|l| l.tls.clone()) else {
+                continue;
+            };
+            match Served::load(&tls.cert, &tls.key) {
+                Ok(served) if Some(&served.digest) != applied.served.as_ref() => {
+                    tracing::info!(
+                        valid_until = %crate::clock::rfc3339(served.not_after),
+                        "the proxy listener's certificate changed on disk; new connections get it"
+                    );
+                    self.serve_tls(&mut applied, Some(served));
+                    last_error = None;
+                }
+                Ok(_) => last_error = None,
+                Err(e) => {
+                    let text = format!("{}: {e}", e.key());
+                    if last_error.as_ref() != Some(&text) {
+                        tracing::warn!(error = %text, "the proxy listener's certificate on disk does not load; the one in force keeps serving");
+                        last_error = Some(text);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts `served` in force for new connections of the proxy listener.
+    fn serve_tls(&self, applied: &mut Applied, served: Option<Served>) {
+        self.fixed
+            .metrics
+            .listen_certificate("proxy", served.as_ref().map(|s| s.not_after));
+        applied.served = served.as_ref().map(|s| s.digest.clone());
+        self.proxy_tls.store(served.map(|s| s.config));
     }
 
     /// The token sources in force.

@@ -86,9 +86,17 @@ impl Validator<'_> {
         };
         self.secret("listen.tls_cert", cert, true)?;
         self.secret("listen.tls_key", key, false)?;
+        if raw.tls_check < std::time::Duration::from_secs(1) {
+            return Err(self.err(
+                "listen.tls_check",
+                "is shorter than a second",
+                "write a duration such as \"60s\" (the default)",
+            ));
+        }
         let tls = ListenTls {
             cert: cert.clone(),
             key: key.clone(),
+            check: raw.tls_check,
         };
         crate::certs::Served::load(&tls.cert, &tls.key).map_err(|e| {
             self.err(
