@@ -7,8 +7,6 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use support::{Mode, Provider, ProviderOptions, World, client, get, json};
 
 const KEY_A: &str = "caller-a-key-0123456789";
@@ -18,19 +16,13 @@ const KEY_B: &str = "caller-b-key-0123456789";
 /// holds one current access token), two callers (`a` for demo, `b` for cc), and
 /// the proxy listener on TLS with a certificate for `localhost`.
 fn service_config(w: &World, cc: &Provider, pki: &support::pki::Pki) -> String {
-    let (cert, key) = pki.server_pem("localhost");
     let dir = w.dir.path();
-    std::fs::write(dir.join("tls.crt"), cert).unwrap();
-    std::fs::write(dir.join("tls.key"), key).unwrap();
+    let tls = support::pki::listen_tls(pki, dir);
     std::fs::write(dir.join("key-a"), KEY_A).unwrap();
     std::fs::write(dir.join("key-b"), KEY_B).unwrap();
     let config = w.config("", "vend = true").replacen(
         "admin = \"127.0.0.1:0\"",
-        &format!(
-            "admin = \"127.0.0.1:0\"\ntls_cert = {{ file = {:?} }}\ntls_key = {{ file = {:?} }}\ntls_check = \"1s\"",
-            dir.join("tls.crt"),
-            dir.join("tls.key")
-        ),
+        &format!("admin = \"127.0.0.1:0\"\n{tls}"),
         1,
     );
     format!(
@@ -69,24 +61,7 @@ async fn cc_provider() -> Provider {
 
 /// A client that trusts `ca_pem` and offers `alpn`.
 fn tls_client(ca_pem: &str, alpn: &[u8]) -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    let builder = reqwest::Client::builder()
-        .no_proxy()
-        .tls_backend_preconfigured(config);
-    let builder = if alpn == b"h2" {
-        builder.http2_prior_knowledge()
-    } else {
-        builder.http1_only()
-    };
-    builder.build().unwrap()
+    support::pki::https_client(ca_pem, alpn).build().unwrap()
 }
 
 fn https(p: &support::Proxy, path: &str) -> String {

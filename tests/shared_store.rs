@@ -65,6 +65,11 @@ fn main() -> std::process::ExitCode {
             a_token_table_pipeline_migrates_as_the_guide_says,
         ),
         Test::new(
+            "three_instances_behind_one_address_serve_one_token_over_tls",
+            Needs::Postgres,
+            three_instances_behind_one_address_serve_one_token_over_tls,
+        ),
+        Test::new(
             "a_corrupt_redis_record_names_the_field_not_its_value",
             Needs::Redis,
             a_corrupt_redis_record_names_the_field_not_its_value,
@@ -1614,4 +1619,90 @@ async fn a_store_restart_during_a_refresh_keeps_the_rotated_token(kind: Kind) {
         metrics.contains(r#"tokenproxy_refresh_in_doubt_total{resolution="written_after_restart",token="demo"} 1"#),
         "{metrics}"
     );
+}
+
+/// The token service (`deploy/kubernetes/overlays/service`): three instances on
+/// PostgreSQL behind one address, TLS and a caller key, a client whose every
+/// request lands on the next instance, through several short lifetimes. Every
+/// proxied request succeeds, every vended token is the one in the store and is
+/// accepted upstream, and the refreshes are one instance's, none spent twice.
+async fn three_instances_behind_one_address_serve_one_token_over_tls() {
+    let Scene { store, w, config } = Scene::new(
+        Kind::Postgres,
+        short_lived(3.0),
+        "refresh_before = \"1s\"\nvend = true",
+    )
+    .await;
+    let pki = support::pki::Pki::new();
+    let tls = support::pki::listen_tls(&pki, w.dir.path());
+    let key = "service-caller-key-0123456789";
+    let config = format!(
+        "{}\n[[callers]]\nname = \"adf\"\nkey = {{ env = \"TP_CALLER_KEY\" }}\ntokens = [\"demo\"]\n",
+        config.replacen(
+            "admin = \"127.0.0.1:0\"",
+            &format!("admin = \"127.0.0.1:0\"\n{tls}"),
+            1
+        )
+    );
+    let env = [("TP_STORE_URL", store.url.as_str()), ("TP_CALLER_KEY", key)];
+    let proxies: Vec<Proxy> = (0..3).map(|_| w.spawn_with(&config, &env)).collect();
+    let front = round_robin(proxies.iter().map(|p| p.addr).collect()).await;
+    // A new connection per request: each lands on the next instance.
+    let c = support::pki::https_client(&pki.ca_pem, b"http/1.1")
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let url = |path: &str| format!("https://localhost:{}{path}", front.port());
+    let started = Instant::now();
+    let (mut sent, mut failures) = (0, Vec::new());
+    while started.elapsed() < Duration::from_secs(10) {
+        let r = c
+            .get(url("/demo/service"))
+            .header("Proxy-Authorization", format!("Bearer {key}"))
+            .send()
+            .await;
+        match r.map(|r| r.status().as_u16()) {
+            Ok(200) => {}
+            other => failures.push(format!("{other:?} after {:?}", started.elapsed())),
+        }
+        let vended = c
+            .get(url("/tokenproxy/v1/tokens/demo"))
+            .header("Proxy-Authorization", format!("Bearer {key}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(vended.status(), 200);
+        let body = json(&vended.text().await.unwrap());
+        let token = body["access_token"].as_str().unwrap();
+        assert!(
+            w.provider.all_tokens().iter().any(|t| t == token),
+            "a vended token the provider never issued"
+        );
+        sent += 2;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(failures.is_empty(), "client-visible errors: {failures:?}");
+    assert!(sent > 40, "only {sent} requests");
+    assert_eq!(
+        w.provider.reuse_detected(),
+        0,
+        "a refresh token was spent twice"
+    );
+    let requests = w.provider.token_requests();
+    let generation = store.generation().await;
+    assert!(
+        requests <= generation + 1,
+        "{requests} token requests made {generation} generations"
+    );
+    assert!(requests >= 4, "refreshes happened: {requests}");
+    // Each instance served some of them.
+    for p in &proxies {
+        let (_, metrics) = get(&p.admin_url("/metrics")).await;
+        assert!(
+            metrics.contains(
+                "tokenproxy_requests_total{caller=\"adf\",route=\"demo\",status_class=\"2xx\"}"
+            ),
+            "an instance served nothing:\n{metrics}"
+        );
+    }
 }

@@ -496,3 +496,23 @@ impl Drop for SmallDisk {
         let _ = Command::new("umount").arg(&self.mount).status();
     }
 }
+
+/// A TCP balancer in front of `backends`: each connection goes to the next one in
+/// turn (TLS passes through), as a Kubernetes Service spreads connections.
+pub async fn round_robin(backends: Vec<SocketAddr>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut next = 0;
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let backend = backends[next % backends.len()];
+            next += 1;
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    addr
+}

@@ -87,3 +87,38 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 }
+
+/// An HTTPS client that trusts `ca_pem` only and offers `alpn` (`b"h2"`: HTTP/2
+/// only, with prior knowledge; else HTTP/1.1 only).
+pub fn https_client(ca_pem: &str, alpn: &[u8]) -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let builder = reqwest::Client::builder()
+        .no_proxy()
+        .tls_backend_preconfigured(config);
+    if alpn == b"h2" {
+        builder.http2_prior_knowledge()
+    } else {
+        builder.http1_only()
+    }
+}
+
+/// Writes a certificate for `localhost` and its key as `tls.crt` and `tls.key` in
+/// `dir`, and returns the `[listen]` lines that serve them.
+pub fn listen_tls(pki: &Pki, dir: &std::path::Path) -> String {
+    let (cert, key) = pki.server_pem("localhost");
+    std::fs::write(dir.join("tls.crt"), cert).unwrap();
+    std::fs::write(dir.join("tls.key"), key).unwrap();
+    format!(
+        "tls_cert = {{ file = {:?} }}\ntls_key = {{ file = {:?} }}\ntls_check = \"1s\"",
+        dir.join("tls.crt"),
+        dir.join("tls.key")
+    )
+}
