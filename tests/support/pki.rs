@@ -68,10 +68,14 @@ impl Pki {
     /// files (Redis, PostgreSQL).
     pub fn server_pem(&self, name: &str) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        // A subject of its own: OpenSSL takes a leaf whose subject is its issuer's
+        // (rcgen's default for both) for a self-signed certificate.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     }
 
