@@ -783,6 +783,50 @@ async fn a_caller_key_guards_the_connect_and_may_come_as_the_proxy_password() {
     assert_eq!(s.w.provider.api_requests(), 1);
 }
 
+/// With `[[callers]]`, the `CONNECT` names the caller: a caller that does not
+/// list the host's token gets `403` and no tunnel; the requests inside a tunnel
+/// are labelled with the caller whose key opened it.
+async fn callers_are_kept_to_their_tokens_through_a_tunnel() {
+    let extra = format!(
+        "\n[tokens.other]\ngrant = \"client_credentials\"\ntoken_url = \"{token_url}\"\nclient_id = \"demo-client\"\nclient_secret = {{ env = \"DEMO_CLIENT_SECRET\" }}\n\n[[callers]]\nname = \"reader\"\nkey = \"reader-key-0123456789\"\ntokens = [\"demo\"]\n\n[[callers]]\nname = \"elsewhere\"\nkey = \"elsewhere-key-0123456789\"\ntokens = [\"other\"]\n",
+        token_url = "https://localhost:1/never-asked"
+    );
+    let s = Setup::with(ProviderOptions::default(), "", &extra).await;
+    let p = s.start();
+    let (_, head) = connect(
+        p.addr,
+        &format!("{HOST}:443"),
+        "Proxy-Authorization: Bearer elsewhere-key-0123456789\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(head.contains("caller_not_allowed"), "{head}");
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["-x", &format!("http://x:reader-key-0123456789@{}", p.addr)])
+        .args(["--cacert", s.ca().to_str().unwrap()])
+        .arg(format!("https://{HOST}/v1/inside"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{out:?}");
+    let (_, metrics) = get(&p.admin_url("/metrics")).await;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("tokenproxy_requests_total{caller=\"reader\"") && l.contains("2xx")
+        ),
+        "{metrics}"
+    );
+    assert_eq!(s.w.provider.api_requests(), 1);
+}
+
 /// A client coming back resumes its TLS session (no new signature), and the CA
 /// key never shows in the log, `/status` or `/metrics`.
 async fn sessions_resume_and_the_ca_key_is_never_shown() {
@@ -1115,6 +1159,7 @@ harness!(
     Needs::Python("requests, simple_salesforce") => simple_salesforce_reads_all_pages_with_no_token_of_its_own,
     Needs::Jdk => java_httpclient_with_a_keytool_truststore,
     Needs::Program("curl") => a_caller_key_guards_the_connect_and_may_come_as_the_proxy_password,
+    Needs::Program("curl") => callers_are_kept_to_their_tokens_through_a_tunnel,
     Needs::Nothing => sessions_resume_and_the_ca_key_is_never_shown,
     Needs::Nothing => a_silent_tunnel_is_closed_and_counted_a_plain_one_served,
     Needs::Program("curl") => plain_http_inside_connect_is_served_without_intercept,

@@ -423,3 +423,45 @@ async fn a_sink_file_follows_refreshes_and_goes_with_the_token() {
         assert!(!log.contains(token.as_str()), "a token reached the log");
     }
 }
+
+/// A reload changes who may call and what is vended at once; a token whose only
+/// change is `vend` keeps its source (no refresh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_callers_and_vending_without_a_refresh() {
+    let w = World::default().await;
+    let pki = support::pki::Pki::new();
+    let cc = cc_provider().await;
+    let config = service_config(&w, &cc, &pki);
+    let p = w.spawn(&config);
+    let c = tls_client(&pki.ca_pem, b"http/1.1");
+    let vend = https(&p, "/tokenproxy/v1/tokens/demo");
+    assert_eq!(send(&c, &vend, Some(KEY_A)).await.status(), 200);
+    assert_eq!(
+        send(&c, &https(&p, "/cc/x"), Some(KEY_B)).await.status(),
+        200
+    );
+    let requests = w.provider.token_requests();
+
+    let b = config.find("[[callers]]\nname = \"b\"").unwrap();
+    let changed = config[..b].replace("vend = true", "vend = false");
+    std::fs::write(&p.config, changed).unwrap();
+    let r = client().post(p.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    assert_eq!(
+        send(&c, &https(&p, "/cc/x"), Some(KEY_B)).await.status(),
+        407
+    );
+    let r = send(&c, &vend, Some(KEY_A)).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-tokenproxy-error"], "token_not_vended");
+    assert_eq!(
+        send(&c, &https(&p, "/demo/x"), Some(KEY_A)).await.status(),
+        200
+    );
+    assert_eq!(
+        w.provider.token_requests(),
+        requests,
+        "the token was kept, not refreshed"
+    );
+}

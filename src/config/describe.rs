@@ -14,6 +14,38 @@ impl Config {
             "listen: proxy {} admin {}",
             self.listen.proxy, self.listen.admin
         );
+        if let Some(tls) = &self.listen.tls {
+            let _ = writeln!(
+                out,
+                "listen: proxy over TLS, certificate from {}, key from {}, read again every {}",
+                tls.cert,
+                tls.key,
+                humantime::format_duration(tls.check)
+            );
+        }
+        match &self.callers {
+            super::Callers::Open => {}
+            super::Callers::One(key) => {
+                let _ = writeln!(out, "callers: one key for every route, from {key}");
+            }
+            super::Callers::Named(callers) => {
+                let _ = writeln!(out, "callers:");
+                for c in callers {
+                    let tokens: Vec<&str> = c
+                        .tokens
+                        .iter()
+                        .map(|&t| self.tokens[t].name.as_str())
+                        .collect();
+                    let _ = writeln!(
+                        out,
+                        "  {}: key from {}, tokens {}",
+                        c.name,
+                        c.key,
+                        tokens.join(", ")
+                    );
+                }
+            }
+        }
         match &self.store {
             StoreConfig::File { path } => {
                 let _ = writeln!(out, "store: file {}", path.display());
@@ -177,6 +209,20 @@ fn token_lines(t: &TokenConfig) -> Vec<(&'static str, String)> {
             d(t.timeout)
         ),
     ));
+    if t.delivery.vend {
+        lines.push(("vending", format!("GET /tokenproxy/v1/tokens/{}", t.name)));
+    }
+    for sink in &t.delivery.sinks {
+        lines.push((
+            "sink",
+            format!(
+                "{} ({}, mode {:04o})",
+                sink.path.display(),
+                sink.format.as_str(),
+                sink.mode
+            ),
+        ));
+    }
     lines
 }
 
