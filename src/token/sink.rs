@@ -137,8 +137,7 @@ pub fn spawn(
             let _ = previous.await;
         }
         follow(&source, &sinks, &metrics, &stop).await;
-        let name = source.name().to_owned();
-        let _ = write_all(&name, &sinks, None, &metrics).await;
+        let _ = write_all(&source, &sinks, None, &metrics).await;
     })
 }
 
@@ -160,7 +159,7 @@ async fn follow(source: &TokenSource, sinks: &[Sink], metrics: &Metrics, stop: &
         let wanted = token.as_ref().map(|(g, ..)| *g);
         if written != Some(wanted) {
             let content = token.map(|(_, expires, t)| (t.expose().to_owned(), expires));
-            if write_all(source.name(), sinks, content, metrics).await {
+            if write_all(source, sinks, content, metrics).await {
                 written = Some(wanted);
             }
         }
@@ -185,19 +184,23 @@ async fn sleep_until(at: Option<std::time::Instant>) {
 /// Writes `content` (the access token and its expiry) to every sink, or removes
 /// them all for `None`. Returns whether every sink succeeded.
 async fn write_all(
-    token: &str,
+    source: &TokenSource,
     sinks: &[Sink],
     content: Option<(String, u64)>,
     metrics: &Metrics,
 ) -> bool {
     let sinks = sinks.to_vec();
+    let token = source.name();
     let name = token.to_owned();
+    let header = header_template(&source.config.injects);
     let results = tokio::task::spawn_blocking(move || {
         sinks
             .iter()
             .map(|sink| {
                 let result = match &content {
-                    Some((t, expires)) => write_atomically(sink, &render(sink.format, t, *expires)),
+                    Some((t, expires)) => {
+                        write_atomically(sink, &render(sink.format, &header, t, *expires))
+                    }
                     None => match std::fs::remove_file(&sink.path) {
                         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                         _ => Ok(()),
@@ -218,12 +221,50 @@ async fn write_all(
     results.iter().all(|ok| *ok)
 }
 
-fn render(format: SinkFormat, token: &str, expires_at_ms: u64) -> String {
+/// The header a `header` sink writes: as the token's routes inject it (their first
+/// header template, such as Zoho's `Authorization: Zoho-oauthtoken {token}`), else
+/// `Authorization: Bearer {token}`. Name, text before the token, text after.
+fn header_template(injects: &[crate::config::Inject]) -> (String, String, String) {
+    injects
+        .iter()
+        .find_map(|i| match i {
+            crate::config::Inject::Header {
+                name,
+                before,
+                after,
+                ..
+            } => Some((name.as_str().to_owned(), before.clone(), after.clone())),
+            crate::config::Inject::Query { .. } => None,
+        })
+        .unwrap_or_else(|| ("Authorization".into(), "Bearer ".into(), String::new()))
+}
+
+fn render(
+    format: SinkFormat,
+    (name, before, after): &(String, String, String),
+    token: &str,
+    expires_at_ms: u64,
+) -> String {
     match format {
         SinkFormat::Token => token.to_owned(),
-        SinkFormat::Header => format!("Authorization: Bearer {token}\n"),
+        SinkFormat::Header => format!("{}: {before}{token}{after}\n", header_name(name)),
         SinkFormat::Json => vended_json(token, expires_at_ms, SystemTime::now()) + "\n",
     }
+}
+
+/// `authorization` as `Authorization`: header names are stored lower-case, and
+/// tools that read the file (curl -H @file) send them as written.
+fn header_name(name: &str) -> String {
+    name.split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            match chars.next() {
+                Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 fn write_atomically(sink: &Sink, content: &str) -> std::io::Result<()> {
@@ -277,7 +318,8 @@ mod tests {
         let meta = std::fs::metadata(&sinks_dir).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o700);
         for s in &sinks {
-            write_atomically(s, &render(s.format, "tok-123", 4_102_444_800_000)).unwrap();
+            let bearer = header_template(&[]);
+            write_atomically(s, &render(s.format, &bearer, "tok-123", 4_102_444_800_000)).unwrap();
             let meta = std::fs::metadata(&s.path).unwrap();
             assert_eq!(meta.permissions().mode() & 0o777, s.mode);
         }
@@ -292,6 +334,31 @@ mod tests {
         assert_eq!(json["expires_at"], "2100-01-01T00:00:00Z");
         // Nothing is left behind but the sinks.
         assert_eq!(std::fs::read_dir(&sinks_dir).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn a_header_sink_writes_the_header_the_routes_inject() {
+        let zoho = crate::config::Inject::Header {
+            name: http::header::AUTHORIZATION,
+            before: "Zoho-oauthtoken ".into(),
+            after: String::new(),
+            text: "Authorization: Zoho-oauthtoken {token}".into(),
+        };
+        let template = header_template(&[crate::config::Inject::Query { param: "t".into() }, zoho]);
+        assert_eq!(
+            render(SinkFormat::Header, &template, "tok", 0),
+            "Authorization: Zoho-oauthtoken tok\n"
+        );
+        let custom = crate::config::Inject::Header {
+            name: http::HeaderName::from_static("x-api-token"),
+            before: String::new(),
+            after: String::new(),
+            text: "X-Api-Token: {token}".into(),
+        };
+        assert_eq!(
+            render(SinkFormat::Header, &header_template(&[custom]), "tok", 0),
+            "X-Api-Token: tok\n"
+        );
     }
 
     #[test]
