@@ -71,8 +71,8 @@ pub struct Proxy {
     route_metrics: Vec<RouteMetrics>,
     /// Requests that matched no route.
     unrouted: RouteMetrics,
-    /// Requests for vended tokens.
-    vended: RouteMetrics,
+    /// Requests for vended tokens, when a token is vended (else counted as unrouted).
+    vended: Option<RouteMetrics>,
     metrics: Arc<Metrics>,
     /// With `[intercept]`: terminates TLS in tunnels to routed hosts.
     interceptor: Option<Arc<Interceptor>>,
@@ -125,7 +125,9 @@ impl Proxy {
                 .map(|r| metrics.route(&r.name, gate.names()))
                 .collect(),
             unrouted: metrics.route("none", gate.names()),
-            vended: metrics.route(VENDING, gate.names()),
+            vended: vending
+                .contains(&true)
+                .then(|| metrics.route(VENDING, gate.names())),
             gate,
             vending,
             metrics,
@@ -164,7 +166,7 @@ impl Proxy {
         };
         let elapsed = start.elapsed();
         let metrics = match (trace.vending, trace.route) {
-            (true, _) => &self.vended,
+            (true, _) => self.vended.as_ref().unwrap_or(&self.unrouted),
             (false, Some(i)) => &self.route_metrics[i],
             (false, None) => &self.unrouted,
         };
