@@ -458,15 +458,24 @@ struct Outgoing<'a> {
 /// A token state with a valid credential for `inject`; refreshes (single flight)
 /// when there is none.
 async fn token(source: &Arc<TokenSource>, inject: usize) -> Result<Arc<TokenState>, ProxyError> {
+    usable(source, |s| s.credential(inject).is_some()).await
+}
+
+/// The current token state if `ok` says it can be used, else the state after the
+/// single-flight refresh; `503` when even that cannot be used.
+async fn usable(
+    source: &Arc<TokenSource>,
+    ok: impl Fn(&TokenState) -> bool,
+) -> Result<Arc<TokenState>, ProxyError> {
     let state = source.current_full();
-    if state.credential(inject).is_some() {
+    if ok(&state) {
         return Ok(state);
     }
     match source
         .refresh_for_caller(state.generation(), Trigger::Reactive)
         .await
     {
-        Ok(state) if state.credential(inject).is_some() => Ok(state),
+        Ok(state) if ok(&state) => Ok(state),
         Ok(state) => Err(ProxyError::NoValidToken {
             retry_after: Duration::from_secs(1),
             cause: state.cause(),

@@ -9,7 +9,6 @@
 //! `Retry-After` if there is still none. Each vend is a log line (caller, token,
 //! generation) and `tokenproxy_tokens_vended_total{token,caller}`.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, PRAGMA};
@@ -19,7 +18,6 @@ use super::Proxy;
 use super::gate::Who;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::token::{TokenSource, TokenState, Trigger};
 
 /// Where vended tokens are, under [`crate::config::OWN_PATHS`].
 const TOKENS: &str = "/tokenproxy/v1/tokens/";
@@ -47,7 +45,7 @@ impl Proxy {
             .ok_or(ProxyError::NotVended)?;
         self.gate.allow(who, index)?;
         let source = &self.sources[index];
-        let state = valid(source).await?;
+        let state = super::usable(source, |s| s.valid_for(Duration::ZERO)).await?;
         let record = state.record.as_ref();
         let (Some(record), Some(token)) = (record, record.and_then(|r| r.access_token.as_ref()))
         else {
@@ -72,28 +70,5 @@ impl Proxy {
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
         Ok(resp)
-    }
-}
-
-/// The token's state once it holds a valid access token: now, or after the
-/// single-flight refresh; `503` otherwise.
-async fn valid(source: &Arc<TokenSource>) -> Result<Arc<TokenState>, ProxyError> {
-    let state = source.current_full();
-    if state.valid_for(Duration::ZERO) {
-        return Ok(state);
-    }
-    match source
-        .refresh_for_caller(state.generation(), Trigger::Reactive)
-        .await
-    {
-        Ok(state) if state.valid_for(Duration::ZERO) => Ok(state),
-        Ok(state) => Err(ProxyError::NoValidToken {
-            retry_after: Duration::from_secs(1),
-            cause: state.cause(),
-        }),
-        Err(u) => Err(ProxyError::NoValidToken {
-            retry_after: u.retry_after,
-            cause: u.cause,
-        }),
     }
 }
