@@ -271,7 +271,39 @@ async fn a_python_job_reads_the_token_sink() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200");
 }
 
+/// A tool on another host with `HTTP_PROXY=https://NAME:KEY@tokenproxy:8443` and the
+/// API's http:// URLs: curl speaks TLS to the proxy listener (an HTTPS proxy),
+/// presents its caller key as the proxy password, and gets the API's answer.
+async fn curl_uses_the_tls_listener_as_an_https_proxy_with_a_caller_key() {
+    let w = World::default().await;
+    let pki = support::pki::Pki::new();
+    let key = "matillion-caller-key-0123456789";
+    let p = w.spawn_with(&exact_service(&w, &pki, key, ""), &EXACT_ENV);
+    let ca = w.dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let curl = |user: &str| {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
+            .args(["--proxy", &format!("https://localhost:{}", p.addr.port())])
+            .args(["--proxy-cacert", ca.to_str().unwrap(), "--proxy-user", user])
+            .arg("http://start.exactonline.nl/api/v1/current/Me")
+            .output()
+            .unwrap()
+    };
+    let out = curl(&format!("matillion:{key}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.ends_with("\n200"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("/v1/current/Me"), "{text}");
+    let out = curl("matillion:wrong-key-0123456789");
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("\n407"));
+}
+
 harness!(
+    Needs::Program("curl") => curl_uses_the_tls_listener_as_an_https_proxy_with_a_caller_key,
     Needs::Python("dlt") => dlt_rest_api_pages_exact_online_with_the_shipped_config,
     Needs::Python("json") => matillion_python_script_reads_the_vended_token,
     Needs::Program("curl") => a_shell_script_reads_the_header_sink_with_curl,
