@@ -56,6 +56,7 @@ pub mod logging;
 pub mod login;
 pub mod metrics;
 pub mod proxy;
+pub mod quota;
 pub mod reload;
 pub mod secret;
 pub mod server;

@@ -50,6 +50,10 @@ pub struct Metrics {
     store_operations: IntCounterVec,
     vended: IntCounterVec,
     sink_writes: IntCounterVec,
+    quota_remaining: IntGaugeVec,
+    quota_reset: prometheus::GaugeVec,
+    quota_waits: IntCounterVec,
+    quota_wait_seconds: HistogramVec,
     listen_certificate: prometheus::GaugeVec,
 }
 
@@ -73,6 +77,37 @@ impl RetryOutcome {
             RetryOutcome::Rejected => "rejected",
             RetryOutcome::NotReplayable => "not_replayable",
             RetryOutcome::RefreshFailed => "refresh_failed",
+        }
+    }
+}
+
+/// A route's quota metrics: its waits resolved, its windows by name.
+pub struct QuotaMetrics {
+    route: String,
+    remaining: IntGaugeVec,
+    reset: prometheus::GaugeVec,
+    waits: IntCounter,
+    wait_seconds: Histogram,
+}
+
+impl QuotaMetrics {
+    /// A request held for `waited` before it was sent.
+    pub fn waited(&self, waited: Duration) {
+        self.waits.inc();
+        self.wait_seconds.observe(waited.as_secs_f64());
+    }
+
+    /// What the API said of window `window`.
+    pub fn window(&self, window: &str, remaining: u64, reset: Option<SystemTime>) {
+        let labels = [self.route.as_str(), window];
+        self.remaining
+            .with_label_values(&labels)
+            .set(i64::try_from(remaining).unwrap_or(i64::MAX));
+        if let Some(reset) = reset {
+            let secs = reset
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.reset.with_label_values(&labels).set(secs);
         }
     }
 }
@@ -252,6 +287,39 @@ impl Metrics {
                 "Writes (and removals) of token sink files, by token and result (success, error).",
                 &["token", "result"],
             ),
+            quota_remaining: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tokenproxy_upstream_quota_remaining",
+                        "Calls left in an upstream rate-limit window, as the API last said (or as counted for a static limit), by route and window.",
+                    ),
+                    &["route", "window"],
+                )
+                .expect("valid metric"),
+            ),
+            quota_reset: register(
+                &registry,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "tokenproxy_upstream_quota_reset_timestamp_seconds",
+                        "When an upstream rate-limit window starts again, in Unix seconds, by route and window.",
+                    ),
+                    &["route", "window"],
+                )
+                .expect("valid metric"),
+            ),
+            quota_waits: counter(
+                "tokenproxy_quota_waits_total",
+                "Requests held for an upstream rate-limit window to start again, by route.",
+                &["route"],
+            ),
+            quota_wait_seconds: histogram(
+                "tokenproxy_quota_wait_seconds",
+                "How long requests were held for an upstream rate-limit window, by route.",
+                &["route"],
+                REQUEST_BUCKETS,
+            ),
             listen_certificate: register(
                 &registry,
                 prometheus::GaugeVec::new(
@@ -330,6 +398,17 @@ impl Metrics {
 
     pub fn panicked(&self) {
         self.panics_total.inc();
+    }
+
+    /// The quota metrics of route `route`.
+    pub fn quota(&self, route: &str) -> QuotaMetrics {
+        QuotaMetrics {
+            route: route.to_owned(),
+            remaining: self.quota_remaining.clone(),
+            reset: self.quota_reset.clone(),
+            waits: self.quota_waits.with_label_values(&[route]),
+            wait_seconds: self.quota_wait_seconds.with_label_values(&[route]),
+        }
     }
 
     pub fn vended(&self, token: &str, caller: &str) {

@@ -1,0 +1,437 @@
+//! Upstream rate limits: what each route's API allows, learned from its answers
+//! (`headers`) and from static `limits`, and the governor that holds a request
+//! until its window has room instead of spending a call the API would refuse.
+//!
+//! A route's [`Governor`] keeps one [`Quota`] per quota key (the whole route, or a
+//! path segment such as Exact Online's division), each a set of windows: a static
+//! limit (`60/1m`) counts the requests this instance sends and starts again a
+//! period after its first; a learned window takes what the API last said (its
+//! remaining calls less the requests still in flight, and its reset), so tools and
+//! instances that share the provider's quota are seen in its count. A request
+//! takes a call from every window of its key before it is sent. When one is empty:
+//! the request waits in line (first come, first served, at most `max_waiting`)
+//! until the window starts again, if that is within `max_wait`; otherwise it is
+//! answered `429 quota_exhausted` at once, with `Retry-After`, and the API is not
+//! called. A `Retry-After` on a `429` or `503` is a window of its own, empty until
+//! then.
+
+pub mod headers;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use http::{HeaderMap, StatusCode};
+use tokio::sync::Notify;
+
+use crate::metrics::{Metrics, QuotaMetrics};
+use headers::Reading;
+
+/// A static limit: `count` requests per `period`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub count: u64,
+    pub period: Duration,
+}
+
+/// How a route governs its requests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub limits: Vec<Limit>,
+    /// Longest a request waits for room; past it, `429` at once.
+    pub max_wait: Duration,
+    /// Requests waiting at most, per quota key.
+    pub max_waiting: usize,
+}
+
+/// Why a request was not sent: its window is empty for longer than `max_wait`,
+/// or too many wait already.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Exhausted {
+    pub retry_after: Duration,
+}
+
+/// The governor of one route.
+pub struct Governor {
+    policy: Policy,
+    quotas: Mutex<HashMap<Box<str>, Arc<Quota>>>,
+    /// Nothing to govern yet: no static limit and nothing learned.
+    idle: std::sync::atomic::AtomicBool,
+    metrics: QuotaMetrics,
+}
+
+/// The windows of one quota key.
+pub struct Quota {
+    state: Mutex<State>,
+    /// Wakes the waiters: the line moved, or a window changed.
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    windows: Vec<Window>,
+    /// Tickets of the waiting requests, in arrival order.
+    line: VecDeque<u64>,
+    next_ticket: u64,
+    /// Requests sent whose answer has not come.
+    in_flight: u64,
+}
+
+struct Window {
+    name: String,
+    limit: Option<u64>,
+    period: Option<Duration>,
+    /// Calls left; `None`: not known, so not limiting.
+    remaining: Option<u64>,
+    /// When it starts again; `None` for a static window not yet begun.
+    reset: Option<Instant>,
+    /// From `limits`: counted here, started by the first request.
+    fixed: bool,
+}
+
+/// A request's call, taken from its windows: the answer's headers go back
+/// through it, and it stops counting as in flight when dropped.
+pub struct Permit {
+    /// `None` while the route is idle (nothing counted), then `key` says whose
+    /// windows the answer tells of.
+    quota: Option<Arc<Quota>>,
+    key: Option<Box<str>>,
+    governor: Arc<Governor>,
+}
+
+impl Governor {
+    pub fn new(policy: Policy, metrics: &Metrics, route: &str) -> Arc<Governor> {
+        Arc::new(Governor {
+            idle: std::sync::atomic::AtomicBool::new(policy.limits.is_empty()),
+            policy,
+            quotas: Mutex::new(HashMap::new()),
+            metrics: metrics.quota(route),
+        })
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn quota(&self, key: &str) -> Arc<Quota> {
+        let mut quotas = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = quotas.get(key) {
+            return Arc::clone(q);
+        }
+        let windows = self
+            .policy
+            .limits
+            .iter()
+            .map(|l| Window {
+                name: headers::label(l.period),
+                limit: Some(l.count),
+                period: Some(l.period),
+                remaining: Some(l.count),
+                reset: None,
+                fixed: true,
+            })
+            .collect();
+        let q = Arc::new(Quota {
+            state: Mutex::new(State {
+                windows,
+                ..State::default()
+            }),
+            changed: Notify::new(),
+        });
+        quotas.insert(key.into(), Arc::clone(&q));
+        q
+    }
+
+    /// Takes a call for `key`, waiting in line for room up to `max_wait`.
+    pub async fn admit(self: &Arc<Self>, key: &str) -> Result<Permit, Exhausted> {
+        if self.idle.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(Permit {
+                quota: None,
+                key: (!key.is_empty()).then(|| key.into()),
+                governor: Arc::clone(self),
+            });
+        }
+        let quota = self.quota(key);
+        let arrived = Instant::now();
+        let ticket = {
+            let mut s = quota.lock();
+            s.roll(arrived);
+            if s.line.is_empty() && s.has_room() {
+                s.take(arrived);
+                drop(s);
+                return Ok(self.permit(quota));
+            }
+            let wait = s.room_at(arrived).saturating_duration_since(arrived);
+            if wait > self.policy.max_wait || s.line.len() >= self.policy.max_waiting {
+                return Err(Exhausted {
+                    retry_after: wait.max(Duration::from_secs(1)),
+                });
+            }
+            let ticket = s.next_ticket;
+            s.next_ticket += 1;
+            s.line.push_back(ticket);
+            ticket
+        };
+        let mut place = InLine {
+            quota: &quota,
+            ticket,
+            served: false,
+        };
+        let deadline = arrived + self.policy.max_wait;
+        loop {
+            let changed = quota.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let until = {
+                let now = Instant::now();
+                let mut s = quota.lock();
+                s.roll(now);
+                if s.line.front() == Some(&ticket) && s.has_room() {
+                    s.take(now);
+                    s.line.pop_front();
+                    place.served = true;
+                    drop(s);
+                    quota.changed.notify_waiters();
+                    self.metrics.waited(now - arrived);
+                    return Ok(self.permit(Arc::clone(&quota)));
+                }
+                if now >= deadline {
+                    return Err(Exhausted {
+                        retry_after: s
+                            .room_at(now)
+                            .saturating_duration_since(now)
+                            .max(Duration::from_secs(1)),
+                    });
+                }
+                s.room_at(now).min(deadline)
+            };
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    fn permit(self: &Arc<Self>, quota: Arc<Quota>) -> Permit {
+        Permit {
+            quota: Some(quota),
+            key: None,
+            governor: Arc::clone(self),
+        }
+    }
+
+    /// The windows of every key, for `/status`.
+    pub fn snapshot(&self) -> Vec<WindowView> {
+        let now = Instant::now();
+        let quotas = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (key, q) in quotas.iter() {
+            let mut s = q.lock();
+            s.roll(now);
+            for w in &s.windows {
+                out.push(WindowView {
+                    key: key.to_string(),
+                    window: w.name.clone(),
+                    limit: w.limit,
+                    remaining: w.remaining,
+                    reset: w
+                        .reset
+                        .map(|r| SystemTime::now() + r.saturating_duration_since(now)),
+                    waiting: s.line.len(),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.key, &a.window).cmp(&(&b.key, &b.window)));
+        out
+    }
+}
+
+/// One window as `/status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WindowView {
+    pub key: String,
+    pub window: String,
+    pub limit: Option<u64>,
+    pub remaining: Option<u64>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub reset: Option<SystemTime>,
+    pub waiting: usize,
+}
+
+fn rfc3339_opt<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&crate::clock::rfc3339(*t)),
+        None => s.serialize_none(),
+    }
+}
+
+/// A waiter's place in line, given up if it leaves (its client went away, or
+/// `max_wait` passed).
+struct InLine<'a> {
+    quota: &'a Quota,
+    ticket: u64,
+    served: bool,
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        if !self.served {
+            let mut s = self.quota.lock();
+            s.line.retain(|t| *t != self.ticket);
+            drop(s);
+            self.quota.changed.notify_waiters();
+        }
+    }
+}
+
+impl Quota {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Permit {
+    /// Learns what the answer says of the windows; returns how long a
+    /// `Retry-After` (on a `429` or `503`) asks to wait, if it does.
+    pub fn observe(&self, status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+        let readings = headers::read(status, headers, SystemTime::now());
+        if readings.is_empty() {
+            return None;
+        }
+        let g = &self.governor;
+        g.idle.store(false, std::sync::atomic::Ordering::Relaxed);
+        let retry = readings
+            .iter()
+            .find(|r| r.window == headers::RETRY_AFTER)
+            .and_then(|r| r.reset)
+            .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default());
+        // A first answer on an idle route: its key's quota starts now.
+        let quota = match &self.quota {
+            Some(q) => Arc::clone(q),
+            None => g.quota(self.key.as_deref().unwrap_or("")),
+        };
+        let now = Instant::now();
+        let mut s = quota.lock();
+        // This request is answered: the others in flight may not be counted yet.
+        let others = s.in_flight.saturating_sub(u64::from(self.quota.is_some()));
+        for r in &readings {
+            s.learn(r, others, now);
+            g.metrics.window(&r.window, r.remaining, r.reset);
+        }
+        drop(s);
+        quota.changed.notify_waiters();
+        retry
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(q) = &self.quota {
+            let mut s = q.lock();
+            s.in_flight = s.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+impl State {
+    /// Windows whose reset passed start again.
+    fn roll(&mut self, now: Instant) {
+        self.windows.retain_mut(|w| {
+            let Some(reset) = w.reset else { return true };
+            if reset > now {
+                return true;
+            }
+            if w.name == headers::RETRY_AFTER {
+                return false;
+            }
+            match (w.fixed, w.period) {
+                (true, _) => {
+                    w.remaining = w.limit;
+                    w.reset = None;
+                }
+                (false, Some(period)) => {
+                    w.remaining = w.limit;
+                    // The next reset, a whole number of periods on.
+                    let behind = now.duration_since(reset).as_nanos() / period.as_nanos().max(1);
+                    w.reset = Some(reset + period * (behind as u32 + 1));
+                }
+                (false, None) => {
+                    w.remaining = w.limit;
+                    w.reset = None;
+                }
+            }
+            true
+        });
+    }
+
+    fn has_room(&self) -> bool {
+        self.windows.iter().all(|w| w.remaining != Some(0))
+    }
+
+    /// When every empty window has started again (now, if none is empty).
+    fn room_at(&self, now: Instant) -> Instant {
+        self.windows
+            .iter()
+            .filter(|w| w.remaining == Some(0))
+            .map(|w| w.reset.unwrap_or(now + w.period.unwrap_or(UNKNOWN_RESET)))
+            .max()
+            .unwrap_or(now)
+    }
+
+    fn take(&mut self, now: Instant) {
+        for w in &mut self.windows {
+            if let Some(r) = &mut w.remaining {
+                *r = r.saturating_sub(1);
+            }
+            if w.fixed && w.reset.is_none() {
+                w.reset = w.period.map(|p| now + p);
+            }
+        }
+        self.in_flight += 1;
+    }
+
+    fn learn(&mut self, r: &Reading, others: u64, now: Instant) {
+        let reset = r
+            .reset
+            .map(|t| now + t.duration_since(SystemTime::now()).unwrap_or_default())
+            .or_else(|| (r.remaining == 0).then(|| now + r.period.unwrap_or(UNKNOWN_RESET)));
+        let said = r.remaining.saturating_sub(others);
+        match self.windows.iter_mut().find(|w| w.name == r.window) {
+            Some(w) => {
+                // A new window (its reset moved on) starts from what the API says;
+                // within the same one, the lower count is the truer.
+                let same = match (w.reset, reset) {
+                    (Some(a), Some(b)) => a.max(b) - a.min(b) < Duration::from_secs(2),
+                    _ => true,
+                };
+                w.remaining = match (w.remaining, same) {
+                    (Some(mine), true) => Some(mine.min(said)),
+                    _ => Some(said),
+                };
+                if reset.is_some() && (!w.fixed || w.reset.is_none() || !same) {
+                    w.reset = reset;
+                }
+                w.limit = r.limit.or(w.limit);
+                w.period = r.period.or(w.period);
+            }
+            None => self.windows.push(Window {
+                name: r.window.clone(),
+                limit: r.limit,
+                period: r.period,
+                remaining: Some(said),
+                reset,
+                fixed: false,
+            }),
+        }
+    }
+}
+
+/// How long an empty window whose API says neither its reset nor its length is
+/// taken to stay empty.
+const UNKNOWN_RESET: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;
