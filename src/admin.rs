@@ -38,6 +38,8 @@ pub struct View {
     sources: Vec<Arc<TokenSource>>,
     /// Per route: name, prefix, upstream host, token index; for `/status`.
     routes: Vec<(String, Option<String>, String, usize)>,
+    /// Per route: its rate-limit governor (windows for `/status`).
+    quotas: Vec<Arc<crate::quota::Governor>>,
     /// `listen.admin_key`, read at each use (a rotated Secret takes effect).
     key: Option<SecretRef>,
     /// Whether the admin listener is on loopback: without a key, the POST
@@ -46,6 +48,14 @@ pub struct View {
 }
 
 impl View {
+    /// The same view, with the routes' rate-limit governors to show.
+    pub fn with_quotas(self, quotas: &[Arc<crate::quota::Governor>]) -> View {
+        View {
+            quotas: quotas.to_vec(),
+            ..self
+        }
+    }
+
     pub fn new(sources: Vec<Arc<TokenSource>>, routes: &[Route], listen: &Listen) -> View {
         let routes = routes
             .iter()
@@ -64,6 +74,7 @@ impl View {
         View {
             sources,
             routes,
+            quotas: Vec::new(),
             key: listen.admin_key.clone(),
             loopback: listen.admin.ip().is_loopback(),
         }
@@ -211,8 +222,10 @@ impl Admin {
         let routes: Vec<Value> = view
             .routes
             .iter()
-            .map(|(name, prefix, host, token)| {
-                json!({"name": name, "prefix": prefix, "upstream_host": host, "token": view.sources[*token].name()})
+            .enumerate()
+            .map(|(i, (name, prefix, host, token))| {
+                let windows = view.quotas.get(i).map(|g| g.snapshot()).unwrap_or_default();
+                json!({"name": name, "prefix": prefix, "upstream_host": host, "token": view.sources[*token].name(), "rate_limits": windows})
             })
             .collect();
         let (up, last_error) = self.store_health.get();

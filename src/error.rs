@@ -113,6 +113,11 @@ pub enum ProxyError {
     Upgrade,
     #[error("the request body is larger than proxy.max_request_body")]
     TooLarge,
+    #[error(
+        "the upstream's rate limit for this route is used up for longer than max_wait ({}s from now); retry after it, or raise the route's max_wait",
+        .retry_after.as_secs().max(1)
+    )]
+    QuotaExhausted { retry_after: Duration },
     #[error("the upstream could not be reached (connection or TLS handshake failed)")]
     UpstreamUnreachable,
     #[error("the upstream did not send response headers within {}s", .0.as_secs())]
@@ -174,7 +179,9 @@ impl ProxyError {
             ProxyError::AdminKeyRequired => StatusCode::FORBIDDEN,
             ProxyError::AdminNotAProxy { connect: true } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::AdminNotAProxy { connect: false } => StatusCode::BAD_REQUEST,
-            ProxyError::RefreshTooSoon { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::RefreshTooSoon { .. } | ProxyError::QuotaExhausted { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ProxyError::ReloadRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ProxyError::BadPath
             | ProxyError::BadHost
@@ -222,6 +229,7 @@ impl ProxyError {
             ProxyError::NotVended => "token_not_vended",
             ProxyError::Upgrade => "upgrade_not_supported",
             ProxyError::TooLarge => "request_too_large",
+            ProxyError::QuotaExhausted { .. } => "quota_exhausted",
             ProxyError::UpstreamUnreachable => "upstream_unreachable",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::UpstreamFailed => "upstream_failed",
@@ -267,7 +275,8 @@ impl ProxyError {
             ProxyError::NoValidToken { cause, .. } => *cause,
             ProxyError::UpstreamUnreachable
             | ProxyError::UpstreamTimeout(_)
-            | ProxyError::UpstreamFailed => Source::Upstream,
+            | ProxyError::UpstreamFailed
+            | ProxyError::QuotaExhausted { .. } => Source::Upstream,
             ProxyError::ReloadRefused(_) => Source::Config,
             ProxyError::Internal | ProxyError::Overloaded => Source::Internal,
         }
@@ -286,6 +295,7 @@ impl ProxyError {
                 | ProxyError::Internal
                 | ProxyError::Overloaded
                 | ProxyError::RefreshTooSoon { .. }
+                | ProxyError::QuotaExhausted { .. }
         )
     }
 
@@ -357,7 +367,8 @@ impl ProxyError {
             ProxyError::Overloaded => {
                 h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            ProxyError::RefreshTooSoon { retry_after } => {
+            ProxyError::RefreshTooSoon { retry_after }
+            | ProxyError::QuotaExhausted { retry_after } => {
                 h.insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
             }
             ProxyError::AdminUnauthorized => {

@@ -22,6 +22,9 @@ fn every_error_has_a_distinct_code_and_a_json_body() {
         ProxyError::NotVended,
         ProxyError::Upgrade,
         ProxyError::TooLarge,
+        ProxyError::QuotaExhausted {
+            retry_after: Duration::from_secs(5),
+        },
         ProxyError::UpstreamUnreachable,
         ProxyError::UpstreamTimeout(Duration::from_secs(1)),
         ProxyError::UpstreamFailed,

@@ -68,6 +68,9 @@ pub enum RetryOutcome {
     NotReplayable,
     /// No new token could be had: the refusal went back to the client.
     RefreshFailed,
+    /// A `429`/`503` whose `Retry-After` was within `max_wait`: waited out and
+    /// resent once.
+    RateLimited,
 }
 
 impl RetryOutcome {
@@ -77,6 +80,7 @@ impl RetryOutcome {
             RetryOutcome::Rejected => "rejected",
             RetryOutcome::NotReplayable => "not_replayable",
             RetryOutcome::RefreshFailed => "refresh_failed",
+            RetryOutcome::RateLimited => "rate_limited",
         }
     }
 }
@@ -117,7 +121,7 @@ pub struct RouteMetrics {
     /// 1xx to 5xx, per caller: first no caller, then each in the order given.
     requests: Vec<[IntCounter; 5]>,
     duration: Histogram,
-    retries: [IntCounter; 4],
+    retries: [IntCounter; 5],
 }
 
 impl RouteMetrics {
@@ -215,7 +219,7 @@ impl Metrics {
             ),
             retries_total: counter(
                 "tokenproxy_upstream_retries_total",
-                "Answers with a retry_on status, by route and outcome (success, rejected, not_replayable, refresh_failed).",
+                "Resends and their outcome, by route: after a retry_on status (success, rejected, not_replayable, refresh_failed), and after a 429/503 whose Retry-After was waited out (rate_limited).",
                 &["route", "outcome"],
             ),
             store_write_errors: counter(
@@ -358,6 +362,7 @@ impl Metrics {
             RetryOutcome::Rejected,
             RetryOutcome::NotReplayable,
             RetryOutcome::RefreshFailed,
+            RetryOutcome::RateLimited,
         ];
         RouteMetrics {
             requests: std::iter::once("")

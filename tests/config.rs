@@ -561,3 +561,58 @@ token = "t"
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A route's rate-limit keys: written limits, the Exact Online preset's, and
+/// what is refused.
+#[test]
+fn rate_limits_are_checked_and_described() {
+    let with_route = |extra: &str| format!("{GOOD}{extra}\n");
+    let (code, out) = check_text(&with_route(
+        "limits = [\"60/1m\", \"5000/1d\", \"10/s\"]\nmax_wait = \"45s\"\nquota_key = \"path:2\"",
+    ));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("rate limits: 60/1m, 5000/1day, 10/1s")
+            && out.contains("quota per path segment 2")
+            && out.contains("waits up to 45s"),
+        "{out}"
+    );
+    for (extra, expect) in [
+        ("limits = [\"sixty\"]", "`sixty` is not a limit"),
+        ("limits = [\"0/1m\"]", "`0/1m` is not a limit"),
+        ("limits = [\"5/10ms\"]", "`5/10ms` is not a limit"),
+        ("quota_key = \"division\"", "`division` is not a quota key"),
+        ("quota_key = \"path:0\"", "`path:0` is not a quota key"),
+        ("max_waiting = 0", "max_waiting"),
+        ("max_wait = \"2h\"", "longer than an hour"),
+    ] {
+        let (code, out) = check_text(&with_route(extra));
+        assert_eq!(code, 2, "{extra}: {out}");
+        assert!(out.contains(expect), "{expect}: {out}");
+    }
+    // The Exact Online preset's documented limits, per division.
+    let exact = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/exact-online.toml"
+    ))
+    .unwrap();
+    let out = check(
+        &{
+            let dir = tempfile::tempdir().unwrap().keep();
+            let path = dir.join("exact.toml");
+            std::fs::write(&path, exact).unwrap();
+            path
+        },
+        &[
+            ("EXACT_CLIENT_ID".into(), "id".into()),
+            ("EXACT_CLIENT_SECRET".into(), "secret".into()),
+            ("EXACT_REFRESH_TOKEN".into(), "refresh".into()),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("rate limits: 60/1m, 5000/1day")
+            && stdout.contains("quota per path segment 2"),
+        "{stdout}"
+    );
+}

@@ -121,6 +121,27 @@ impl Config {
                     format!(", adds headers {headers:?}")
                 },
             );
+            let limits: Vec<String> = r
+                .rate
+                .limits
+                .iter()
+                .map(|l| format!("{}/{}", l.count, humantime::format_duration(l.period)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "    rate limits: {}, learned from answers; quota per {}; a request waits up to {} for room ({} at most waiting)",
+                if limits.is_empty() {
+                    "none written".to_owned()
+                } else {
+                    limits.join(", ")
+                },
+                match r.rate.key {
+                    super::QuotaKey::Route => "route".to_owned(),
+                    super::QuotaKey::PathSegment(n) => format!("path segment {n}"),
+                },
+                humantime::format_duration(r.rate.max_wait),
+                r.rate.max_waiting
+            );
         }
         for w in &self.warnings {
             let _ = writeln!(out, "warning: {w}");

@@ -27,7 +27,9 @@ use crate::secret::SecretRef;
 pub use caller::{Caller, Callers, Delivery, KeyHeader, ListenTls, Sink, SinkFormat};
 pub use preset::{PRESETS, Preset};
 pub use raw::InDoubt;
-pub use route::{Credential, Inject, RewriteLinks, Route, RouteUpstream, Upstream};
+pub use route::{
+    Credential, Inject, Limit, QuotaKey, RateLimits, RewriteLinks, Route, RouteUpstream, Upstream,
+};
 pub use token::{
     Assertion, ClientAuth, ClientAuthKind, Endpoint, Grant, GrantKind, Login, SigningKey,
     TokenConfig,

@@ -31,6 +31,12 @@ pub struct Preset {
     pub scope_in_assertion: bool,
     /// Suggested route upstream, for documentation and `check` hints.
     pub upstream_hint: &'static str,
+    /// The provider's documented rate limits: (calls, seconds).
+    pub limits: &'static [(u64, u64)],
+    /// Whose quota a request spends: the path segment (after the route's prefix,
+    /// counted from 1) that names it, such as Exact Online's division; else the
+    /// route's.
+    pub quota_segment: Option<usize>,
 }
 
 const fn secs(s: u64) -> Duration {
@@ -56,6 +62,10 @@ pub const PRESETS: &[Preset] = &[
         inject: BEARER,
         scope_in_assertion: false,
         upstream_hint: "https://start.exactonline.nl/api/",
+        // Per company (division, the path's second segment: v1/{division}/...):
+        // 60 calls a minute and 5,000 a day.
+        limits: &[(60, 60), (5000, 86_400)],
+        quota_segment: Some(2),
     },
     Preset {
         name: "salesforce",
@@ -73,6 +83,8 @@ pub const PRESETS: &[Preset] = &[
         inject: BEARER,
         scope_in_assertion: false,
         upstream_hint: "{token.instance_url}/services/data/",
+        limits: &[],
+        quota_segment: None,
     },
     Preset {
         name: "hubspot",
@@ -89,6 +101,8 @@ pub const PRESETS: &[Preset] = &[
         inject: BEARER,
         scope_in_assertion: false,
         upstream_hint: "https://api.hubapi.com/",
+        limits: &[],
+        quota_segment: None,
     },
     Preset {
         name: "xero",
@@ -105,6 +119,8 @@ pub const PRESETS: &[Preset] = &[
         inject: BEARER,
         scope_in_assertion: false,
         upstream_hint: "https://api.xero.com/api.xro/2.0/",
+        limits: &[],
+        quota_segment: None,
     },
     Preset {
         name: "quickbooks",
@@ -121,6 +137,8 @@ pub const PRESETS: &[Preset] = &[
         inject: BEARER,
         scope_in_assertion: false,
         upstream_hint: "https://quickbooks.api.intuit.com/v3/company/",
+        limits: &[],
+        quota_segment: None,
     },
     Preset {
         name: "microsoft-entra",
@@ -137,6 +155,8 @@ pub const PRESETS: &[Preset] = &[
         inject: BEARER,
         scope_in_assertion: false,
         upstream_hint: "https://graph.microsoft.com/",
+        limits: &[],
+        quota_segment: None,
     },
     Preset {
         name: "google-service-account",
@@ -153,6 +173,8 @@ pub const PRESETS: &[Preset] = &[
         inject: BEARER,
         scope_in_assertion: true,
         upstream_hint: "https://www.googleapis.com/",
+        limits: &[],
+        quota_segment: None,
     },
     Preset {
         name: "zoho",
@@ -169,6 +191,8 @@ pub const PRESETS: &[Preset] = &[
         inject: "Authorization: Zoho-oauthtoken {token}",
         scope_in_assertion: false,
         upstream_hint: "{token.api_domain}/crm/v6/",
+        limits: &[],
+        quota_segment: None,
     },
 ];
 

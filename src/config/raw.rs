@@ -285,6 +285,15 @@ pub struct RawRoute {
     /// Static headers added to every upstream request (e.g. `Xero-Tenant-Id`).
     #[serde(default)]
     pub headers: BTreeMap<String, SecretRef>,
+    /// Static rate limits (`"60/1m"`); default: the preset's.
+    pub limits: Option<Vec<String>>,
+    /// Longest a request waits for room in a rate-limit window.
+    #[serde(default, with = "humantime_serde")]
+    pub max_wait: Option<Duration>,
+    /// Requests waiting for room at most, per quota key.
+    pub max_waiting: Option<usize>,
+    /// `"route"` or `"path:N"`; default: the preset's.
+    pub quota_key: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -2,6 +2,7 @@
 //! travels.
 
 use std::fmt;
+use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -138,6 +139,50 @@ pub struct Route {
     /// Whether the prefix is removed from the path sent upstream; when not, the
     /// upstream's base path is `/` and the request path goes as it is.
     pub strip_prefix: bool,
+    /// How the upstream's rate limits are kept to.
+    pub rate: RateLimits,
+}
+
+/// A route's rate-limit policy: static limits (besides what the API says), how
+/// long a request may wait for room, how many may wait, and whose quota a
+/// request spends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimits {
+    pub limits: Vec<Limit>,
+    pub max_wait: Duration,
+    pub max_waiting: usize,
+    pub key: QuotaKey,
+}
+
+/// `count` requests per `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub count: u64,
+    pub period: Duration,
+}
+
+/// Whose quota a request spends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaKey {
+    /// The route's, one for all its requests.
+    Route,
+    /// The path segment after the route's prefix, counted from 1 (Exact Online's
+    /// division: `v1/{division}/...` is 2).
+    PathSegment(usize),
+}
+
+impl QuotaKey {
+    /// The key of a request whose path after the prefix is `rest`.
+    pub fn of<'a>(&self, rest: &'a str) -> &'a str {
+        match self {
+            QuotaKey::Route => "",
+            QuotaKey::PathSegment(n) => rest
+                .trim_start_matches('/')
+                .split('/')
+                .nth(n.saturating_sub(1))
+                .unwrap_or(""),
+        }
+    }
 }
 
 /// A route's `rewrite_links`.

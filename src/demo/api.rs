@@ -17,6 +17,27 @@ use super::serve::{FakeBody, json_resp, query_number};
 impl Provider {
     pub(super) async fn api(&self, req: Request<Incoming>) -> Response<FakeBody> {
         self.api_requests.fetch_add(1, Ordering::SeqCst);
+        let limited = {
+            let mut s = self.lock();
+            let sim = s.opts.rate_limit;
+            sim.map(|sim| s.quotas.call(&sim, req.uri().path()))
+        };
+        let Some((headers, over)) = limited else {
+            return self.answer(req).await;
+        };
+        let mut resp = if over {
+            json_resp(
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({"error": {"message": {"value": "API rate limit exceeded"}}}),
+            )
+        } else {
+            self.answer(req).await
+        };
+        resp.headers_mut().extend(headers);
+        resp
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Response<FakeBody> {
         if !self.authorized(&req) {
             let mut r = json_resp(StatusCode::UNAUTHORIZED, json!({"error": "invalid_token"}));
             r.headers_mut().insert(

@@ -20,6 +20,7 @@
 
 mod api;
 mod provider;
+mod quota;
 mod serve;
 
 use std::net::SocketAddr;
@@ -28,8 +29,14 @@ pub use provider::{
     ApiAuth, ErrorStyle, ExpectAuth, ExpiresIn, Mode, Provider, ProviderOptions, Received,
     VerifyKey,
 };
+pub use quota::RateLimitSim;
 
 impl Provider {
+    /// API calls answered `429` for being over the simulated rate limits.
+    pub fn rate_limited(&self) -> u64 {
+        self.lock().quotas.refused
+    }
+
     pub fn api_requests(&self) -> u64 {
         self.api_requests.load(std::sync::atomic::Ordering::SeqCst)
     }

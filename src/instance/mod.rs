@@ -102,6 +102,7 @@ pub async fn start(config: Config, request_log: RequestLog) -> Result<Running, S
         metrics: Arc::clone(&metrics),
         interceptor: interceptor.clone(),
         log: request_log,
+        quotas: Arc::default(),
     };
     let fixed = Fixed {
         lasting,

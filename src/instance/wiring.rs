@@ -445,6 +445,7 @@ async fn build(fixed: &Fixed, config: Config, applied: &mut Applied) -> Result<B
         (gate, vending),
         fixed.lasting.clone(),
     ));
+    let view = view.with_quotas(proxy.governors());
     Ok(Built {
         listen: config.listen,
         served,

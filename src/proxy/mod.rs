@@ -54,6 +54,7 @@ use crate::error::ProxyError;
 use crate::intercept::Interceptor;
 use crate::logging::{RequestLine, RequestLog};
 use crate::metrics::{Metrics, RetryOutcome, RouteMetrics};
+use crate::quota::Governor;
 use crate::token::{TokenSource, TokenState, Trigger};
 use route::Target;
 
@@ -69,6 +70,8 @@ pub struct Proxy {
     vending: Vec<bool>,
     /// Indexed like the routes.
     route_metrics: Vec<RouteMetrics>,
+    /// Indexed like the routes.
+    governors: Vec<Arc<Governor>>,
     /// Requests that matched no route.
     unrouted: RouteMetrics,
     /// Requests for vended tokens, when a token is vended (else counted as unrouted).
@@ -80,12 +83,14 @@ pub struct Proxy {
 }
 
 /// What the proxies of successive configurations share: the process's metrics,
-/// interception CA and request log.
+/// interception CA, request log and what the routes learned of their rate limits.
 #[derive(Clone)]
 pub struct Lasting {
     pub metrics: Arc<Metrics>,
     pub interceptor: Option<Arc<Interceptor>>,
     pub log: RequestLog,
+    /// Each route's rate-limit governor, kept while the route stays the same.
+    pub quotas: Arc<crate::quota::Registry>,
 }
 
 /// What the log line of a request reports besides the response.
@@ -115,8 +120,10 @@ impl Proxy {
             metrics,
             interceptor,
             log,
+            quotas,
         } = lasting;
         Proxy {
+            governors: quotas.governors(router.routes(), &metrics),
             interceptor,
             log,
             route_metrics: router
@@ -136,6 +143,11 @@ impl Proxy {
             upstreams,
             settings,
         }
+    }
+
+    /// Each route's rate-limit governor, indexed like the routes.
+    pub fn governors(&self) -> &[Arc<Governor>] {
+        &self.governors
     }
 
     pub async fn handle(
@@ -230,6 +242,8 @@ impl Proxy {
             target,
             route,
             source,
+            governor: &self.governors[target.route],
+            quota_key: route.rate.key.of(target.rest(&parts.uri)),
         };
         let sent = match self.send(&out, &state, parts.headers, kept.first).await {
             Err(_) if kept.watch.fault().is_some() => return Err(self.body_error(&kept.watch)),
@@ -299,7 +313,7 @@ impl Proxy {
     ) -> Result<(Response<UpstreamBody>, String), ProxyError> {
         let route = out.route;
         if !route.retry_on.contains(&sent.0.status()) {
-            return Ok(sent);
+            return self.rate_limited(out, state, sent, replay, trace).await;
         }
         let generation = state.generation();
         let fresh = out
@@ -331,10 +345,60 @@ impl Proxy {
         Ok(answer)
     }
 
+    /// Phase 5 for a `429` or `503` whose `Retry-After` is within the route's
+    /// `max_wait`: a request whose body was kept waits it out (the governor holds
+    /// it, in line with the route's other requests) and is sent once more.
+    /// Anything else goes back as it came.
+    async fn rate_limited(
+        &self,
+        out: &Outgoing<'_>,
+        state: &TokenState,
+        sent: (Response<UpstreamBody>, String),
+        replay: Option<(bytes::Bytes, HeaderMap)>,
+        trace: &mut Trace,
+    ) -> Result<(Response<UpstreamBody>, String), ProxyError> {
+        let wait = sent.0.extensions().get::<RetryAfter>().map(|r| r.0);
+        let Some((bytes, headers)) =
+            replay.filter(|_| wait.is_some_and(|w| w <= out.route.rate.max_wait))
+        else {
+            return Ok(sent);
+        };
+        drop(sent);
+        let again = self
+            .send(out, state, headers, ProxyBody::full(bytes))
+            .await?;
+        trace.retry = Some(RetryOutcome::RateLimited);
+        Ok(again)
+    }
+
     /// Sends one request with `state`'s credential to the route's upstream (which,
     /// for `{token.FIELD}` routes, `state` names). Returns the upstream's base URL too,
     /// for rewriting `Location`.
     async fn send(
+        &self,
+        out: &Outgoing<'_>,
+        state: &TokenState,
+        headers: HeaderMap,
+        body: ProxyBody,
+    ) -> Result<(Response<UpstreamBody>, String), ProxyError> {
+        // A call taken from the route's rate-limit windows (waiting in line for
+        // room), and what the answer says of them learned.
+        let permit =
+            out.governor
+                .admit(out.quota_key)
+                .await
+                .map_err(|e| ProxyError::QuotaExhausted {
+                    retry_after: e.retry_after,
+                })?;
+        let (mut resp, base_url) = self.send_now(out, state, headers, body).await?;
+        if let Some(wait) = permit.observe(resp.status(), resp.headers()) {
+            resp.extensions_mut().insert(RetryAfter(wait));
+        }
+        Ok((resp, base_url))
+    }
+
+    /// Sends one request now, its rate-limit call taken.
+    async fn send_now(
         &self,
         out: &Outgoing<'_>,
         state: &TokenState,
@@ -385,6 +449,11 @@ impl Proxy {
         }
     }
 }
+
+/// How long a `429`/`503` answer's `Retry-After` asks to wait (an extension of
+/// the upstream's response, set by [`Proxy::send`]).
+#[derive(Clone, Copy)]
+struct RetryAfter(Duration);
 
 /// What phase 3 made of the client's body: what to send first, a copy to resend
 /// (with the headers as they were), and the watch that tells why a send failed.
@@ -453,6 +522,9 @@ struct Outgoing<'a> {
     target: &'a Target,
     route: &'a Route,
     source: &'a Arc<TokenSource>,
+    governor: &'a Arc<Governor>,
+    /// Whose rate-limit windows the request spends.
+    quota_key: &'a str,
 }
 
 /// A token state with a valid credential for `inject`; refreshes (single flight)

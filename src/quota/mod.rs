@@ -26,25 +26,9 @@ use tokio::time::Instant;
 use http::{HeaderMap, StatusCode};
 use tokio::sync::Notify;
 
+use crate::config::{RateLimits, Route};
 use crate::metrics::{Metrics, QuotaMetrics};
 use headers::Reading;
-
-/// A static limit: `count` requests per `period`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limit {
-    pub count: u64,
-    pub period: Duration,
-}
-
-/// How a route governs its requests.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Policy {
-    pub limits: Vec<Limit>,
-    /// Longest a request waits for room; past it, `429` at once.
-    pub max_wait: Duration,
-    /// Requests waiting at most, per quota key.
-    pub max_waiting: usize,
-}
 
 /// Why a request was not sent: its window is empty for longer than `max_wait`,
 /// or too many wait already.
@@ -55,7 +39,7 @@ pub struct Exhausted {
 
 /// The governor of one route.
 pub struct Governor {
-    policy: Policy,
+    policy: RateLimits,
     quotas: Mutex<HashMap<Box<str>, Arc<Quota>>>,
     /// Nothing to govern yet: no static limit and nothing learned.
     idle: std::sync::atomic::AtomicBool,
@@ -102,7 +86,7 @@ pub struct Permit {
 }
 
 impl Governor {
-    pub fn new(policy: Policy, metrics: &Metrics, route: &str) -> Arc<Governor> {
+    pub fn new(policy: RateLimits, metrics: &Metrics, route: &str) -> Arc<Governor> {
         Arc::new(Governor {
             idle: std::sync::atomic::AtomicBool::new(policy.limits.is_empty()),
             policy,
@@ -111,7 +95,7 @@ impl Governor {
         })
     }
 
-    pub fn policy(&self) -> &Policy {
+    pub fn policy(&self) -> &RateLimits {
         &self.policy
     }
 
@@ -248,6 +232,31 @@ impl Governor {
     }
 }
 
+/// The governors of the routes in force, kept across reloads: a route whose
+/// name and policy stay the same keeps what it learned of its API.
+#[derive(Default)]
+pub struct Registry(Mutex<HashMap<String, Arc<Governor>>>);
+
+impl Registry {
+    /// One governor per route, in order.
+    pub fn governors(&self, routes: &[Route], metrics: &Metrics) -> Vec<Arc<Governor>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let governors: Vec<Arc<Governor>> = routes
+            .iter()
+            .map(|r| match map.get(&r.name) {
+                Some(g) if g.policy == r.rate => Arc::clone(g),
+                _ => Governor::new(r.rate.clone(), metrics, &r.name),
+            })
+            .collect();
+        *map = routes
+            .iter()
+            .zip(&governors)
+            .map(|(r, g)| (r.name.clone(), Arc::clone(g)))
+            .collect();
+        governors
+    }
+}
+
 /// One window as `/status` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct WindowView {
@@ -302,7 +311,7 @@ impl Permit {
         }
         let g = &self.governor;
         g.idle.store(false, std::sync::atomic::Ordering::Relaxed);
-        let retry = readings
+        let mut retry = readings
             .iter()
             .find(|r| r.window == headers::RETRY_AFTER)
             .and_then(|r| r.reset)
@@ -319,6 +328,10 @@ impl Permit {
         for r in &readings {
             s.learn(r, others, now);
             g.metrics.window(&r.window, r.remaining, r.reset);
+        }
+        // A 429 without Retry-After (Exact Online's): wait for the empty windows.
+        if status == StatusCode::TOO_MANY_REQUESTS && retry.is_none() && !s.has_room() {
+            retry = Some(s.room_at(now).saturating_duration_since(now));
         }
         drop(s);
         quota.changed.notify_waiters();
@@ -339,10 +352,13 @@ impl State {
     /// Windows whose reset passed start again.
     fn roll(&mut self, now: Instant) {
         self.windows.retain_mut(|w| {
-            let Some(reset) = w.reset else { return true };
+            let Some(reset) = w.ready_at() else {
+                return true;
+            };
             if reset > now {
                 return true;
             }
+            let reset = w.reset.unwrap_or(reset);
             if w.name == headers::RETRY_AFTER {
                 return false;
             }
@@ -375,7 +391,10 @@ impl State {
         self.windows
             .iter()
             .filter(|w| w.remaining == Some(0))
-            .map(|w| w.reset.unwrap_or(now + w.period.unwrap_or(UNKNOWN_RESET)))
+            .map(|w| {
+                w.ready_at()
+                    .unwrap_or(now + w.period.unwrap_or(UNKNOWN_RESET))
+            })
             .max()
             .unwrap_or(now)
     }
@@ -427,6 +446,24 @@ impl State {
         }
     }
 }
+
+impl Window {
+    /// When the window may be used again: its reset, and for one the API told of,
+    /// [`RESET_GRACE`] after it, so that the first request of the new window does
+    /// not arrive in the old one.
+    fn ready_at(&self) -> Option<Instant> {
+        let reset = self.reset?;
+        if self.fixed || self.name == headers::RETRY_AFTER {
+            return Some(reset);
+        }
+        Some(reset + RESET_GRACE)
+    }
+}
+
+/// Waited past a reset the API told of: its clock against this one's, its
+/// rounding, the request's way there. A request that arrives early all the same is
+/// refused with a `429` and sent again once (`crate::proxy`).
+const RESET_GRACE: Duration = Duration::from_millis(200);
 
 /// How long an empty window whose API says neither its reset nor its length is
 /// taken to stay empty.

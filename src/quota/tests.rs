@@ -12,16 +12,17 @@ use super::*;
 fn governor(limits: &[(u64, u64)], max_wait: u64, max_waiting: usize) -> Arc<Governor> {
     let metrics = Metrics::new();
     Governor::new(
-        Policy {
+        RateLimits {
             limits: limits
                 .iter()
-                .map(|&(count, secs)| Limit {
+                .map(|&(count, secs)| crate::config::Limit {
                     count,
                     period: Duration::from_secs(secs),
                 })
                 .collect(),
             max_wait: Duration::from_secs(max_wait),
             max_waiting,
+            key: crate::config::QuotaKey::Route,
         },
         &metrics,
         "r",

@@ -8,6 +8,7 @@
 
 mod delivery;
 mod intercept;
+mod limits;
 mod listen;
 mod login;
 mod proxy;

@@ -50,6 +50,7 @@ impl Validator<'_> {
     ) -> Result<Route, ConfigError> {
         let key = |k: &str| format!("routes[{i}].{k}");
         let token = self.route_token(&key("token"), &raw.token, tokens)?;
+        let rate = self.rate_limits(&key, &raw, tokens[token].preset)?;
         let upstream = self.upstream(&key("upstream"), &raw.upstream, &mut tokens[token])?;
         let prefix = self.prefix(&key("prefix"), raw.prefix)?;
         let host = match (raw.host, &upstream) {
@@ -91,6 +92,7 @@ impl Validator<'_> {
             headers,
             rewrite_links,
             strip_prefix: raw.strip_prefix,
+            rate,
         })
     }
 

@@ -61,6 +61,8 @@ pub(super) struct State {
     pub consent: bool,
     /// Each rotated refresh token with when it was issued.
     pub rotations: Vec<(Instant, String)>,
+    /// The simulated rate limits' counts.
+    pub quotas: crate::demo::quota::SimQuotas,
 }
 
 /// The running token endpoint and API. Dropping it does not stop the servers;
@@ -115,6 +117,7 @@ impl Provider {
                 codes: Default::default(),
                 consent: true,
                 rotations: Vec::new(),
+                quotas: Default::default(),
             })),
             api_connections: Arc::default(),
             api_requests: Arc::default(),

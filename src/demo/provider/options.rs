@@ -122,6 +122,8 @@ pub struct ProviderOptions {
     pub token_tls: Option<Arc<rustls::ServerConfig>>,
     /// How the API expects the token: `Authorization: <prefix><token>` by default.
     pub api_auth: ApiAuth,
+    /// Rate limits the API enforces per division, with Exact Online's headers.
+    pub rate_limit: Option<crate::demo::RateLimitSim>,
 }
 
 /// Where the API looks for the access token.
@@ -156,6 +158,7 @@ impl Default for ProviderOptions {
                 name: "authorization".into(),
                 prefix: "Bearer ".into(),
             },
+            rate_limit: None,
         }
     }
 }
