@@ -40,6 +40,21 @@ pub const RETRY_AFTER: &str = "retry-after";
 
 /// Every reading in `headers` (of a response with `status`), at `now`.
 pub fn read(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Vec<Reading> {
+    let refused =
+        status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
+    // One pass over the names first: most answers say nothing of limits, and
+    // looking each family up by name costs a hash per name.
+    let mentions = headers.keys().any(|k| {
+        let n = k.as_str();
+        n.starts_with("x-ratelimit")
+            || n.starts_with("ratelimit")
+            || n.starts_with("x-hubspot-ratelimit")
+            || n == "sforce-limit-info"
+            || (refused && n == "retry-after")
+    });
+    if !mentions {
+        return Vec::new();
+    }
     let mut out = Vec::new();
     let minutely = exact_minutely(headers, now);
     let has_minutely = minutely.is_some();
@@ -48,7 +63,7 @@ pub fn read(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Vec<Rea
     out.extend(hubspot(headers));
     out.extend(salesforce(headers));
     out.extend(ietf(headers, now));
-    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+    if refused {
         out.extend(retry_after(headers, now));
     }
     out
