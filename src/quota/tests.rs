@@ -205,3 +205,27 @@ async fn a_waiter_that_leaves_gives_its_place_up() {
         start.elapsed()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_behind_a_line_longer_than_max_wait_is_refused_at_its_deadline() {
+    let g = governor(&[(1, 4)], 5, 100);
+    let _p = g.admit("").await.unwrap();
+    let first = {
+        let g = Arc::clone(&g);
+        tokio::spawn(async move { g.admit("").await.map(|_| Instant::now()) })
+    };
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let start = Instant::now();
+    // Its window has room in 4 s, but the one ahead takes it: 8 s, past max_wait.
+    let e = g.admit("").await.err().unwrap();
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited <= Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert!(e.retry_after >= Duration::from_secs(1), "{e:?}");
+    assert!(first.await.unwrap().is_ok());
+    // The line is empty again: the next window serves the next request.
+    let _next = g.admit("").await.unwrap();
+}
