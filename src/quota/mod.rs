@@ -16,8 +16,9 @@
 //! then.
 
 pub mod headers;
+mod window;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -28,7 +29,7 @@ use tokio::sync::Notify;
 
 use crate::config::{RateLimits, Route};
 use crate::metrics::{Metrics, QuotaMetrics};
-use headers::Reading;
+use window::{State, Window};
 
 /// Why a request was not sent: its window is empty for longer than `max_wait`,
 /// or too many wait already.
@@ -51,28 +52,6 @@ pub struct Quota {
     state: Mutex<State>,
     /// Wakes the waiters: the line moved, or a window changed.
     changed: Notify,
-}
-
-#[derive(Default)]
-struct State {
-    windows: Vec<Window>,
-    /// Tickets of the waiting requests, in arrival order.
-    line: VecDeque<u64>,
-    next_ticket: u64,
-    /// Requests sent whose answer has not come.
-    in_flight: u64,
-}
-
-struct Window {
-    name: String,
-    limit: Option<u64>,
-    period: Option<Duration>,
-    /// Calls left; `None`: not known, so not limiting.
-    remaining: Option<u64>,
-    /// When it starts again; `None` for a static window not yet begun.
-    reset: Option<Instant>,
-    /// From `limits`: counted here, started by the first request.
-    fixed: bool,
 }
 
 /// A request's call, taken from its windows: the answer's headers go back
@@ -347,127 +326,6 @@ impl Drop for Permit {
         }
     }
 }
-
-impl State {
-    /// Windows whose reset passed start again.
-    fn roll(&mut self, now: Instant) {
-        self.windows.retain_mut(|w| {
-            let Some(reset) = w.ready_at() else {
-                return true;
-            };
-            if reset > now {
-                return true;
-            }
-            let reset = w.reset.unwrap_or(reset);
-            if w.name == headers::RETRY_AFTER {
-                return false;
-            }
-            match (w.fixed, w.period) {
-                (true, _) => {
-                    w.remaining = w.limit;
-                    w.reset = None;
-                }
-                (false, Some(period)) => {
-                    w.remaining = w.limit;
-                    // The next reset, a whole number of periods on.
-                    let behind = now.duration_since(reset).as_nanos() / period.as_nanos().max(1);
-                    w.reset = Some(reset + period * (behind as u32 + 1));
-                }
-                (false, None) => {
-                    w.remaining = w.limit;
-                    w.reset = None;
-                }
-            }
-            true
-        });
-    }
-
-    fn has_room(&self) -> bool {
-        self.windows.iter().all(|w| w.remaining != Some(0))
-    }
-
-    /// When every empty window has started again (now, if none is empty).
-    fn room_at(&self, now: Instant) -> Instant {
-        self.windows
-            .iter()
-            .filter(|w| w.remaining == Some(0))
-            .map(|w| {
-                w.ready_at()
-                    .unwrap_or(now + w.period.unwrap_or(UNKNOWN_RESET))
-            })
-            .max()
-            .unwrap_or(now)
-    }
-
-    fn take(&mut self, now: Instant) {
-        for w in &mut self.windows {
-            if let Some(r) = &mut w.remaining {
-                *r = r.saturating_sub(1);
-            }
-            if w.fixed && w.reset.is_none() {
-                w.reset = w.period.map(|p| now + p);
-            }
-        }
-        self.in_flight += 1;
-    }
-
-    fn learn(&mut self, r: &Reading, others: u64, now: Instant) {
-        let reset = r
-            .reset
-            .map(|t| now + t.duration_since(SystemTime::now()).unwrap_or_default())
-            .or_else(|| (r.remaining == 0).then(|| now + r.period.unwrap_or(UNKNOWN_RESET)));
-        let said = r.remaining.saturating_sub(others);
-        match self.windows.iter_mut().find(|w| w.name == r.window) {
-            Some(w) => {
-                // A new window (its reset moved on) starts from what the API says;
-                // within the same one, the lower count is the truer.
-                let same = match (w.reset, reset) {
-                    (Some(a), Some(b)) => a.max(b) - a.min(b) < Duration::from_secs(2),
-                    _ => true,
-                };
-                w.remaining = match (w.remaining, same) {
-                    (Some(mine), true) => Some(mine.min(said)),
-                    _ => Some(said),
-                };
-                if reset.is_some() && (!w.fixed || w.reset.is_none() || !same) {
-                    w.reset = reset;
-                }
-                w.limit = r.limit.or(w.limit);
-                w.period = r.period.or(w.period);
-            }
-            None => self.windows.push(Window {
-                name: r.window.clone(),
-                limit: r.limit,
-                period: r.period,
-                remaining: Some(said),
-                reset,
-                fixed: false,
-            }),
-        }
-    }
-}
-
-impl Window {
-    /// When the window may be used again: its reset, and for one the API told of,
-    /// [`RESET_GRACE`] after it, so that the first request of the new window does
-    /// not arrive in the old one.
-    fn ready_at(&self) -> Option<Instant> {
-        let reset = self.reset?;
-        if self.fixed || self.name == headers::RETRY_AFTER {
-            return Some(reset);
-        }
-        Some(reset + RESET_GRACE)
-    }
-}
-
-/// Waited past a reset the API told of: its clock against this one's, its
-/// rounding, the request's way there. A request that arrives early all the same is
-/// refused with a `429` and sent again once (`crate::proxy`).
-const RESET_GRACE: Duration = Duration::from_millis(200);
-
-/// How long an empty window whose API says neither its reset nor its length is
-/// taken to stay empty.
-const UNKNOWN_RESET: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 #[path = "tests.rs"]
