@@ -117,7 +117,9 @@ async fn main() {
     };
     let spawn = |path: &std::path::Path| {
         let mut cmd = Command::new("target/release/tokenproxy");
-        cmd.args(["run", "-c"]).arg(path).env("RUST_LOG", "warn");
+        cmd.args(["run", "-c"])
+            .arg(path)
+            .env("RUST_LOG", "warn,tokenproxy=info");
         Instance::start(cmd)
     };
     let tp = spawn(&config(&direct, "direct.toml"));

@@ -61,6 +61,8 @@ pub struct Permit {
     /// windows the answer tells of.
     quota: Option<Arc<Quota>>,
     key: Option<Box<str>>,
+    /// Its place in the order of sending.
+    seq: u64,
     governor: Arc<Governor>,
 }
 
@@ -113,6 +115,7 @@ impl Governor {
             return Ok(Permit {
                 quota: None,
                 key: (!key.is_empty()).then(|| key.into()),
+                seq: 0,
                 governor: Arc::clone(self),
             });
         }
@@ -122,9 +125,9 @@ impl Governor {
             let mut s = quota.lock();
             s.roll(arrived);
             if s.line.is_empty() && s.has_room() {
-                s.take(arrived);
+                let seq = s.take(arrived);
                 drop(s);
-                return Ok(self.permit(quota));
+                return Ok(self.permit(quota, seq));
             }
             let wait = s.room_at(arrived).saturating_duration_since(arrived);
             if wait > self.policy.max_wait || s.line.len() >= self.policy.max_waiting {
@@ -152,13 +155,13 @@ impl Governor {
                 let mut s = quota.lock();
                 s.roll(now);
                 if s.line.front() == Some(&ticket) && s.has_room() {
-                    s.take(now);
+                    let seq = s.take(now);
                     s.line.pop_front();
                     place.served = true;
                     drop(s);
                     quota.changed.notify_waiters();
                     self.metrics.waited(now - arrived);
-                    return Ok(self.permit(Arc::clone(&quota)));
+                    return Ok(self.permit(Arc::clone(&quota), seq));
                 }
                 if now >= deadline {
                     return Err(Exhausted {
@@ -177,10 +180,11 @@ impl Governor {
         }
     }
 
-    fn permit(self: &Arc<Self>, quota: Arc<Quota>) -> Permit {
+    fn permit(self: &Arc<Self>, quota: Arc<Quota>, seq: u64) -> Permit {
         Permit {
             quota: Some(quota),
             key: None,
+            seq,
             governor: Arc::clone(self),
         }
     }
@@ -302,8 +306,9 @@ impl Permit {
         };
         let now = Instant::now();
         let mut s = quota.lock();
-        // This request is answered: the others in flight may not be counted yet.
-        let others = s.in_flight.saturating_sub(u64::from(self.quota.is_some()));
+        // The API counted this request and those sent before it; those sent after
+        // it and still unanswered it may not have counted yet.
+        let others = s.flying.range(self.seq + 1..).count() as u64;
         for r in &readings {
             s.learn(r, others, now);
             g.metrics.window(&r.window, r.remaining, r.reset);
@@ -321,8 +326,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(q) = &self.quota {
-            let mut s = q.lock();
-            s.in_flight = s.in_flight.saturating_sub(1);
+            q.lock().flying.remove(&self.seq);
         }
     }
 }

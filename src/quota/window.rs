@@ -15,7 +15,9 @@ pub(super) struct State {
     pub(super) line: VecDeque<u64>,
     pub(super) next_ticket: u64,
     /// Requests sent whose answer has not come.
-    pub(super) in_flight: u64,
+    /// The requests sent whose answer has not come, by the order they were sent.
+    pub(super) flying: std::collections::BTreeSet<u64>,
+    pub(super) next_seq: u64,
 }
 
 pub(super) struct Window {
@@ -81,7 +83,9 @@ impl State {
             .unwrap_or(now)
     }
 
-    pub(super) fn take(&mut self, now: Instant) {
+    /// Takes a call from every window; returns the request's place in the
+    /// order of sending.
+    pub(super) fn take(&mut self, now: Instant) -> u64 {
         for w in &mut self.windows {
             if let Some(r) = &mut w.remaining {
                 *r = r.saturating_sub(1);
@@ -90,7 +94,10 @@ impl State {
                 w.reset = w.period.map(|p| now + p);
             }
         }
-        self.in_flight += 1;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.flying.insert(seq);
+        seq
     }
 
     pub(super) fn learn(&mut self, r: &Reading, others: u64, now: Instant) {
