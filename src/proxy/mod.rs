@@ -6,10 +6,13 @@
 //!    token, join (or start) the single-flight refresh, or answer 503;
 //! 3. body (`keep_body`): watch the client's body; on routes that retry, keep it up
 //!    to the replay limit;
-//! 4. send (`upstream_headers`, `send`): forward with the route's header rules and
-//!    timeouts (502/504 on failure);
+//! 4. send (`upstream_headers`, `send`): take a call from the route's rate-limit
+//!    windows (`crate::quota`: wait in line for room, or 429), forward with the
+//!    route's header rules and timeouts (502/504 on failure), and learn what the
+//!    answer says of the limits;
 //! 5. retry (`retry`): on a `retry_on` status, refresh the generation that was sent
-//!    (single flight) and resend once with the new token;
+//!    (single flight) and resend once with the new token; on a `429`/`503` whose
+//!    wait is within `max_wait`, wait it out and resend once (`rate_limited`);
 //! 6. respond (`respond`): strip hop-by-hop headers, rewrite `Location`, stream the
 //!    body back (next-page links, or every upstream URL, turned into proxy URLs as
 //!    the route's `rewrite_links` says).
