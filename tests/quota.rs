@@ -119,8 +119,10 @@ async fn a_used_up_daily_cap_is_answered_at_once_without_calling_the_api() {
         .send()
         .await
         .unwrap();
+    // Not held for max_wait (30 s): answered as soon as it came (the API not being
+    // called, below, is the oracle; this bound leaves a busy machine room).
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(20),
         "{:?}",
         started.elapsed()
     );
@@ -172,8 +174,10 @@ async fn a_429_is_waited_out_and_resent_once_only_when_the_request_can_be() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "waited out and sent again");
+    // The window's 2 s and the grace, not max_wait (30 s) nor an unknown reset's
+    // 60 s; the bound leaves a busy machine room.
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(20),
         "{:?}",
         started.elapsed()
     );

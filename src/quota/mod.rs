@@ -76,10 +76,6 @@ impl Governor {
         })
     }
 
-    pub fn policy(&self) -> &RateLimits {
-        &self.policy
-    }
-
     fn quota(&self, key: &str) -> Arc<Quota> {
         let mut quotas = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(q) = quotas.get(key) {
