@@ -61,6 +61,11 @@ impl Provider {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             return json_resp(StatusCode::OK, json!({"slept_ms": ms}));
         }
+        if path.ends_with("/hold") {
+            let mut released = self.held.subscribe();
+            let _ = released.wait_for(|open| *open).await;
+            return json_resp(StatusCode::OK, json!({"held": true}));
+        }
         if let Some(resp) = self.pages(&parts.uri).await {
             return resp;
         }

@@ -13,7 +13,8 @@
 //! - an API that accepts only the current, unexpired access token (as a bearer
 //!   header, another header format, or a query parameter) and echoes what it
 //!   received, with `…/download?bytes=N` for large bodies, `…/slow?ms=N` for
-//!   requests in flight, and `…/redirect` for `Location` handling.
+//!   requests in flight, `…/hold` for requests held until the test releases them
+//!   ([`Provider::release_held`]), and `…/redirect` for `Location` handling.
 //!
 //! Counters and the last token request let tests assert what happened on the
 //! wire. Nothing here is used by `tokenproxy run`.
@@ -39,6 +40,11 @@ impl Provider {
 
     pub fn api_requests(&self) -> u64 {
         self.api_requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Answers every `…/hold` request, waiting or still to come.
+    pub fn release_held(&self) {
+        self.held.send_replace(true);
     }
 
     pub fn api_connections(&self) -> u64 {

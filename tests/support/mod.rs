@@ -277,13 +277,22 @@ impl Proxy {
 
     /// Peak resident memory of the process, in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmHWM:")
+    }
+
+    /// The resident set now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmRSS:")
+    }
+
+    fn proc_status_kib(&self, field: &str) -> u64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM")
+            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
     }
 
     /// Polls `/readyz` until it answers `want` (a state change the test caused).

@@ -72,6 +72,8 @@ pub struct Provider {
     pub(super) state: Arc<Mutex<State>>,
     pub(super) api_connections: Arc<AtomicU64>,
     pub(super) api_requests: Arc<AtomicU64>,
+    /// Opens `…/hold` requests once it turns true ([`Provider::release_held`]).
+    pub(super) held: Arc<tokio::sync::watch::Sender<bool>>,
     /// Token requests being answered right now.
     in_flight: Arc<AtomicU64>,
     /// Connections to the token endpoint still open.
@@ -121,6 +123,7 @@ impl Provider {
             })),
             api_connections: Arc::default(),
             api_requests: Arc::default(),
+            held: Arc::new(tokio::sync::watch::Sender::new(false)),
             in_flight: Arc::default(),
             token_open: Arc::default(),
         };
