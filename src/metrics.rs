@@ -90,6 +90,8 @@ pub struct QuotaMetrics {
     route: String,
     remaining: IntGaugeVec,
     reset: prometheus::GaugeVec,
+    /// The series of the windows seen, resolved once: an API names two or three.
+    windows: std::sync::Mutex<Vec<(String, prometheus::IntGauge, prometheus::Gauge)>>,
     waits: IntCounter,
     wait_seconds: Histogram,
 }
@@ -103,15 +105,26 @@ impl QuotaMetrics {
 
     /// What the API said of window `window`.
     pub fn window(&self, window: &str, remaining: u64, reset: Option<SystemTime>) {
-        let labels = [self.route.as_str(), window];
-        self.remaining
-            .with_label_values(&labels)
-            .set(i64::try_from(remaining).unwrap_or(i64::MAX));
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let at = match windows.iter().position(|(name, ..)| name == window) {
+            Some(at) => at,
+            None => {
+                let labels = [self.route.as_str(), window];
+                windows.push((
+                    window.to_owned(),
+                    self.remaining.with_label_values(&labels),
+                    self.reset.with_label_values(&labels),
+                ));
+                windows.len() - 1
+            }
+        };
+        let (_, remaining_gauge, reset_gauge) = &windows[at];
+        remaining_gauge.set(i64::try_from(remaining).unwrap_or(i64::MAX));
         if let Some(reset) = reset {
             let secs = reset
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64());
-            self.reset.with_label_values(&labels).set(secs);
+            reset_gauge.set(secs);
         }
     }
 }
@@ -411,6 +424,7 @@ impl Metrics {
             route: route.to_owned(),
             remaining: self.quota_remaining.clone(),
             reset: self.quota_reset.clone(),
+            windows: std::sync::Mutex::default(),
             waits: self.quota_waits.with_label_values(&[route]),
             wait_seconds: self.quota_wait_seconds.with_label_values(&[route]),
         }

@@ -41,11 +41,26 @@ pub struct Exhausted {
 /// The governor of one route.
 pub struct Governor {
     policy: RateLimits,
-    quotas: Mutex<HashMap<Box<str>, Arc<Quota>>>,
+    quotas: Mutex<Keys>,
     /// Nothing to govern yet: no static limit and nothing learned.
     idle: std::sync::atomic::AtomicBool,
     metrics: QuotaMetrics,
 }
+
+/// The quotas by key. Keys come from request paths, so those at rest (nothing
+/// in flight or waiting, every window full) are forgotten: each time the map has
+/// doubled since the last sweep, which keeps the work per new key constant and the
+/// map as large as twice the keys in use. A forgotten key starts again as a new one
+/// (its static windows full, the learned ones learned from the next answer), which
+/// is what its windows said anyway.
+#[derive(Default)]
+struct Keys {
+    map: HashMap<Box<str>, Arc<Quota>>,
+    sweep_at: usize,
+}
+
+/// Keys kept before the first sweep.
+const KEYS_BEFORE_SWEEP: usize = 64;
 
 /// The windows of one quota key.
 pub struct Quota {
@@ -71,15 +86,26 @@ impl Governor {
         Arc::new(Governor {
             idle: std::sync::atomic::AtomicBool::new(policy.limits.is_empty()),
             policy,
-            quotas: Mutex::new(HashMap::new()),
+            quotas: Mutex::new(Keys {
+                map: HashMap::new(),
+                sweep_at: KEYS_BEFORE_SWEEP,
+            }),
             metrics: metrics.quota(route),
         })
     }
 
     fn quota(&self, key: &str) -> Arc<Quota> {
         let mut quotas = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(q) = quotas.get(key) {
+        if let Some(q) = quotas.map.get(key) {
             return Arc::clone(q);
+        }
+        if quotas.map.len() >= quotas.sweep_at {
+            let now = Instant::now();
+            // Held elsewhere (a request on its way, a waiter): not at rest.
+            quotas
+                .map
+                .retain(|_, q| Arc::strong_count(q) > 1 || !q.lock().at_rest(now));
+            quotas.sweep_at = (quotas.map.len() * 2).max(KEYS_BEFORE_SWEEP);
         }
         let windows = self
             .policy
@@ -101,7 +127,7 @@ impl Governor {
             }),
             changed: Notify::new(),
         });
-        quotas.insert(key.into(), Arc::clone(&q));
+        quotas.map.insert(key.into(), Arc::clone(&q));
         q
     }
 
@@ -190,7 +216,7 @@ impl Governor {
         let now = Instant::now();
         let quotas = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
-        for (key, q) in quotas.iter() {
+        for (key, q) in quotas.map.iter() {
             let mut s = q.lock();
             s.roll(now);
             for w in &s.windows {

@@ -230,3 +230,33 @@ async fn a_waiter_behind_a_line_longer_than_max_wait_is_refused_at_its_deadline(
     // The line is empty again: the next window serves the next request.
     let _next = g.admit("").await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn keys_at_rest_are_forgotten_and_keys_in_use_kept() {
+    let g = governor(&[(1, 10)], 5, 100);
+    let fresh_keys = |round: usize, n: usize| {
+        let g = Arc::clone(&g);
+        async move {
+            for i in 0..n {
+                drop(g.admit(&format!("division-{round}-{i}")).await.unwrap());
+            }
+        }
+    };
+    for round in 0..20 {
+        fresh_keys(round, 100).await;
+        tokio::time::advance(Duration::from_secs(11)).await;
+    }
+    // A key whose window is empty, then enough new keys for a sweep (the map at
+    // most doubles between two).
+    drop(g.admit("busy").await.unwrap());
+    fresh_keys(20, 300).await;
+    let kept = g.quotas.lock().unwrap().map.len();
+    assert!(kept <= 512, "{kept} of 2,301 keys kept");
+    assert_eq!(
+        g.admit("busy").await.err(),
+        Some(Exhausted {
+            retry_after: Duration::from_secs(10)
+        }),
+        "the key in use kept its window"
+    );
+}

@@ -14,7 +14,6 @@ pub(super) struct State {
     /// Tickets of the waiting requests, in arrival order.
     pub(super) line: VecDeque<u64>,
     pub(super) next_ticket: u64,
-    /// Requests sent whose answer has not come.
     /// The requests sent whose answer has not come, by the order they were sent.
     pub(super) flying: std::collections::BTreeSet<u64>,
     pub(super) next_seq: u64,
@@ -64,6 +63,15 @@ impl State {
             }
             true
         });
+    }
+
+    /// Nothing in flight or waiting, and every window as full as it started:
+    /// forgetting the key loses nothing.
+    pub(super) fn at_rest(&mut self, now: Instant) -> bool {
+        self.roll(now);
+        self.line.is_empty()
+            && self.flying.is_empty()
+            && self.windows.iter().all(|w| w.remaining == w.limit)
     }
 
     pub(super) fn has_room(&self) -> bool {
