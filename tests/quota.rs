@@ -26,6 +26,25 @@ fn config(w: &World, top: &str, token_extra: &str) -> String {
     format!("{}quota_key = \"path:2\"\n", w.config(top, token_extra))
 }
 
+/// The access token, as a tool beside tokenproxy gets it.
+async fn vended_token(p: &support::Proxy) -> String {
+    let (_, vended) = get(&p.url("/tokenproxy/v1/tokens/demo")).await;
+    json(&vended)["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Another tool spends division `division`'s window of 3 calls, straight at the API.
+async fn spend_window(w: &World, token: &str, division: u32) {
+    for _ in 0..3 {
+        let r = client()
+            .get(format!("{}v1/{division}/crm/elsewhere", w.provider.api_url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
 /// 200 requests from 8 concurrent clients against 20 calls per second: none is
 /// refused by the API (no window overrun), none reaches a client as a 429, and
 /// the whole takes about what the quota allows.
@@ -152,21 +171,8 @@ async fn a_429_is_waited_out_and_resent_once_only_when_the_request_can_be() {
         "vend = true",
     ));
     p.wait_ready(200, Duration::from_secs(15)).await;
-    let (_, vended) = get(&p.url("/tokenproxy/v1/tokens/demo")).await;
-    let token = json(&vended)["access_token"].as_str().unwrap().to_owned();
-    // Someone else spends a division's window, straight at the API.
-    let spend = async |division: u32| {
-        for _ in 0..3 {
-            let r = client()
-                .get(format!("{}v1/{division}/crm/elsewhere", w.provider.api_url))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-        }
-    };
-    spend(9).await;
+    let token = vended_token(&p).await;
+    spend_window(&w, &token, 9).await;
     let started = Instant::now();
     let r = client()
         .get(p.url("/demo/v1/9/crm/Accounts"))
@@ -183,7 +189,7 @@ async fn a_429_is_waited_out_and_resent_once_only_when_the_request_can_be() {
     );
     assert_eq!(w.provider.rate_limited(), 1, "one refusal, then one resend");
 
-    spend(10).await;
+    spend_window(&w, &token, 10).await;
     let r = client()
         .post(p.url("/demo/v1/10/crm/Accounts"))
         .body(vec![b'x'; 4096])
@@ -203,4 +209,33 @@ async fn a_429_is_waited_out_and_resent_once_only_when_the_request_can_be() {
         ),
         "{metrics}"
     );
+}
+
+/// A route that never retries (`retry_on = []`) streams bodies and so cannot send a
+/// POST again; a GET has no body to keep and is waited out and resent after a 429
+/// all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_never_retries_still_resends_a_get_after_a_429() {
+    let w = World::new(limited(3, 2000, 100_000)).await;
+    let p = w.spawn(&format!("{}retry_on = []\n", config(&w, "", "vend = true")));
+    p.wait_ready(200, Duration::from_secs(15)).await;
+    let token = vended_token(&p).await;
+    spend_window(&w, &token, 9).await;
+    let r = client()
+        .get(p.url("/demo/v1/9/crm/Accounts"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "waited out and sent again");
+    assert_eq!(w.provider.rate_limited(), 1, "one refusal, then one resend");
+
+    spend_window(&w, &token, 10).await;
+    let r = client()
+        .post(p.url("/demo/v1/10/crm/Accounts"))
+        .body("small")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429, "a streamed body is not sent again");
+    assert_eq!(w.provider.rate_limited(), 2);
 }

@@ -265,7 +265,8 @@ impl Proxy {
     }
 
     /// Phase 3: the client's body, watched (size, stalls); on routes that retry,
-    /// kept up to the replay limit with a copy of the headers for a resend.
+    /// kept up to the replay limit with a copy of the headers for a resend (an
+    /// empty body on every route).
     async fn keep_body(
         &self,
         route: &Route,
@@ -279,7 +280,9 @@ impl Proxy {
             .max_request_body
             .filter(|_| declared.is_none());
         let (body, watch) = body::ClientBody::new(body, self.settings.body_timeout, limit);
-        let prepared = if route.retry_on.is_empty() {
+        // Routes that never retry stream bodies; a request without one (a `GET`) is
+        // kept all the same, for a resend after a `429` or `503`.
+        let prepared = if route.retry_on.is_empty() && !hyper::body::Body::is_end_stream(&body) {
             Prepared::Streaming(ProxyBody::Client(body))
         } else {
             body::prepare(body, self.settings.replay_body_limit)
