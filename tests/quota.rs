@@ -32,6 +32,13 @@ async fn vended_token(p: &support::Proxy) -> String {
     json(&vended)["access_token"].as_str().unwrap().to_owned()
 }
 
+/// A window for the resend tests: 3 calls in 5 s. Another tool spends it, then
+/// tokenproxy's request must fall in the same window to be refused; 5 s leaves a
+/// busy machine room for those four calls (the window starts at the first).
+fn spendable() -> ProviderOptions {
+    limited(3, 5000, 100_000)
+}
+
 /// Another tool spends division `division`'s window of 3 calls, straight at the API.
 async fn spend_window(w: &World, token: &str, division: u32) {
     for _ in 0..3 {
@@ -176,7 +183,7 @@ async fn a_used_up_daily_cap_is_answered_at_once_without_calling_the_api() {
 /// POST whose body is over replay_body_limit goes back as the 429 it got.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_is_waited_out_and_resent_once_only_when_the_request_can_be() {
-    let w = World::new(limited(3, 2000, 100_000)).await;
+    let w = World::new(spendable()).await;
     let p = w.spawn(&config(
         &w,
         "[proxy]\nreplay_body_limit = 1024\n",
@@ -190,7 +197,7 @@ async fn a_429_is_waited_out_and_resent_once_only_when_the_request_can_be() {
         200,
         "waited out and sent again"
     );
-    // The window's 2 s and the grace, not max_wait (30 s) nor an unknown reset's
+    // The window's 5 s and the grace, not max_wait (30 s) nor an unknown reset's
     // 60 s; the bound leaves a busy machine room.
     assert!(
         started.elapsed() < Duration::from_secs(20),
@@ -226,7 +233,7 @@ async fn a_429_is_waited_out_and_resent_once_only_when_the_request_can_be() {
 /// all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_that_never_retries_still_resends_a_get_after_a_429() {
-    let w = World::new(limited(3, 2000, 100_000)).await;
+    let w = World::new(spendable()).await;
     let p = w.spawn(&format!("{}retry_on = []\n", config(&w, "", "vend = true")));
     p.wait_ready(200, Duration::from_secs(15)).await;
     let token = vended_token(&p).await;

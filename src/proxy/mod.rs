@@ -5,7 +5,7 @@
 //! 2. token (`token`): read the current header value lock-free; without a valid
 //!    token, join (or start) the single-flight refresh, or answer 503;
 //! 3. body (`keep_body`): watch the client's body; on routes that retry, keep it up
-//!    to the replay limit;
+//!    to the replay limit (an empty one on every route);
 //! 4. send (`upstream_headers`, `send`): take a call from the route's rate-limit
 //!    windows (`crate::quota`: wait in line for room, or 429), forward with the
 //!    route's header rules and timeouts (502/504 on failure), and learn what the

@@ -53,7 +53,6 @@ pub struct Governor {
 /// map as large as twice the keys in use. A forgotten key starts again as a new one
 /// (its static windows full, the learned ones learned from the next answer), which
 /// is what its windows said anyway.
-#[derive(Default)]
 struct Keys {
     map: HashMap<Box<str>, Arc<Quota>>,
     sweep_at: usize,
