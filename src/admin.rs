@@ -331,7 +331,7 @@ fn token_status(source: &TokenSource, store_kind: &str) -> Value {
         "last_refresh": s.last_refresh.map(|(at, trigger)| json!({"at": rfc3339(at), "trigger": trigger.as_str()})),
         "last_error": s.failure.as_ref().map(|f| f.message.clone()),
         "last_error_source": s.failure.as_ref().map(|f| f.cause.as_str()),
-        "next_attempt_in_s": s.failure.as_ref().filter(|f| !f.terminal).map(|f| f.retry_at.saturating_duration_since(std::time::Instant::now()).as_secs()),
+        "next_attempt_in_s": s.next_attempt(source.config.min_interval).map(|at| at.saturating_duration_since(std::time::Instant::now()).as_secs()),
         "unsaved": s.unsaved,
         "in_doubt": source.in_doubt().map(|d| match d {
             InDoubtNow::Own => json!({"by": "this instance", "detail": "new tokens are held in memory until the store takes them; the other instances do not present the spent refresh token meanwhile"}),

@@ -235,3 +235,36 @@ async fn a_moved_listener_serves_on_the_new_address() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The new token a reload asks for is refused by a provider in trouble soon after
+/// the last one was issued: the retry waits for `min_interval` (or the token's
+/// expiry, if sooner) rather than at once after the backoff, where the refresh
+/// would decline and the scheduler ask again in a loop. `/status` says when.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_renew_retries_no_sooner_than_min_interval() {
+    let w = World::default().await;
+    let extra = "min_interval = \"60s\"";
+    let p = w.spawn(&w.config("", extra));
+    assert_eq!(get(&p.url("/demo/x")).await.0, 200);
+    w.provider.set_mode(tokenproxy::demo::Mode::ServerError);
+    std::fs::write(
+        &p.config,
+        w.config("", &format!("{extra}\nscope = \"reports\"")),
+    )
+    .unwrap();
+    let r = client().post(p.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    p.wait_log("token refresh failed").await;
+    let status = token_status(&p, "demo").await;
+    let expires = humantime::parse_rfc3339(status["expires_at"].as_str().unwrap()).unwrap();
+    let left = expires
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default()
+        .as_secs();
+    // The demo's tokens live 30 s, less than min_interval: the retry waits for
+    // the expiry, not for the backoff's second.
+    let next = status["next_attempt_in_s"].as_u64().unwrap();
+    assert!(next + 1 >= left && next > 5, "{status}");
+    assert_eq!(status["state"], "valid", "{status}");
+    assert_eq!(get(&p.url("/demo/y")).await.0, 200);
+}

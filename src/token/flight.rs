@@ -274,7 +274,16 @@ impl TokenSource {
         cur: &TokenState,
         trigger: Trigger,
     ) -> Result<refresh::Outcome, RefreshError> {
+        // Idle again however this ends (a panic included): `/status` says
+        // `refreshing` only while a refresh is under way.
+        struct Underway<'a>(&'a TokenSource);
+        impl Drop for Underway<'_> {
+            fn drop(&mut self) {
+                self.0.set_phase(Phase::Idle);
+            }
+        }
         self.set_phase(Phase::StoreLock);
+        let _underway = Underway(self);
         let rules = self.rules();
         let read_initial;
         let initial: Option<&(dyn Fn() -> Result<Secret, GrantError> + Sync)> =
@@ -290,7 +299,7 @@ impl TokenSource {
                 _ => None,
             };
         let usable = |s: &StoredToken| self.state_from(s.clone(), false).valid_for(Duration::ZERO);
-        let result = refresh::Refresh {
+        refresh::Refresh {
             name: self.name(),
             owner: &self.owner,
             store: &*self.store,
@@ -306,9 +315,7 @@ impl TokenSource {
             initial,
             usable: &usable,
         })
-        .await;
-        self.set_phase(Phase::Idle);
-        result
+        .await
     }
 
     /// One token request to the configured or discovered endpoint, its answer read

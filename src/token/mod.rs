@@ -270,9 +270,12 @@ impl TokenSource {
         }
     }
 
-    /// Whether a refresh (or a store read or write of this token) is under way.
+    /// Whether a refresh is under way: waiting for the store's lock, at the token
+    /// endpoint or writing its answer. (Not the single-flight lock alone: the
+    /// scheduler takes it briefly to learn that a backoff still holds, and a store
+    /// read takes it too.)
     pub fn is_refreshing(&self) -> bool {
-        self.flight.try_lock().is_err()
+        self.phase.load(Ordering::Relaxed) != Phase::Idle as u8
     }
 
     /// Waits until no refresh is running (used at shutdown, so that a rotated refresh

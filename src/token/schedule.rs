@@ -4,7 +4,8 @@
 //! `expiry - margin - jitter`, where the margin is `refresh_before` but at most half
 //! the token's lifetime (so short-lived tokens are not refreshed in a loop), and
 //! never sooner than `min_interval` after the token was issued (Exact Online refuses
-//! earlier refreshes). After a failure it waits for the backoff; after a terminal
+//! earlier refreshes). After a failure it waits for the backoff (and still for
+//! `min_interval` while the token serves); after a terminal
 //! failure it looks in the store, every few seconds, for a token a person provided.
 //! The task itself never cancels a refresh: shutdown is only observed while sleeping.
 
@@ -101,9 +102,11 @@ fn plan(cfg: &TokenConfig, state: &TokenState, now: SystemTime) -> (Duration, Ac
         if f.terminal {
             return (RELOAD_POLL, Action::Reload);
         }
-        let wait = f
-            .retry_at
-            .saturating_duration_since(std::time::Instant::now());
+        let wait = state
+            .next_attempt(cfg.min_interval)
+            .map_or(Duration::ZERO, |at| {
+                at.saturating_duration_since(std::time::Instant::now())
+            });
         return (wait, Action::Refresh(trigger));
     }
     let Some(rec) = state
@@ -220,6 +223,38 @@ mod tests {
         s.valid_until = Some(std::time::Instant::now() + Duration::from_secs(5));
         let (wait, _) = plan(&cfg, &s, now);
         assert!(wait >= Duration::from_millis(999));
+    }
+
+    /// A refresh a person or a reload asked for failed soon after the token was
+    /// issued: the retry waits for `min_interval` (the refresh would decline sooner,
+    /// and the task would ask again at once, in a loop), or for the token's expiry
+    /// when that comes first.
+    #[test]
+    fn a_failed_refresh_retries_no_sooner_than_min_interval() {
+        let cfg = config(r#"min_interval = "60s""#);
+        let now = now();
+        let failed = |lifetime| TokenState {
+            failure: Some(super::super::Failure {
+                terminal: false,
+                message: "temporarily_unavailable".into(),
+                attempts: 1,
+                retry_at: std::time::Instant::now() + Duration::from_secs(1),
+                at: std::time::Instant::now(),
+                cause: crate::error::Source::TokenEndpoint,
+            }),
+            ..state(now, lifetime)
+        };
+        let (wait, action) = plan(&cfg, &failed(Duration::from_secs(600)), now);
+        assert_eq!(action, Action::Refresh(Trigger::Proactive));
+        assert!(wait > Duration::from_secs(59), "{wait:?}");
+        let (wait, _) = plan(&cfg, &failed(Duration::from_secs(30)), now);
+        assert!(
+            wait > Duration::from_secs(29) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        // Past min_interval, the backoff alone.
+        let (wait, _) = plan(&config(""), &failed(Duration::from_secs(600)), now);
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
     }
 
     #[test]

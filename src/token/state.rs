@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::response::GrantError;
+use crate::clock::ms_to_time;
 use crate::config::{Credential, Upstream};
 use crate::error::Source;
 use crate::secret::Secret;
@@ -105,6 +106,21 @@ impl TokenState {
     pub fn valid_for(&self, margin: Duration) -> bool {
         self.valid_until
             .is_some_and(|until| until > Instant::now() + margin)
+    }
+
+    /// When a refresh is tried again after a failure that needs no person: after
+    /// the backoff and, while the token serves, no sooner than `min_interval` after
+    /// its issue (or its expiry, if that comes first). A refresh that a person or a
+    /// reload asked for may fail inside `min_interval`; sooner than this, the next
+    /// one would decline at once.
+    pub fn next_attempt(&self, min_interval: Duration) -> Option<Instant> {
+        let f = self.failure.as_ref().filter(|f| !f.terminal)?;
+        let mut at = f.retry_at;
+        if let (Some(rec), Some(until)) = (&self.record, self.valid_until) {
+            let earliest = system_to_instant(ms_to_time(rec.issued_at_ms) + min_interval);
+            at = at.max(earliest.min(until));
+        }
+        Some(at)
     }
 }
 
