@@ -110,8 +110,8 @@ impl TokenState {
 
     /// When a refresh is tried again after a failure that needs no person: after
     /// the backoff and, while the token serves, no sooner than `min_interval` after
-    /// its issue (or its expiry, if that comes first). A refresh that a person or a
-    /// reload asked for may fail inside `min_interval`; sooner than this, the next
+    /// its issue (or its expiry, if that comes first). The refresh a reload asks
+    /// for (new settings) may fail inside `min_interval`; sooner than this, the next
     /// one would decline at once.
     pub fn next_attempt(&self, min_interval: Duration) -> Option<Instant> {
         let f = self.failure.as_ref().filter(|f| !f.terminal)?;
