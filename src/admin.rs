@@ -28,6 +28,7 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     store_kind: &'static str,
     store_health: Arc<crate::store::StoreHealth>,
+    certificate: Arc<crate::certs::CertificateStatus>,
     reload: crate::reload::ReloadHandle,
 }
 
@@ -122,6 +123,7 @@ impl Admin {
         view: View,
         store_kind: &'static str,
         store_health: Arc<crate::store::StoreHealth>,
+        certificate: Arc<crate::certs::CertificateStatus>,
         metrics: Arc<Metrics>,
         reload: crate::reload::ReloadHandle,
     ) -> Admin {
@@ -131,6 +133,7 @@ impl Admin {
             reload,
             store_kind,
             store_health,
+            certificate,
         }
     }
 
@@ -235,7 +238,13 @@ impl Admin {
             "last_error": last_error.as_ref().map(|(_, e)| e),
             "last_error_at": last_error.map(|(at, _)| rfc3339(at)),
         });
-        json!({"tokens": tokens, "routes": routes, "store": store, "reload": self.reload.status()})
+        json!({
+            "tokens": tokens,
+            "routes": routes,
+            "store": store,
+            "listener_certificate": self.certificate.json(),
+            "reload": self.reload.status(),
+        })
     }
 
     async fn refresh(&self, name: &str) -> Result<Response<ProxyBody>, ProxyError> {

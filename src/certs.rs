@@ -100,6 +100,56 @@ impl Served {
     }
 }
 
+/// What `/status` says of the proxy listener's certificate: when the one served
+/// expires and, while the files on disk do not load (a renewal gone wrong), why
+/// and since when. The one in force keeps serving meanwhile; the log says so once.
+#[derive(Default)]
+pub struct CertificateStatus(std::sync::Mutex<Shown>);
+
+#[derive(Default)]
+struct Shown {
+    expires_at: Option<SystemTime>,
+    disk_error: Option<(SystemTime, String)>,
+}
+
+impl CertificateStatus {
+    /// A pair was put in force (`None`: the listener serves plain HTTP).
+    pub fn served(&self, expires_at: Option<SystemTime>) {
+        *self.lock() = Shown {
+            expires_at,
+            disk_error: None,
+        };
+    }
+
+    /// The files on disk load again (`None`) or do not: `error` names the key.
+    pub fn on_disk(&self, error: Option<String>) {
+        let mut shown = self.lock();
+        match error {
+            None => shown.disk_error = None,
+            Some(e) if shown.disk_error.as_ref().is_some_and(|(_, was)| *was == e) => {}
+            Some(e) => shown.disk_error = Some((SystemTime::now(), e)),
+        }
+    }
+
+    /// `/status`'s `listener_certificate`: `null` for a plain-HTTP listener.
+    pub fn json(&self) -> serde_json::Value {
+        let shown = self.lock();
+        let Some(expires_at) = shown.expires_at else {
+            return serde_json::Value::Null;
+        };
+        let rfc3339 = crate::clock::rfc3339;
+        serde_json::json!({
+            "expires_at": rfc3339(expires_at),
+            "on_disk_error": shown.disk_error.as_ref().map(|(_, e)| e),
+            "on_disk_error_since": shown.disk_error.as_ref().map(|(at, _)| rfc3339(*at)),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shown> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

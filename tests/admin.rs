@@ -36,6 +36,7 @@ async fn admin_endpoints_answer_with_their_shapes() {
     assert_eq!(s["routes"][0]["prefix"], "/demo/");
     assert_eq!(s["routes"][0]["upstream_host"], "localhost");
     assert_eq!(s["routes"][0]["token"], "demo");
+    assert!(s["listener_certificate"].is_null(), "plain HTTP: {s}");
 
     let r = force_refresh(&p, "demo").await;
     assert_eq!(r.status(), 200);

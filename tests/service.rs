@@ -253,9 +253,22 @@ async fn a_renewed_certificate_is_served_without_a_reload() {
     let cc = cc_provider().await;
     let p = w.spawn(&service_config(&w, &cc, &pki));
     let dir: &Path = w.dir.path();
+    let first = json(&token_status(&p).await)["listener_certificate"].clone();
+    assert!(first["expires_at"].is_string(), "{first}");
+    assert!(first["on_disk_error"].is_null(), "{first}");
     std::fs::write(dir.join("tls.key"), "not a key").unwrap();
     p.wait_log("does not load; the one in force keeps serving")
         .await;
+    // /status says so too, while the old pair serves; the key's text never.
+    let broken = json(&token_status(&p).await)["listener_certificate"].clone();
+    assert_eq!(broken["expires_at"], first["expires_at"], "{broken}");
+    assert!(
+        broken["on_disk_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("listen.tls_key: ") && !e.contains("not a key")),
+        "{broken}"
+    );
+    assert!(broken["on_disk_error_since"].is_string(), "{broken}");
     let old = tls_client(&pki.ca_pem, b"http/1.1");
     assert_eq!(
         send(&old, &https(&p, "/demo/1"), Some(KEY_A))
@@ -269,6 +282,8 @@ async fn a_renewed_certificate_is_served_without_a_reload() {
     std::fs::write(dir.join("tls.crt"), cert).unwrap();
     std::fs::write(dir.join("tls.key"), key).unwrap();
     p.wait_log("certificate changed on disk").await;
+    let now = json(&token_status(&p).await)["listener_certificate"].clone();
+    assert!(now["on_disk_error"].is_null(), "{now}");
     let fresh = tls_client(&renewed.ca_pem, b"h2");
     assert_eq!(
         send(&fresh, &https(&p, "/demo/2"), Some(KEY_A))

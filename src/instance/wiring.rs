@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::fixed::{Fixed, Frozen};
 use super::tokens::{Token, replace_tokens};
 use crate::admin::{Admin, View};
-use crate::certs::Served;
+use crate::certs::{CertificateStatus, Served};
 use crate::config::{Config, Listen, ListenAddr, ProxySettings};
 use crate::proxy::{Gate, Proxy, Router, Upstreams};
 use crate::reload::{ApplyError, Outcome, ReloadError, ReloadStatus, Reloaded, Request};
@@ -136,6 +136,8 @@ pub(crate) struct Wiring {
     proxy: Arc<ArcSwap<Proxy>>,
     /// The proxy listener's TLS (`listen.tls_cert`): what a new connection gets.
     proxy_tls: server::ServedTls,
+    /// What `/status` shows of `proxy_tls`'s certificate.
+    certificate: Arc<CertificateStatus>,
     admin: Arc<Admin>,
     applied: tokio::sync::Mutex<Applied>,
     file: PathBuf,
@@ -159,16 +161,19 @@ impl Wiring {
         let file = config.file.clone();
         let mut applied = Applied::default();
         let built = build(&fixed, config, &mut applied).await?;
+        let certificate = Arc::new(CertificateStatus::default());
         let admin = Admin::new(
             View::default(),
             fixed.store.kind(),
             Arc::clone(&fixed.store_health),
+            Arc::clone(&certificate),
             Arc::clone(&fixed.metrics),
             reload,
         );
         let wiring = Arc::new(Wiring {
             proxy: Arc::new(ArcSwap::new(Arc::clone(&built.proxy))),
             proxy_tls: server::ServedTls::default(),
+            certificate,
             admin: Arc::new(admin),
             applied: tokio::sync::Mutex::new(Applied::default()),
             fixed,
@@ -340,11 +345,15 @@ impl Wiring {
                     self.serve_tls(&mut applied, Some(served));
                     last_error = None;
                 }
-                Ok(_) => last_error = None,
+                Ok(_) => {
+                    self.certificate.on_disk(None);
+                    last_error = None;
+                }
                 Err(e) => {
                     let text = format!("{}: {e}", e.key());
                     if last_error.as_ref() != Some(&text) {
                         tracing::warn!(error = %text, "the proxy listener's certificate on disk does not load; the one in force keeps serving");
+                        self.certificate.on_disk(Some(text.clone()));
                         last_error = Some(text);
                     }
                 }
@@ -357,6 +366,8 @@ impl Wiring {
         self.fixed
             .metrics
             .listen_certificate("proxy", served.as_ref().map(|s| s.not_after));
+        self.certificate
+            .served(served.as_ref().map(|s| s.not_after));
         applied.served = served.as_ref().map(|s| s.digest.clone());
         self.proxy_tls.store(served.map(|s| s.config));
     }
