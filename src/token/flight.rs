@@ -9,45 +9,15 @@ use std::sync::atomic::Ordering;
 
 use super::grant::{self, Exchange};
 use super::response::{self, GrantError};
-use super::state::{Failure, RefreshError, TokenState, Trigger, Unavailable, system_to_instant};
+use super::state::{
+    Failure, Phase, RefreshError, TokenState, Trigger, Unavailable, system_to_instant,
+};
 use super::{TokenSource, discovery, refresh};
 use crate::clock::{ms_to_time, rfc3339};
 use crate::config::{ClientAuth, Endpoint, Grant};
 use crate::error::Source;
 use crate::secret::Secret;
 use crate::store::StoredToken;
-
-/// What a refresh is doing, for the log line of a caller that stopped waiting.
-#[derive(Clone, Copy)]
-#[repr(u8)]
-pub(super) enum Phase {
-    Idle,
-    StoreLock,
-    TokenEndpoint,
-    StoreWrite,
-}
-
-impl Phase {
-    /// What a refresh in this phase waits on.
-    pub(super) fn cause(v: u8) -> Source {
-        match v {
-            x if x == Phase::StoreLock as u8 || x == Phase::StoreWrite as u8 => Source::Store,
-            x if x == Phase::TokenEndpoint as u8 => Source::TokenEndpoint,
-            _ => Source::Internal,
-        }
-    }
-
-    pub(super) fn describe(v: u8) -> &'static str {
-        match v {
-            x if x == Phase::StoreLock as u8 => "the store lock (another process holds it)",
-            x if x == Phase::TokenEndpoint as u8 => {
-                "the token endpoint (or its discovery document)"
-            }
-            x if x == Phase::StoreWrite as u8 => "the store write",
-            _ => "its turn",
-        }
-    }
-}
 
 pub(super) const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Whatever a provider says about lifetimes, one token's endpoint is asked at most
@@ -60,6 +30,9 @@ pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(300);
 pub(super) const EXPIRED_RETRY: Duration = Duration::from_secs(5);
 
 impl TokenSource {
+    /// A refresh, one at a time: unless another one made a new token meanwhile,
+    /// and if it may go now, runs under the store's protocol and publishes what it
+    /// brought (a new token, another instance's, or a failure with its backoff).
     pub(super) async fn refresh_in_flight(
         &self,
         seen: u64,
@@ -71,68 +44,20 @@ impl TokenSource {
             return Ok(cur);
         }
         let now = Instant::now();
-        if self.closing.load(Ordering::SeqCst) {
-            return Err(Unavailable {
-                retry_after: BACKOFF_BASE,
-                cause: Source::Internal,
-            });
-        }
-        if trigger != Trigger::Manual {
-            if let Some(f) = &cur.failure
-                && (f.terminal || now < f.retry_at)
-            {
-                // Clients are waiting on an expired token: try again sooner than the
-                // backoff says, at most once per EXPIRED_RETRY.
-                let sooner = f.at + EXPIRED_RETRY;
-                let expired = !cur.valid_for(Duration::ZERO);
-                let waiting = trigger == Trigger::Reactive && expired && !f.terminal;
-                if !(waiting && now >= sooner) {
-                    let next = if waiting {
-                        sooner.min(f.retry_at)
-                    } else {
-                        f.retry_at
-                    };
-                    let retry_after = next.saturating_duration_since(now).max(BACKOFF_BASE);
-                    return Err(Unavailable {
-                        retry_after,
-                        cause: f.cause,
-                    });
-                }
-            }
-            // The floor: a refresh that comes too soon after the last token
-            // request waits for it (under the single-flight lock, so others wait
-            // behind it) rather than fail a 401's retry.
-            let last = *self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(sent) = last
-                && now < sent + REQUEST_FLOOR
-            {
-                tokio::time::sleep(sent + REQUEST_FLOOR - now).await;
-            }
-            if let Some(rec) = &cur.record {
-                let earliest =
-                    system_to_instant(ms_to_time(rec.issued_at_ms) + self.config.min_interval);
-                if now < earliest && cur.valid_for(Duration::ZERO) {
-                    return Err(Unavailable {
-                        retry_after: earliest - now,
-                        cause: Source::TokenEndpoint,
-                    });
-                }
-            }
-        }
-
+        self.may_go(&cur, trigger, now).await?;
         let result = self.refresh_under_store_lock(&cur, trigger).await;
         let elapsed = now.elapsed();
-        let state = match result {
+        match result {
             Ok(refresh::Outcome::Adopted(record)) => {
                 tracing::info!(
                     token = self.name(),
                     generation = record.generation,
                     "using the token stored by an earlier run or another instance"
                 );
-                TokenState {
+                Ok(self.publish(TokenState {
                     last_refresh: cur.last_refresh,
                     ..self.state_from(record, false)
-                }
+                }))
             }
             Ok(refresh::Outcome::Refreshed {
                 record,
@@ -161,7 +86,7 @@ impl TokenSource {
                     _ => self.state_from(record, false),
                 };
                 state.last_refresh = Some((SystemTime::now(), trigger));
-                state
+                Ok(self.publish(state))
             }
             Ok(refresh::Outcome::Waiting { retry_after }) => {
                 // Not a failure of this instance: the backoff does not grow.
@@ -177,53 +102,125 @@ impl TokenSource {
                     failure: Some(failure),
                     ..cur.copy()
                 });
-                return Err(Unavailable {
+                Err(Unavailable {
                     retry_after: retry_after.max(BACKOFF_BASE),
+                    cause: Source::TokenEndpoint,
+                })
+            }
+            Err(e) => Err(self.failed(&cur, &e, trigger, now, elapsed)),
+        }
+    }
+
+    /// Whether a refresh may go now: not while closing and, outside a person's
+    /// (`Manual`), not inside the backoff after a failure (sooner while clients wait
+    /// on an expired token), the request floor, or `min_interval` while the token
+    /// serves. `Err` says when to ask again.
+    async fn may_go(
+        &self,
+        cur: &TokenState,
+        trigger: Trigger,
+        now: Instant,
+    ) -> Result<(), Unavailable> {
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(Unavailable {
+                retry_after: BACKOFF_BASE,
+                cause: Source::Internal,
+            });
+        }
+        if trigger == Trigger::Manual {
+            return Ok(());
+        }
+        if let Some(f) = &cur.failure
+            && (f.terminal || now < f.retry_at)
+        {
+            // Clients are waiting on an expired token: try again sooner than the
+            // backoff says, at most once per EXPIRED_RETRY.
+            let sooner = f.at + EXPIRED_RETRY;
+            let expired = !cur.valid_for(Duration::ZERO);
+            let waiting = trigger == Trigger::Reactive && expired && !f.terminal;
+            if !(waiting && now >= sooner) {
+                let next = if waiting {
+                    sooner.min(f.retry_at)
+                } else {
+                    f.retry_at
+                };
+                let retry_after = next.saturating_duration_since(now).max(BACKOFF_BASE);
+                return Err(Unavailable {
+                    retry_after,
+                    cause: f.cause,
+                });
+            }
+        }
+        // The floor: a refresh that comes too soon after the last token
+        // request waits for it (under the single-flight lock, so others wait
+        // behind it) rather than fail a 401's retry.
+        let last = *self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sent) = last
+            && now < sent + REQUEST_FLOOR
+        {
+            tokio::time::sleep(sent + REQUEST_FLOOR - now).await;
+        }
+        if let Some(rec) = &cur.record {
+            let earliest =
+                system_to_instant(ms_to_time(rec.issued_at_ms) + self.config.min_interval);
+            if now < earliest && cur.valid_for(Duration::ZERO) {
+                return Err(Unavailable {
+                    retry_after: earliest - now,
                     cause: Source::TokenEndpoint,
                 });
             }
-            Err(e) => {
-                let result = match &e {
-                    RefreshError::Grant(g) if g.is_terminal() => "invalid_grant",
-                    _ => "error",
-                };
-                self.metrics
-                    .refresh(self.name(), trigger.as_str(), result, elapsed);
-                let failure = self.failure(&cur, &e);
-                let message = &failure.message;
-                if failure.terminal {
-                    tracing::error!(
-                        token = self.name(),
-                        trigger = trigger.as_str(),
-                        error = %message,
-                        "token refresh failed for good; no further attempts. Recover by storing a new refresh token with `tokenproxy seed {name}`; this instance resumes by itself once a new token is stored",
-                        name = self.name(),
-                    );
-                } else {
-                    tracing::warn!(
-                        token = self.name(),
-                        trigger = trigger.as_str(),
-                        error = %message,
-                        attempt = failure.attempts,
-                        retry_in_ms = failure.retry_at.saturating_duration_since(now).as_millis() as u64,
-                        "token refresh failed; the current token is served until it expires"
-                    );
-                }
-                let unavailable = Unavailable {
-                    retry_after: failure
-                        .retry_at
-                        .saturating_duration_since(now)
-                        .max(BACKOFF_BASE),
-                    cause: failure.cause,
-                };
-                self.publish(TokenState {
-                    failure: Some(failure),
-                    ..cur.copy()
-                });
-                return Err(unavailable);
-            }
+        }
+        Ok(())
+    }
+
+    /// Records a failed refresh (metrics, the log line, the state with its backoff)
+    /// and says when to ask again.
+    fn failed(
+        &self,
+        cur: &TokenState,
+        e: &RefreshError,
+        trigger: Trigger,
+        now: Instant,
+        elapsed: Duration,
+    ) -> Unavailable {
+        let result = match e {
+            RefreshError::Grant(g) if g.is_terminal() => "invalid_grant",
+            _ => "error",
         };
-        Ok(self.publish(state))
+        self.metrics
+            .refresh(self.name(), trigger.as_str(), result, elapsed);
+        let failure = self.failure(cur, e);
+        let message = &failure.message;
+        if failure.terminal {
+            tracing::error!(
+                token = self.name(),
+                trigger = trigger.as_str(),
+                error = %message,
+                "token refresh failed for good; no further attempts. Recover by storing a new refresh token with `tokenproxy seed {name}`; this instance resumes by itself once a new token is stored",
+                name = self.name(),
+            );
+        } else {
+            tracing::warn!(
+                token = self.name(),
+                trigger = trigger.as_str(),
+                error = %message,
+                attempt = failure.attempts,
+                retry_in_ms = failure.retry_at.saturating_duration_since(now).as_millis() as u64,
+                "token refresh failed; the current token is served until it expires"
+            );
+        }
+        let unavailable = Unavailable {
+            retry_after: failure
+                .retry_at
+                .saturating_duration_since(now)
+                .max(BACKOFF_BASE),
+            cause: failure.cause,
+        };
+        self.publish(TokenState {
+            failure: Some(failure),
+            ..cur.copy()
+        });
+        unavailable
     }
 
     pub(super) fn failure(&self, cur: &TokenState, e: &RefreshError) -> Failure {

@@ -53,8 +53,8 @@ pub use seed::SeedError;
 pub use sink::vended_json;
 pub use state::{Failure, InDoubtNow, TokenState, Trigger, Unavailable};
 
-use flight::{BACKOFF_BASE, BACKOFF_MAX, Phase};
-use state::system_to_instant;
+use flight::{BACKOFF_BASE, BACKOFF_MAX};
+use state::{Phase, system_to_instant};
 
 pub struct TokenSource {
     pub config: TokenConfig,

@@ -204,3 +204,36 @@ impl RefreshError {
         }
     }
 }
+
+/// What a refresh is doing: for `/status` (`refreshing`) and the log line of a
+/// caller that stopped waiting.
+#[derive(Clone, Copy)]
+#[repr(u8)]
+pub(super) enum Phase {
+    Idle,
+    StoreLock,
+    TokenEndpoint,
+    StoreWrite,
+}
+
+impl Phase {
+    /// What a refresh in this phase waits on.
+    pub(super) fn cause(v: u8) -> Source {
+        match v {
+            x if x == Phase::StoreLock as u8 || x == Phase::StoreWrite as u8 => Source::Store,
+            x if x == Phase::TokenEndpoint as u8 => Source::TokenEndpoint,
+            _ => Source::Internal,
+        }
+    }
+
+    pub(super) fn describe(v: u8) -> &'static str {
+        match v {
+            x if x == Phase::StoreLock as u8 => "the store lock (another process holds it)",
+            x if x == Phase::TokenEndpoint as u8 => {
+                "the token endpoint (or its discovery document)"
+            }
+            x if x == Phase::StoreWrite as u8 => "the store write",
+            _ => "its turn",
+        }
+    }
+}
