@@ -21,7 +21,7 @@ use crate::config::{Listen, Route, RouteUpstream};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::secret::SecretRef;
-use crate::token::{InDoubtNow, TokenSource, Trigger};
+use crate::token::{InDoubtNow, TokenSource};
 
 pub struct Admin {
     view: arc_swap::ArcSwap<View>,
@@ -259,7 +259,7 @@ impl Admin {
             return Err(ProxyError::RefreshTooSoon { retry_after });
         }
         let generation = source.current().generation();
-        let status = match source.refresh_for_caller(generation, Trigger::Manual).await {
+        let status = match source.refresh_for_person(generation).await {
             Ok(_) => StatusCode::OK,
             Err(_) => StatusCode::BAD_GATEWAY,
         };

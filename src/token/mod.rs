@@ -121,15 +121,36 @@ impl TokenSource {
         self.phase.store(phase as u8, Ordering::Relaxed);
     }
 
-    /// [`TokenSource::refresh`] for a caller that cannot wait long (a client
-    /// request, the admin API): gives up after the token request's deadline, with a
-    /// log line naming what the refresh is waiting for. The refresh goes on.
+    /// [`TokenSource::refresh`] for a client request, which cannot wait long: gives
+    /// up after the token request's deadline, with a log line naming what the
+    /// refresh is waiting for. The refresh goes on.
     pub async fn refresh_for_caller(
         self: &Arc<Self>,
         seen: u64,
         trigger: Trigger,
     ) -> Result<Arc<TokenState>, Unavailable> {
-        let wait = self.config.timeout;
+        self.refresh_within(seen, trigger, self.config.timeout)
+            .await
+    }
+
+    /// A person's refresh (the admin API, `tokenproxy token refresh`): waits for
+    /// its outcome, so that the answer says what happened. Each step of a refresh
+    /// has its own bound (another process's lock, the token request); past both
+    /// (a store that does not answer a write), it gives up as a client request does.
+    pub async fn refresh_for_person(
+        self: &Arc<Self>,
+        seen: u64,
+    ) -> Result<Arc<TokenState>, Unavailable> {
+        let wait = self.lock_wait() + self.config.timeout + Duration::from_secs(5);
+        self.refresh_within(seen, Trigger::Manual, wait).await
+    }
+
+    async fn refresh_within(
+        self: &Arc<Self>,
+        seen: u64,
+        trigger: Trigger,
+        wait: Duration,
+    ) -> Result<Arc<TokenState>, Unavailable> {
         match tokio::time::timeout(wait, self.refresh(seen, trigger)).await {
             Ok(result) => result,
             Err(_) => {
