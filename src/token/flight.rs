@@ -9,9 +9,7 @@ use std::sync::atomic::Ordering;
 
 use super::grant::{self, Exchange};
 use super::response::{self, GrantError};
-use super::state::{
-    Failure, Phase, RefreshError, TokenState, Trigger, Unavailable, system_to_instant,
-};
+use super::state::{Failure, Phase, RefreshError, TokenState, Trigger, Unavailable};
 use super::{TokenSource, discovery, refresh};
 use crate::clock::{ms_to_time, rfc3339};
 use crate::config::{ClientAuth, Endpoint, Grant};
@@ -160,15 +158,14 @@ impl TokenSource {
         {
             tokio::time::sleep(sent + REQUEST_FLOOR - now).await;
         }
-        if let Some(rec) = &cur.record {
-            let earliest =
-                system_to_instant(ms_to_time(rec.issued_at_ms) + self.config.min_interval);
-            if now < earliest && cur.valid_for(Duration::ZERO) {
-                return Err(Unavailable {
-                    retry_after: earliest - now,
-                    cause: Source::TokenEndpoint,
-                });
-            }
+        if let Some(earliest) = cur.min_interval_ends(self.config.min_interval)
+            && now < earliest
+            && cur.valid_for(Duration::ZERO)
+        {
+            return Err(Unavailable {
+                retry_after: earliest - now,
+                cause: Source::TokenEndpoint,
+            });
         }
         Ok(())
     }

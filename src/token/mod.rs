@@ -180,8 +180,7 @@ impl TokenSource {
         {
             return Some(f.retry_at - now);
         }
-        let rec = cur.record.as_ref()?;
-        let earliest = system_to_instant(ms_to_time(rec.issued_at_ms) + self.config.min_interval);
+        let earliest = cur.min_interval_ends(self.config.min_interval)?;
         (now < earliest).then(|| earliest - now)
     }
 

@@ -116,11 +116,21 @@ impl TokenState {
     pub fn next_attempt(&self, min_interval: Duration) -> Option<Instant> {
         let f = self.failure.as_ref().filter(|f| !f.terminal)?;
         let mut at = f.retry_at;
-        if let (Some(rec), Some(until)) = (&self.record, self.valid_until) {
-            let earliest = system_to_instant(ms_to_time(rec.issued_at_ms) + min_interval);
+        if let (Some(earliest), Some(until)) =
+            (self.min_interval_ends(min_interval), self.valid_until)
+        {
             at = at.max(earliest.min(until));
         }
         Some(at)
+    }
+
+    /// `min_interval` after this token's issue: until then, a refresh waits while
+    /// the token serves (Exact Online refuses an earlier one). `None`: no token.
+    pub fn min_interval_ends(&self, min_interval: Duration) -> Option<Instant> {
+        let rec = self.record.as_ref()?;
+        Some(system_to_instant(
+            ms_to_time(rec.issued_at_ms) + min_interval,
+        ))
     }
 }
 
