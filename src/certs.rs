@@ -122,12 +122,19 @@ impl CertificateStatus {
     }
 
     /// The files on disk load again (`None`) or do not: `error` names the key.
-    pub fn on_disk(&self, error: Option<String>) {
+    /// Whether that error is new (to be logged once).
+    pub fn on_disk(&self, error: Option<String>) -> bool {
         let mut shown = self.lock();
         match error {
-            None => shown.disk_error = None,
-            Some(e) if shown.disk_error.as_ref().is_some_and(|(_, was)| *was == e) => {}
-            Some(e) => shown.disk_error = Some((SystemTime::now(), e)),
+            None => {
+                shown.disk_error = None;
+                false
+            }
+            Some(e) if shown.disk_error.as_ref().is_some_and(|(_, was)| *was == e) => false,
+            Some(e) => {
+                shown.disk_error = Some((SystemTime::now(), e));
+                true
+            }
         }
     }
 
@@ -160,6 +167,27 @@ mod tests {
         params.not_after = (SystemTime::now() + Duration::from_secs(86400)).into();
         let cert = params.self_signed(&key).unwrap();
         (cert.pem(), key.serialize_pem())
+    }
+
+    /// An error on disk is new once (logged once), shown until the pair loads or
+    /// another is put in force; a plain listener shows nothing.
+    #[test]
+    fn the_status_shows_a_broken_pair_on_disk_once() {
+        let status = CertificateStatus::default();
+        assert!(status.json().is_null());
+        status.served(Some(SystemTime::now() + Duration::from_secs(86400)));
+        assert!(status.json()["on_disk_error"].is_null());
+        assert!(status.on_disk(Some("listen.tls_key: no key".into())));
+        assert!(!status.on_disk(Some("listen.tls_key: no key".into())));
+        assert_eq!(status.json()["on_disk_error"], "listen.tls_key: no key");
+        assert!(status.on_disk(Some("listen.tls_cert: expired".into())));
+        assert!(!status.on_disk(None));
+        assert!(status.json()["on_disk_error"].is_null());
+        assert!(status.on_disk(Some("listen.tls_key: no key".into())));
+        status.served(Some(SystemTime::now() + Duration::from_secs(86400)));
+        assert!(status.json()["on_disk_error"].is_null());
+        status.served(None);
+        assert!(status.json().is_null());
     }
 
     #[test]

@@ -317,7 +317,6 @@ impl Wiring {
     /// serves a renewed pair (cert-manager renews a Secret in place); a pair that
     /// does not load keeps the one in force, and is logged once.
     async fn watch_certificate(self: Arc<Self>) {
-        let mut last_error = None;
         let every = |applied: &Applied| {
             applied
                 .listen
@@ -343,18 +342,14 @@ impl Wiring {
                         "the proxy listener's certificate changed on disk; new connections get it"
                     );
                     self.serve_tls(&mut applied, Some(served));
-                    last_error = None;
                 }
                 Ok(_) => {
                     self.certificate.on_disk(None);
-                    last_error = None;
                 }
                 Err(e) => {
                     let text = format!("{}: {e}", e.key());
-                    if last_error.as_ref() != Some(&text) {
+                    if self.certificate.on_disk(Some(text.clone())) {
                         tracing::warn!(error = %text, "the proxy listener's certificate on disk does not load; the one in force keeps serving");
-                        self.certificate.on_disk(Some(text.clone()));
-                        last_error = Some(text);
                     }
                 }
             }
