@@ -131,14 +131,15 @@ async fn endpoint_failure(mode: Mode) {
     let issued_at = w.provider.rotations().last().expect("a token was issued").0;
     assert_eq!(get(&p.url("/demo/a")).await.0, 200);
 
-    // Served from the current token until it expires.
-    while issued_at.elapsed() < Duration::from_millis(1500) {
-        assert_eq!(
-            get(&p.url("/demo/b")).await.0,
-            200,
-            "{mode:?}:\n{}",
-            p.log()
-        );
+    // Served from the current token until it expires: an answer that came back
+    // within 1.5 s of the issue (the proxy gave it sooner) must be a 200; one that
+    // came later, on a busy machine, says nothing either way.
+    loop {
+        let status = get(&p.url("/demo/b")).await.0;
+        if issued_at.elapsed() >= Duration::from_millis(1500) {
+            break;
+        }
+        assert_eq!(status, 200, "{mode:?}:\n{}", p.log());
     }
     p.wait_ready(503, Duration::from_secs(5)).await;
     let r = client().get(p.url("/demo/c")).send().await.unwrap();

@@ -89,7 +89,6 @@ impl TokenState {
             .then(|| self.credentials.get(inject))?
     }
 
-    /// Whether the access token is usable for at least `margin` more.
     /// The upstream of `{token.FIELD}` template `index`, from the token response.
     pub fn upstream(&self, index: usize) -> Option<&Upstream> {
         self.upstreams.get(index)?.as_ref()
@@ -103,6 +102,7 @@ impl TokenState {
             .map_or(Source::TokenEndpoint, |f| f.cause)
     }
 
+    /// Whether the access token is usable for at least `margin` more.
     pub fn valid_for(&self, margin: Duration) -> bool {
         self.valid_until
             .is_some_and(|until| until > Instant::now() + margin)
