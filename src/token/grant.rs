@@ -105,101 +105,16 @@ pub async fn request(
 ) -> Result<TokenResponse, GrantError> {
     let client_id = cfg.client_id.as_ref().map(resolve).transpose()?;
     let client_id = client_id.as_ref().map(Secret::expose);
-    let scope = cfg.scope.as_deref();
-
-    // Owned values the form borrows from.
-    let mut owned: Vec<(&str, Secret)> = Vec::new();
-    let mut form: Vec<(&str, &str)> = Vec::new();
-    let mut scope_in_form = scope;
-    let refresh_token = match exchange {
-        Exchange::Grant(rt) => {
-            form.push(("grant_type", cfg.grant.kind().grant_type()));
-            rt
-        }
-        Exchange::Code {
-            code,
-            redirect_uri,
-            verifier,
-        } => {
-            form.extend([
-                ("grant_type", "authorization_code"),
-                ("code", code),
-                ("redirect_uri", redirect_uri),
-                ("code_verifier", verifier),
-            ]);
-            scope_in_form = None;
-            None
-        }
-    };
-    let code_exchange = matches!(exchange, Exchange::Code { .. });
-    match &cfg.grant {
-        _ if code_exchange => {}
-        Grant::RefreshToken { .. } => {
-            let rt = refresh_token.ok_or_else(|| GrantError::Terminal {
-                code: "no_refresh_token".into(),
-                description: Some("no refresh token is stored".into()),
-            })?;
-            form.push(("refresh_token", rt.expose()));
-            scope_in_form = scope.filter(|_| cfg.scope_on_refresh);
-        }
-        Grant::ClientCredentials => {}
-        Grant::Password { username, password } => {
-            owned.push(("username", resolve(username)?));
-            owned.push(("password", resolve(password)?));
-        }
-        Grant::JwtBearer(spec) => {
-            let signer =
-                Signer::load(&spec.key).map_err(|e| GrantError::Credential(e.to_string()))?;
-            let jwt = signer
-                .assertion(spec, client_id, url.as_str(), scope, false)
-                .map_err(|e| GrantError::Unsent(e.to_string()))?;
-            owned.push(("assertion", jwt));
-            if spec.scope_in_assertion {
-                scope_in_form = None;
-            }
-        }
-    }
-
-    let mut basic = None;
-    match &cfg.client_auth {
-        ClientAuth::None => {
-            // A bearer assertion identifies the client by itself.
-            if !matches!(cfg.grant, Grant::JwtBearer(_))
-                && let Some(id) = client_id
-            {
-                form.push(("client_id", id));
-            }
-        }
-        ClientAuth::Post(secret) | ClientAuth::Basic(secret) => {
-            let secret = resolve(secret)?;
-            if secret_in_basic {
-                basic = Some(basic_auth(client_id.unwrap_or(""), secret.expose()));
-            } else {
-                form.extend(client_id.map(|id| ("client_id", id)));
-                owned.push(("client_secret", secret));
-            }
-        }
-        ClientAuth::PrivateKeyJwt(spec) => {
-            let signer =
-                Signer::load(&spec.key).map_err(|e| GrantError::Credential(e.to_string()))?;
-            let jwt = signer
-                .assertion(spec, client_id, url.as_str(), None, true)
-                .map_err(|e| GrantError::Unsent(e.to_string()))?;
-            form.extend(client_id.map(|id| ("client_id", id)));
-            form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE));
-            owned.push(("client_assertion", jwt));
-        }
-        ClientAuth::TlsClientAuth => form.extend(client_id.map(|id| ("client_id", id))),
-    }
-    form.extend(scope_in_form.map(|s| ("scope", s)));
-    for (k, v) in &cfg.params {
-        form.push((k, v));
-    }
-    form.extend(owned.iter().map(|(k, v)| (*k, v.expose())));
+    let mut form = Form::default();
+    let scope = form.grant(cfg, exchange, client_id, url)?;
+    form.client_auth(cfg, client_id, url, secret_in_basic)?;
+    form.fields.extend(scope.map(|s| ("scope", s)));
+    form.fields
+        .extend(cfg.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
 
     let client = http.client_for(cfg)?;
     let mut req = client.post(url.clone()).header(ACCEPT, "application/json");
-    if let Some(b) = &basic {
+    if let Some(b) = &form.basic {
         req = req.header(AUTHORIZATION, b.clone());
     }
     let mut header_values = Vec::new();
@@ -211,46 +126,169 @@ pub async fn request(
         req = req.header(name, hv);
         header_values.push(value);
     }
-    // Everything secret this request carries, masked in whatever the server says back.
-    let basic_credentials = basic
-        .as_ref()
-        .and_then(|b| b.to_str().ok())
-        .and_then(|b| b.strip_prefix("Basic "))
-        .map(str::to_owned);
-    let mut secrets: Vec<&str> = owned.iter().map(|(_, v)| v.expose()).collect();
-    secrets.extend(refresh_token.map(Secret::expose));
+    let mut secrets = form.secrets(exchange);
     secrets.extend(header_values.iter().map(Secret::expose));
-    secrets.extend(basic_credentials.as_deref());
-    if let Exchange::Code { code, verifier, .. } = exchange {
-        secrets.extend([code, verifier]);
-    }
 
-    let req = req.form(&form);
-    let answer = async {
-        let mut resp = req.send().await.map_err(failed)?;
-        let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(failed)? {
-            let room = MAX_RESPONSE - body.len();
-            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if body.len() >= MAX_RESPONSE {
-                return Err(GrantError::Malformed {
-                    status: status.as_u16(),
-                    detail: format!("a body over {MAX_RESPONSE} bytes"),
-                });
-            }
-        }
-        response::parse(status, &body, retry_after, SystemTime::now())
-    };
-    super::refresh::listen(until, answer)
+    let req = req.form(&form.to_send());
+    super::refresh::listen(until, answer(req))
         .await
         .unwrap_or_else(|| Err(GrantError::Transport("timed out: no answer".into())))
         .map_err(|e| e.masked(&secrets))
+}
+
+/// What one token request carries: the form's fields, the secrets resolved for it
+/// (sent after the fields), and the client's credentials for a Basic header.
+#[derive(Default)]
+struct Form<'a> {
+    fields: Vec<(&'a str, &'a str)>,
+    resolved: Vec<(&'static str, Secret)>,
+    basic: Option<http::HeaderValue>,
+}
+
+impl<'a> Form<'a> {
+    /// The fields of the grant or the code exchange; the scope to send with them.
+    fn grant(
+        &mut self,
+        cfg: &'a TokenConfig,
+        exchange: Exchange<'a>,
+        client_id: Option<&str>,
+        url: &Url,
+    ) -> Result<Option<&'a str>, GrantError> {
+        let refresh_token = match exchange {
+            Exchange::Grant(rt) => rt,
+            Exchange::Code {
+                code,
+                redirect_uri,
+                verifier,
+            } => {
+                self.fields.extend([
+                    ("grant_type", "authorization_code"),
+                    ("code", code),
+                    ("redirect_uri", redirect_uri),
+                    ("code_verifier", verifier),
+                ]);
+                return Ok(None);
+            }
+        };
+        self.fields
+            .push(("grant_type", cfg.grant.kind().grant_type()));
+        let scope = cfg.scope.as_deref();
+        match &cfg.grant {
+            Grant::RefreshToken { .. } => {
+                let rt = refresh_token.ok_or_else(|| GrantError::Terminal {
+                    code: "no_refresh_token".into(),
+                    description: Some("no refresh token is stored".into()),
+                })?;
+                self.fields.push(("refresh_token", rt.expose()));
+                Ok(scope.filter(|_| cfg.scope_on_refresh))
+            }
+            Grant::ClientCredentials => Ok(scope),
+            Grant::Password { username, password } => {
+                self.resolved.push(("username", resolve(username)?));
+                self.resolved.push(("password", resolve(password)?));
+                Ok(scope)
+            }
+            Grant::JwtBearer(spec) => {
+                let jwt = sign(spec, client_id, url, scope, false)?;
+                self.resolved.push(("assertion", jwt));
+                Ok(scope.filter(|_| !spec.scope_in_assertion))
+            }
+        }
+    }
+
+    /// How the client authenticates: in the form, a Basic header or an assertion.
+    fn client_auth(
+        &mut self,
+        cfg: &'a TokenConfig,
+        client_id: Option<&'a str>,
+        url: &Url,
+        secret_in_basic: bool,
+    ) -> Result<(), GrantError> {
+        match &cfg.client_auth {
+            // A bearer assertion identifies the client by itself.
+            ClientAuth::None if matches!(cfg.grant, Grant::JwtBearer(_)) => {}
+            ClientAuth::None | ClientAuth::TlsClientAuth => {
+                self.fields.extend(client_id.map(|id| ("client_id", id)));
+            }
+            ClientAuth::Post(secret) | ClientAuth::Basic(secret) => {
+                let secret = resolve(secret)?;
+                if secret_in_basic {
+                    self.basic = Some(basic_auth(client_id.unwrap_or(""), secret.expose()));
+                } else {
+                    self.fields.extend(client_id.map(|id| ("client_id", id)));
+                    self.resolved.push(("client_secret", secret));
+                }
+            }
+            ClientAuth::PrivateKeyJwt(spec) => {
+                let jwt = sign(spec, client_id, url, None, true)?;
+                self.fields.extend(client_id.map(|id| ("client_id", id)));
+                self.fields
+                    .push(("client_assertion_type", CLIENT_ASSERTION_TYPE));
+                self.resolved.push(("client_assertion", jwt));
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything secret the request carries but its configured headers, to mask
+    /// in whatever the server says back.
+    fn secrets<'s>(&'s self, exchange: Exchange<'s>) -> Vec<&'s str> {
+        let mut secrets: Vec<&str> = self.resolved.iter().map(|(_, v)| v.expose()).collect();
+        match exchange {
+            Exchange::Grant(rt) => secrets.extend(rt.map(Secret::expose)),
+            Exchange::Code { code, verifier, .. } => secrets.extend([code, verifier]),
+        }
+        secrets.extend(
+            self.basic
+                .as_ref()
+                .and_then(|b| b.to_str().ok())
+                .and_then(|b| b.strip_prefix("Basic ")),
+        );
+        secrets
+    }
+
+    /// The fields as sent: the configuration's first, the resolved secrets last.
+    fn to_send(&self) -> Vec<(&str, &str)> {
+        let resolved = self.resolved.iter().map(|(k, v)| (*k, v.expose()));
+        self.fields.iter().copied().chain(resolved).collect()
+    }
+}
+
+/// A JWT assertion signed now with the key of `spec` (RFC 7523).
+fn sign(
+    spec: &crate::config::Assertion,
+    client_id: Option<&str>,
+    url: &Url,
+    scope: Option<&str>,
+    for_client_auth: bool,
+) -> Result<Secret, GrantError> {
+    let signer = Signer::load(&spec.key).map_err(|e| GrantError::Credential(e.to_string()))?;
+    signer
+        .assertion(spec, client_id, url.as_str(), scope, for_client_auth)
+        .map_err(|e| GrantError::Unsent(e.to_string()))
+}
+
+/// The answer to `req`, its body read up to [`MAX_RESPONSE`].
+async fn answer(req: reqwest::RequestBuilder) -> Result<TokenResponse, GrantError> {
+    let mut resp = req.send().await.map_err(failed)?;
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(failed)? {
+        let room = MAX_RESPONSE - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_RESPONSE {
+            return Err(GrantError::Malformed {
+                status: status.as_u16(),
+                detail: format!("a body over {MAX_RESPONSE} bytes"),
+            });
+        }
+    }
+    response::parse(status, &body, retry_after, SystemTime::now())
 }
 
 /// A failed exchange: one that never connected left nothing at the provider.
