@@ -168,71 +168,13 @@ fn main() -> ExitCode {
     let (_log_writer, request_log) = init_logging(cli.log_format);
     tokenproxy::log_panics();
     match cli.command {
-        Command::Check { config } => match Config::load(&config_path(config)) {
-            Ok(config) => {
-                print!("{}", config.describe());
-                // The store is part of what must work: reachable, and a schema this
-                // build knows (exit 1 otherwise: the configuration itself is valid).
-                runtime(async {
-                    let text = tokenproxy::probe_store(&config).await?;
-                    println!("store check: {text}");
-                    if let Some(text) = tokenproxy::intercept::check(&config)? {
-                        println!("intercept check: {text}");
-                    }
-                    Ok::<(), tokenproxy::StartError>(())
-                })
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        },
-        Command::Run { config } => {
-            let Some(config) = load(config) else {
-                return ExitCode::from(2);
-            };
-            runtime(async move {
-                // Watched before anything starts: SIGHUP's default is to terminate.
-                let mut hangups = tokenproxy::server::hangups();
-                let running = tokenproxy::start(config, request_log).await?;
-                let stop = tokenproxy::server::shutdown_signal();
-                tokio::pin!(stop);
-                loop {
-                    tokio::select! {
-                        _ = &mut stop => break,
-                        Some(()) = hangups.recv() => {
-                            tracing::info!("SIGHUP: reloading the configuration");
-                            // The outcome is logged and shown in /status.
-                            let _ = running.reload().await;
-                        }
-                    }
-                }
-                running.shutdown().await;
-                Ok::<(), tokenproxy::StartError>(())
-            })
-        }
+        Command::Check { config } => check(config),
+        Command::Run { config } => run(config, request_log),
         Command::Seed {
             name,
             config,
             no_verify,
-        } => {
-            let Some(config) = load(config) else {
-                return ExitCode::from(2);
-            };
-            let mut input = String::new();
-            // Before the runtime starts: nothing else waits on this thread.
-            #[allow(clippy::disallowed_methods)]
-            let stdin = std::io::stdin();
-            if let Err(e) = std::io::Read::read_to_string(&mut stdin.lock(), &mut input) {
-                eprintln!("error: cannot read standard input: {e}");
-                return ExitCode::from(2);
-            }
-            runtime(async move {
-                let summary = tokenproxy::seed(config, &name, &input, !no_verify).await?;
-                println!("{summary}");
-                Ok::<(), tokenproxy::BootstrapError>(())
-            })
-        }
+        } => seed(config, &name, !no_verify),
         Command::Login {
             name,
             config,
@@ -240,105 +182,186 @@ fn main() -> ExitCode {
             manual,
             timeout,
         } => {
-            let Some(config) = load(config) else {
-                return ExitCode::from(2);
-            };
             let opts = tokenproxy::login::LoginOptions {
                 open_browser: !no_browser,
                 manual,
                 timeout,
             };
-            runtime(async move {
-                let summary = tokenproxy::login(config, &name, opts).await?;
-                println!("{summary}");
-                Ok::<(), tokenproxy::BootstrapError>(())
-            })
+            login(config, &name, opts)
         }
         Command::Token {
             action,
             name,
             config,
             json,
-        } => {
-            // Only the admin listener and its key are needed: the tokens' own
-            // secrets need not be set where the command runs.
-            let file = config_path(config);
-            let target = match tokenproxy::config::ControlTarget::load(&file) {
-                Ok(target) => target,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            if !target.tokens.contains(&name) {
-                eprintln!("error: no token named `{name}` in {}", file.display());
-                return ExitCode::from(2);
-            }
-            let refresh = matches!(action, TokenAction::Refresh);
-            let mut ok = true;
-            let code = runtime(async {
-                let report = tokenproxy::control::token(
-                    target.admin,
-                    target.admin_key.as_ref(),
-                    &name,
-                    refresh,
-                    json,
-                )
-                .await?;
-                println!("{}", report.text);
-                ok = report.ok;
-                Ok::<(), tokenproxy::control::ControlError>(())
-            });
-            if ok { code } else { ExitCode::from(1) }
-        }
+        } => token(config, &name, matches!(action, TokenAction::Refresh), json),
         Command::Health {
             config,
             admin,
             live,
-        } => {
-            let admin = match admin {
-                Some(a) => a,
-                None => match tokenproxy::config::ControlTarget::load(&config_path(config)) {
-                    Ok(target) => target.admin,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-            };
-            let mut ok = true;
-            let code = runtime(async {
-                let report = tokenproxy::control::health(admin, live).await?;
-                println!("{}", report.text);
-                ok = report.ok;
-                Ok::<(), tokenproxy::control::ControlError>(())
-            });
-            if ok { code } else { ExitCode::from(1) }
-        }
+        } => health(config, admin, live),
         Command::Ca {
             action,
             config,
             force,
-        } => {
-            let Some(config) = load(config) else {
-                return ExitCode::from(2);
-            };
-            let done = match action {
-                CaAction::Init => tokenproxy::intercept::init(&config, force),
-                CaAction::Show => tokenproxy::intercept::show(&config),
-            };
-            match done {
-                Ok(text) => {
-                    println!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
+        } => ca(config, action, force),
+        Command::Demo { listen } => runtime(tokenproxy::demo::run(listen, request_log)),
+    }
+}
+
+/// `tokenproxy check`: the configuration described, then its store probed.
+fn check(config: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(&config_path(config)) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    print!("{}", config.describe());
+    // The store is part of what must work: reachable, and a schema this build
+    // knows (exit 1 otherwise: the configuration itself is valid).
+    runtime(async {
+        let text = tokenproxy::probe_store(&config).await?;
+        println!("store check: {text}");
+        if let Some(text) = tokenproxy::intercept::check(&config)? {
+            println!("intercept check: {text}");
+        }
+        Ok::<(), tokenproxy::StartError>(())
+    })
+}
+
+/// `tokenproxy run`: serves until SIGTERM or SIGINT, reloading on SIGHUP.
+fn run(config: Option<PathBuf>, request_log: tokenproxy::logging::RequestLog) -> ExitCode {
+    let Some(config) = load(config) else {
+        return ExitCode::from(2);
+    };
+    runtime(async move {
+        // Watched before anything starts: SIGHUP's default is to terminate.
+        let mut hangups = tokenproxy::server::hangups();
+        let running = tokenproxy::start(config, request_log).await?;
+        let stop = tokenproxy::server::shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(()) = hangups.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    // The outcome is logged and shown in /status.
+                    let _ = running.reload().await;
                 }
             }
         }
-        Command::Demo { listen } => runtime(tokenproxy::demo::run(listen, request_log)),
+        running.shutdown().await;
+        Ok::<(), tokenproxy::StartError>(())
+    })
+}
+
+/// `tokenproxy seed NAME`: stores the refresh token read from standard input.
+fn seed(config: Option<PathBuf>, name: &str, verify: bool) -> ExitCode {
+    let Some(config) = load(config) else {
+        return ExitCode::from(2);
+    };
+    let mut input = String::new();
+    // Before the runtime starts: nothing else waits on this thread.
+    #[allow(clippy::disallowed_methods)]
+    let stdin = std::io::stdin();
+    if let Err(e) = std::io::Read::read_to_string(&mut stdin.lock(), &mut input) {
+        eprintln!("error: cannot read standard input: {e}");
+        return ExitCode::from(2);
+    }
+    runtime(async move {
+        let summary = tokenproxy::seed(config, name, &input, verify).await?;
+        println!("{summary}");
+        Ok::<(), tokenproxy::BootstrapError>(())
+    })
+}
+
+/// `tokenproxy login NAME`: the authorization-code flow, its tokens stored.
+fn login(config: Option<PathBuf>, name: &str, opts: tokenproxy::login::LoginOptions) -> ExitCode {
+    let Some(config) = load(config) else {
+        return ExitCode::from(2);
+    };
+    runtime(async move {
+        let summary = tokenproxy::login(config, name, opts).await?;
+        println!("{summary}");
+        Ok::<(), tokenproxy::BootstrapError>(())
+    })
+}
+
+/// `tokenproxy token status|refresh NAME`, through the admin listener.
+fn token(config: Option<PathBuf>, name: &str, refresh: bool, json: bool) -> ExitCode {
+    // Only the admin listener and its key are needed: the tokens' own secrets
+    // need not be set where the command runs.
+    let file = config_path(config);
+    let target = match tokenproxy::config::ControlTarget::load(&file) {
+        Ok(target) => target,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !target.tokens.iter().any(|t| t == name) {
+        eprintln!("error: no token named `{name}` in {}", file.display());
+        return ExitCode::from(2);
+    }
+    control(tokenproxy::control::token(
+        target.admin,
+        target.admin_key.as_ref(),
+        name,
+        refresh,
+        json,
+    ))
+}
+
+/// `tokenproxy health`: asks the admin listener of `--admin`, else the configured one.
+fn health(config: Option<PathBuf>, admin: Option<std::net::SocketAddr>, live: bool) -> ExitCode {
+    let admin = match admin {
+        Some(a) => a,
+        None => match tokenproxy::config::ControlTarget::load(&config_path(config)) {
+            Ok(target) => target.admin,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    control(tokenproxy::control::health(admin, live))
+}
+
+/// A command answered by the admin listener: its report printed; exit 1 when the
+/// report says something is wrong.
+fn control(
+    ask: impl Future<Output = Result<tokenproxy::control::Report, tokenproxy::control::ControlError>>,
+) -> ExitCode {
+    let mut ok = true;
+    let code = runtime(async {
+        let report = ask.await?;
+        println!("{}", report.text);
+        ok = report.ok;
+        Ok::<(), tokenproxy::control::ControlError>(())
+    });
+    if ok { code } else { ExitCode::from(1) }
+}
+
+/// `tokenproxy ca init|show`: the interception CA.
+fn ca(config: Option<PathBuf>, action: CaAction, force: bool) -> ExitCode {
+    let Some(config) = load(config) else {
+        return ExitCode::from(2);
+    };
+    let done = match action {
+        CaAction::Init => tokenproxy::intercept::init(&config, force),
+        CaAction::Show => tokenproxy::intercept::show(&config),
+    };
+    match done {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
