@@ -1594,6 +1594,13 @@ async fn a_store_restart_during_a_refresh_keeps_the_rotated_token(kind: Kind) {
     w.provider.set_mode(Mode::Normal);
     a.wait_log("it is kept in memory and written as soon as the store answers")
         .await;
+    // The line is written as the write fails; the state follows a moment later.
+    until(
+        "the unsaved token in /status",
+        Duration::from_secs(10),
+        async || token_status(&a, "demo").await["unsaved"] == true,
+    )
+    .await;
     let status = token_status(&a, "demo").await;
     assert_eq!(status["in_doubt"]["by"], "this instance", "{status}");
     assert_eq!(status["unsaved"], true, "{status}");

@@ -206,6 +206,7 @@ impl Wiring {
             Err(e) => Err(ReloadError::Read(e.to_string())),
         };
         self.fixed.metrics.config_reload(outcome.is_ok());
+        self.status.record(&outcome);
         match &outcome {
             Ok(summary) => tracing::info!(summary = %summary, "configuration reloaded"),
             Err(e) => tracing::error!(
@@ -213,7 +214,6 @@ impl Wiring {
                 "configuration reload refused; the running configuration stays in force"
             ),
         }
-        self.status.record(&outcome);
         outcome
     }
 
@@ -337,11 +337,13 @@ impl Wiring {
             };
             match Served::load(&tls.cert, &tls.key) {
                 Ok(served) if Some(&served.digest) != applied.served.as_ref() => {
+                    let valid_until = served.not_after;
+                    // In force (and in `/status`) before the log line says so.
+                    self.serve_tls(&mut applied, Some(served));
                     tracing::info!(
-                        valid_until = %crate::clock::rfc3339(served.not_after),
+                        valid_until = %crate::clock::rfc3339(valid_until),
                         "the proxy listener's certificate changed on disk; new connections get it"
                     );
-                    self.serve_tls(&mut applied, Some(served));
                 }
                 Ok(_) => {
                     self.certificate.on_disk(None);

@@ -64,15 +64,7 @@ impl TokenSource {
             }) => {
                 self.metrics
                     .refresh(self.name(), trigger.as_str(), "success", elapsed);
-                tracing::info!(
-                    token = self.name(),
-                    trigger = trigger.as_str(),
-                    generation = record.generation,
-                    expires_at = %rfc3339(ms_to_time(record.expires_at_ms)),
-                    duration_ms = elapsed.as_millis() as u64,
-                    persist_us = persist.as_micros() as u64,
-                    "token refreshed"
-                );
+                let (generation, expires_at_ms) = (record.generation, record.expires_at_ms);
                 let mut state = match stored {
                     refresh::Stored::No { seen, intent } => {
                         *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = intent;
@@ -84,7 +76,17 @@ impl TokenSource {
                     _ => self.state_from(record, false),
                 };
                 state.last_refresh = Some((SystemTime::now(), trigger));
-                Ok(self.publish(state))
+                let state = self.publish(state);
+                tracing::info!(
+                    token = self.name(),
+                    trigger = trigger.as_str(),
+                    generation,
+                    expires_at = %rfc3339(ms_to_time(expires_at_ms)),
+                    duration_ms = elapsed.as_millis() as u64,
+                    persist_us = persist.as_micros() as u64,
+                    "token refreshed"
+                );
+                Ok(state)
             }
             Ok(refresh::Outcome::Waiting { retry_after }) => {
                 // Not a failure of this instance: the backoff does not grow.
@@ -187,6 +189,18 @@ impl TokenSource {
         self.metrics
             .refresh(self.name(), trigger.as_str(), result, elapsed);
         let failure = self.failure(cur, e);
+        let unavailable = Unavailable {
+            retry_after: failure
+                .retry_at
+                .saturating_duration_since(now)
+                .max(BACKOFF_BASE),
+            cause: failure.cause,
+        };
+        // In force (and in `/status`) before the log line says so.
+        self.publish(TokenState {
+            failure: Some(failure.clone()),
+            ..cur.copy()
+        });
         let message = &failure.message;
         if failure.terminal {
             tracing::error!(
@@ -206,17 +220,6 @@ impl TokenSource {
                 "token refresh failed; the current token is served until it expires"
             );
         }
-        let unavailable = Unavailable {
-            retry_after: failure
-                .retry_at
-                .saturating_duration_since(now)
-                .max(BACKOFF_BASE),
-            cause: failure.cause,
-        };
-        self.publish(TokenState {
-            failure: Some(failure),
-            ..cur.copy()
-        });
         unavailable
     }
 

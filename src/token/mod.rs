@@ -316,12 +316,13 @@ impl TokenSource {
             c.generation == stored.generation && c.refresh_token == stored.refresh_token
         });
         if !known {
+            let generation = stored.generation;
+            self.publish(self.state_from(stored, false));
             tracing::info!(
                 token = self.name(),
-                generation = stored.generation,
+                generation,
                 "a new token was stored; resuming"
             );
-            self.publish(self.state_from(stored, false));
         }
     }
 
@@ -348,15 +349,16 @@ impl TokenSource {
             return;
         }
         self.watch.forget();
-        tracing::info!(
-            token = self.name(),
-            generation = state.generation(),
-            "picked up the token another instance stored"
-        );
+        let generation = state.generation();
         self.publish(TokenState {
             last_refresh: cur.last_refresh,
             ..state
         });
+        tracing::info!(
+            token = self.name(),
+            generation,
+            "picked up the token another instance stored"
+        );
     }
 
     /// Writes a record that could not be stored earlier, unless the store moved on,
